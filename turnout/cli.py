@@ -1,0 +1,266 @@
+"""The ``turnout`` command: serve the gateway, try it, inspect models and configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="turnout",
+    help="A local-first LLM gateway: one OpenAI-compatible API in front of every runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
+]
+UrlOption = Annotated[str, typer.Option("--url", help="Address of a running gateway.")]
+
+
+def _load(config: Path | None, host: str | None = None, port: int | None = None) -> Config:
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    updates: dict[str, Any] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    if updates:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=updates)})
+    return cfg
+
+
+def _uvicorn_config(cfg: Config) -> Any:
+    import uvicorn
+
+    from .gateway import Gateway
+    from .server import create_app
+
+    try:
+        gateway = Gateway(cfg)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    return uvicorn.Config(
+        create_app(gateway),
+        host=cfg.server.host,
+        port=cfg.server.port,
+        loop=loop,
+        http="httptools",
+        access_log=False,
+        log_level=cfg.server.log_level,
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
+    import uvicorn
+
+    cfg = _load(config, host, port)
+    logging.basicConfig(
+        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.Server(_uvicorn_config(cfg)).run()
+
+
+@app.command()
+def demo(
+    prompt: Annotated[
+        str, typer.Argument(help="What to ask.")
+    ] = "Write one sentence about the sea.",
+    config: ConfigOption = None,
+    port: Annotated[int | None, typer.Option(help="Port for the gateway.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 48,
+    keep_serving: Annotated[
+        bool, typer.Option(help="Keep the gateway running afterwards.")
+    ] = False,
+) -> None:
+    """Start the gateway, send it one real chat request over HTTP, print the answer."""
+    cfg = _load(config, port=port)
+    asyncio.run(_demo(cfg, prompt, max_tokens, keep_serving))
+
+
+async def _demo(cfg: Config, prompt: str, max_tokens: int, keep_serving: bool) -> None:
+    import aiohttp
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(cfg))
+    task = asyncio.create_task(server.serve())
+    started = time.perf_counter()
+    with console.status("Starting the gateway and loading the model..."):
+        while not server.started:
+            if task.done():
+                raise typer.Exit(1)
+            await asyncio.sleep(0.1)
+    base = f"http://{cfg.server.host}:{cfg.server.port}"
+    console.print(
+        f"[green]turnout is serving on {base}[/green] ({time.perf_counter() - started:.1f}s)"
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v1/models") as resp:
+            models = [m["id"] for m in (await resp.json())["data"]]
+        model = models[0] if models else "gemma-3-270m"
+        body = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        console.print(f"[bold]POST {base}/v1/chat/completions[/bold] model={model}")
+        console.print(f"[bold]>[/bold] {prompt}")
+        t0 = time.perf_counter()
+        async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
+            reply = await resp.json()
+    if "error" in reply:
+        err_console.print(f"[red]error: {reply['error']['message']}[/red]")
+        server.should_exit = True
+        await task
+        raise typer.Exit(1)
+    answer = reply["choices"][0]["message"]["content"]
+    usage = reply.get("usage", {})
+    console.print(f"[cyan]{answer.strip()}[/cyan]")
+    console.print(
+        f"[dim]{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} completion "
+        f"tokens in {time.perf_counter() - t0:.2f}s from {reply.get('model')}[/dim]"
+    )
+    if not keep_serving:
+        server.should_exit = True
+    await task
+
+
+@app.command()
+def chat(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model (default: first listed).")
+    ] = None,
+    url: UrlOption = "http://127.0.0.1:8400",
+    max_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 128,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they arrive.")] = True,
+) -> None:
+    """Send one chat request to a running gateway and print the answer."""
+    asyncio.run(_chat(url.rstrip("/"), prompt, model, max_tokens, stream))
+
+
+async def _chat(base: str, prompt: str, model: str | None, max_tokens: int, stream: bool) -> None:
+    import aiohttp
+    import orjson
+
+    async with aiohttp.ClientSession() as http:
+        if model is None:
+            async with http.get(f"{base}/v1/models") as resp:
+                data = (await resp.json())["data"]
+            if not data:
+                err_console.print("[red]the gateway lists no models[/red]")
+                raise typer.Exit(1)
+            model = data[0]["id"]
+        body = {
+            "model": model,
+            "max_tokens": max_tokens,
+            "stream": stream,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        async with http.post(f"{base}/v1/chat/completions", json=body) as resp:
+            if resp.status != 200:
+                err_console.print(
+                    f"[red]HTTP {resp.status}: {(await resp.json())['error']['message']}[/red]"
+                )
+                raise typer.Exit(1)
+            if not stream:
+                reply = await resp.json()
+                console.print(reply["choices"][0]["message"]["content"])
+                return
+            async for line in resp.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                event = orjson.loads(line[6:])
+                if "error" in event:
+                    err_console.print(f"\n[red]{event['error']['message']}[/red]")
+                    raise typer.Exit(1)
+                for choice in event.get("choices", ()):
+                    console.print(choice["delta"].get("content") or "", end="")
+            console.print()
+
+
+@app.command()
+def models(url: UrlOption = "http://127.0.0.1:8400") -> None:
+    """List the models a running gateway serves."""
+    import aiohttp
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url.rstrip('/')}/v1/models") as resp,
+        ):
+            data: list[dict[str, Any]] = (await resp.json())["data"]
+            return data
+
+    try:
+        data = asyncio.run(fetch())
+    except OSError as exc:
+        err_console.print(f"[red]cannot reach the gateway at {url}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("model", "provider")
+    for item in data:
+        table.add_row(item["id"], item["owned_by"])
+    console.print(table)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration (file plus environment) and print what turnout will use."""
+    cfg = _load(config)
+    shown = cfg.model_dump(mode="json", exclude_defaults=False)
+    for provider in shown.get("providers", {}).values():
+        if provider.get("api_key"):
+            provider["api_key"] = "***"
+    import yaml
+
+    console.print(yaml.safe_dump(shown, sort_keys=False), end="", markup=False)
+    console.print("[green]configuration is valid[/green]")
+
+
+@app.command()
+def version() -> None:
+    """Print turnout's version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

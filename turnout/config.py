@@ -1,0 +1,292 @@
+"""Configuration: one YAML file plus environment variables, validated once at start-up.
+
+Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then
+``OPENAI_COMPATIBLE_DATA`` and ``OLLAMA_BASE_URL`` (providers added by environment, as the web app
+of source document 003 does), then ``TURNOUT_<SECTION>__<KEY>`` overrides, e.g.
+``TURNOUT_SERVER__PORT=9000`` or ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as
+YAML scalars). Any invalid setting raises `ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .providers.presets import DIALECTS, PRESETS
+
+__all__ = ["Config", "ModelEntry", "PathsConfig", "ProviderConfig", "ServerConfig", "load_config"]
+
+_ENV_PREFIX = "TURNOUT_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PROVIDER_TYPES = tuple(sorted(set(DIALECTS) | set(PRESETS)))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=1, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    sse_keepalive_seconds: float = Field(10.0, gt=0)
+    models_refresh_seconds: float = Field(60.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ModelEntry(_Strict):
+    """A model a provider serves, with what the configuration knows about it.
+
+    Accepts source document 003's ``{"apiName", "uiName", "supportsTools"}`` spelling too.
+    Engine settings (``path``, ``chat_format``, ``n_ctx``, ``n_threads``...) are read by the
+    embedded engine; HTTP providers ignore them.
+    """
+
+    name: str = Field(alias="apiName", min_length=1)
+    display_name: str | None = Field(None, alias="uiName")
+    supports_tools: bool | None = Field(None, alias="supportsTools")
+    supports_vision: bool | None = Field(None, alias="supportsVision")
+    context_length: int | None = Field(None, ge=1)
+    path: str | None = None
+    chat_format: str | None = None
+    n_ctx: int = Field(2048, ge=64)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(512, ge=1)
+    n_gpu_layers: int = Field(0, ge=-1)
+    embedding: bool = False
+
+
+class PathsConfig(_Strict):
+    """Endpoint paths, relative to the provider's endpoint (source document 002's custom paths)."""
+
+    chat: str | None = None
+    completions: str | None = None
+    embeddings: str | None = None
+    models: str | None = None
+    health: str | None = None
+    tokenize: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("a path must start with '/'")
+        return v
+
+
+class ProviderConfig(_Strict):
+    type: str
+    endpoint: str | None = None
+    api_key: str | None = None
+    models: list[ModelEntry] = Field(default_factory=list)
+    enabled: bool = True
+    timeout: float = Field(300.0, gt=0, description="seconds to the first byte and between chunks")
+    connect_timeout: float = Field(5.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    max_concurrency: int | None = Field(None, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    streaming: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_parameters(cls, data: Any) -> Any:
+        """Fold source document 002's ``parameters:`` block into the flat settings."""
+        if not isinstance(data, Mapping) or "parameters" not in data:
+            return data
+        data = dict(data)
+        params = data.pop("parameters") or {}
+        if not isinstance(params, Mapping):
+            raise ValueError("'parameters' must be a mapping")
+        params = dict(params)
+        paths = dict(data.get("paths") or {})
+        for legacy, key in (("model_endpoint", "models"), ("chat_endpoint", "chat")):
+            if legacy in params:
+                paths[key] = params.pop(legacy)
+        if paths:
+            data["paths"] = paths
+        if "streaming_support" in params:
+            data["streaming"] = params.pop("streaming_support")
+        for key, value in params.items():
+            data.setdefault(key, value)
+        return data
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v not in PROVIDER_TYPES:
+            raise ValueError(f"unknown provider type {v!r}; allowed: {', '.join(PROVIDER_TYPES)}")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v.rstrip("/")
+
+    @property
+    def dialect(self) -> str:
+        return PRESETS[self.type].dialect if self.type in PRESETS else self.type
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    default_embedded: bool = Field(
+        True, description="serve the embedded engine when no provider is configured"
+    )
+
+    @field_validator("providers")
+    @classmethod
+    def _provider_names(cls, v: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name in v:
+            if not _NAME.match(name) or "/" in name:
+                raise ValueError(
+                    f"provider name {name!r} must be letters, digits, '.', '_' or '-' (no '/')"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _aliases_resolve(self) -> Config:
+        for alias, target in self.aliases.items():
+            if target in self.aliases:
+                raise ValueError(f"alias {alias!r} points at another alias {target!r}")
+            prefix = target.split("/", 1)[0]
+            if "/" in target and prefix not in self.providers and self.providers:
+                names = ", ".join(self.providers)
+                raise ValueError(
+                    f"alias {alias!r} names provider {prefix!r}, which is not configured ({names})"
+                )
+        return self
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from a YAML path, a mapping or a `Config`, plus the environment."""
+    if isinstance(source, Config):
+        return source
+    env = os.environ if environ is None else environ
+    if source is None and env.get("TURNOUT_CONFIG"):
+        source = env["TURNOUT_CONFIG"]
+    data = _read_yaml(Path(source)) if isinstance(source, str | Path) else dict(source or {})
+    _add_env_providers(data, env)
+    _apply_overrides(data, env)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _add_env_providers(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    providers = dict(data.get("providers") or {})
+    raw = env.get("OPENAI_COMPATIBLE_DATA")
+    if raw:
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"OPENAI_COMPATIBLE_DATA: not valid JSON ({exc.msg})") from None
+        if not isinstance(entries, list):
+            raise ConfigError("OPENAI_COMPATIBLE_DATA: must be a JSON array of providers")
+        for i, entry in enumerate(entries):
+            name, provider = _openai_compatible_entry(i, entry)
+            providers[name] = provider
+    ollama = env.get("OLLAMA_BASE_URL")
+    if ollama:
+        url = ollama.rstrip("/")
+        providers.setdefault("ollama", {"type": "ollama"})
+        providers["ollama"] = {**providers["ollama"], "endpoint": url.removesuffix("/api")}
+    if providers:
+        data["providers"] = providers
+
+
+def _openai_compatible_entry(i: int, entry: Any) -> tuple[str, dict[str, Any]]:
+    where = f"OPENAI_COMPATIBLE_DATA[{i}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be an object with provider, baseUrl and models")
+    for key in ("provider", "baseUrl"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ConfigError(f"{where}.{key}: required, a non-empty string")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry["provider"]).strip("-") or f"provider{i}"
+    provider: dict[str, Any] = {"type": "openai", "endpoint": entry["baseUrl"]}
+    if entry.get("apiKey"):
+        provider["api_key"] = entry["apiKey"]
+    if "models" in entry:
+        provider["models"] = entry["models"]
+    return name, provider
+
+
+def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not key.startswith(_ENV_PREFIX) or key == "TURNOUT_CONFIG":
+            continue
+        path = [part.lower() for part in key[len(_ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[path[-1]] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            else (f" (got {got!r})")
+        )
+        lines.append(f"{loc}: {msg}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,180 @@
+"""One exception tree for everything a client can be told, and its OpenAI rendering.
+
+    GatewayError                      status  OpenAI type
+    ├── InvalidRequestError             400   invalid_request_error  (param names the field)
+    │   └── RequestTooLargeError        413   invalid_request_error
+    ├── ModelNotFoundError              404   not_found_error        (code model_not_found)
+    ├── NotFoundError                   404   not_found_error        (unknown route)
+    ├── MethodNotAllowedError           405   invalid_request_error
+    ├── CapabilityError                 400   invalid_request_error  (nobody can do it)
+    ├── NoBackendAvailableError         503   service_unavailable    Retry-After
+    └── BackendError                    502   backend_error          (the backend failed)
+        ├── BackendUnavailableError     502   backend_unavailable    refused/reset, retryable
+        ├── BackendTimeoutError         504   timeout                retryable
+        ├── BackendRateLimitedError     429   rate_limit_error       retryable, Retry-After
+        ├── BackendProtocolError        502   backend_error          (malformed reply) retryable
+        └── BackendRejectedError        4xx   invalid_request_error  (backend said no)
+
+Every error names the field or backend at fault. A backend's own message is passed on only after
+`clean_upstream_message` has stripped tracebacks and cut it short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendError",
+    "BackendProtocolError",
+    "BackendRateLimitedError",
+    "BackendRejectedError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "CapabilityError",
+    "ConfigError",
+    "GatewayError",
+    "InvalidRequestError",
+    "MethodNotAllowedError",
+    "ModelNotFoundError",
+    "NoBackendAvailableError",
+    "NotFoundError",
+    "RequestTooLargeError",
+    "clean_upstream_message",
+]
+
+_MAX_UPSTREAM_MESSAGE = 400
+
+
+class ConfigError(Exception):
+    """An invalid setting; raised at start-up with the key at fault and what is allowed."""
+
+
+class GatewayError(Exception):
+    """Base of every error a client may see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+        self.backend = backend
+
+    def to_openai(self) -> dict[str, Any]:
+        """The body OpenAI's API returns for an error: all four keys, always present."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFoundError(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "model_not_found"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class CapabilityError(InvalidRequestError):
+    code = "unsupported_capability"
+
+
+class NoBackendAvailableError(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "no_backend_available"
+
+
+class BackendError(GatewayError):
+    status = 502
+    type = "backend_error"
+    code = "backend_error"
+    retryable = True
+
+
+class BackendUnavailableError(BackendError):
+    code = "backend_unavailable"
+
+
+class BackendTimeoutError(BackendError):
+    status = 504
+    type = "timeout"
+    code = "backend_timeout"
+
+
+class BackendRateLimitedError(BackendError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+
+class BackendProtocolError(BackendError):
+    code = "backend_protocol_error"
+
+
+class BackendRejectedError(BackendError):
+    """The backend refused the request itself (4xx): retrying elsewhere will not help."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "backend_rejected"
+    retryable = False
+
+
+def clean_upstream_message(text: str) -> str:
+    """Keep the human part of a backend's error text: no traceback, no stack, bounded length."""
+    for marker in ("Traceback (most recent call last)", '\n  File "', "\nStack trace"):
+        cut = text.find(marker)
+        if cut != -1:
+            text = text[:cut]
+    text = " ".join(text.split())
+    if len(text) > _MAX_UPSTREAM_MESSAGE:
+        text = text[: _MAX_UPSTREAM_MESSAGE - 1] + "…"
+    return text

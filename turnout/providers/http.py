@@ -1,0 +1,241 @@
+"""Plumbing shared by providers that speak HTTP: one pooled aiohttp session per backend,
+timeouts, and the one place where transport failures and error replies become turnout errors."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendRateLimitedError,
+    BackendRejectedError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    GatewayError,
+    ModelNotFoundError,
+    clean_upstream_message,
+)
+from .base import JSON, Health, Provider
+
+__all__ = ["HttpProvider", "error_message", "parse_retry_after"]
+
+
+class HttpProvider(Provider):
+    """A provider reached over HTTP. Subclasses set ``default_port`` and speak their dialect."""
+
+    default_port: int = 80
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        endpoint = config.endpoint or f"http://127.0.0.1:{self.default_port}"
+        self.base_url = self.normalise_endpoint(endpoint)
+        self._session: aiohttp.ClientSession | None = None
+
+    @staticmethod
+    def normalise_endpoint(endpoint: str) -> str:
+        return endpoint.rstrip("/")
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.config.headers}
+        if self.config.api_key:
+            headers.setdefault("Authorization", f"Bearer {self.config.api_key}")
+        return headers
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.config.connect_timeout,
+                    sock_read=self.config.timeout,
+                ),
+                headers=self.request_headers(),
+                skip_auto_headers=("User-Agent",),
+                auto_decompress=True,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"provider {self.name!r} used before start()")
+        return self._session
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, path: str, payload: Any = None, *, timeout: float | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Open a request; yield the response only if it succeeded (2xx), else raise."""
+        url = self.base_url + path
+        data = None if payload is None else orjson.dumps(payload)
+        kwargs: dict[str, Any] = {"data": data}
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=timeout, connect=min(timeout, self.config.connect_timeout)
+            )
+        with self.transport_errors():
+            async with self.session.request(method, url, **kwargs) as resp:
+                if resp.status >= 400:
+                    body = await resp.read()
+                    raise self.error_from_reply(resp.status, body, resp.headers)
+                yield resp
+
+    async def call_json(self, method: str, path: str, payload: Any = None, **kw: Any) -> Any:
+        async with self.request(method, path, payload, **kw) as resp:
+            with self.transport_errors():
+                body = await resp.read()
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            kind = resp.headers.get("Content-Type", "no content type")
+            raise BackendProtocolError(
+                f"backend '{self.name}' answered {path} with malformed JSON ({kind})",
+                backend=self.name,
+            ) from None
+
+    def transport_errors(self) -> _TransportErrors:
+        return _TransportErrors(self)
+
+    def error_from_reply(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> GatewayError:
+        """Turn an error reply of the backend into the error the client sees."""
+        text = clean_upstream_message(error_message(body)) or f"HTTP {status}"
+        who = f"backend '{self.name}'"
+        if status == 429:
+            return BackendRateLimitedError(
+                f"{who} is rate limited: {text}",
+                retry_after=parse_retry_after(headers.get("Retry-After")),
+                backend=self.name,
+            )
+        if status == 404 and "model" in text.lower():
+            return ModelNotFoundError(f"{who}: {text}", backend=self.name)
+        if status in (401, 403):
+            return BackendError(
+                f"{who} refused turnout's credentials (HTTP {status}): check "
+                f"providers.{self.name}.api_key",
+                backend=self.name,
+                code="backend_auth_failed",
+            )
+        if status in (400, 413, 422):
+            return BackendRejectedError(
+                f"{who} rejected the request: {text}",
+                status=413 if status == 413 else 400,
+                backend=self.name,
+            )
+        if status == 503:
+            return BackendUnavailableError(
+                f"{who} is unavailable (HTTP 503): {text}",
+                retry_after=parse_retry_after(headers.get("Retry-After")),
+                backend=self.name,
+            )
+        if status == 504:
+            return BackendTimeoutError(f"{who} timed out (HTTP 504)", backend=self.name)
+        err = BackendError(f"{who} failed (HTTP {status}): {text}", backend=self.name)
+        err.retryable = status >= 500
+        return err
+
+    async def probe_path(self, path: str) -> Health:
+        start = time.perf_counter()
+        try:
+            async with self.request("GET", path, timeout=self.config.connect_timeout):
+                pass
+        except GatewayError as exc:
+            return Health(False, None, exc.message)
+        return Health(True, (time.perf_counter() - start) * 1000.0)
+
+
+class _TransportErrors:
+    """Context manager mapping aiohttp and timeout exceptions to turnout errors."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, provider: HttpProvider) -> None:
+        self._p = provider
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None or isinstance(exc, GatewayError | asyncio.CancelledError):
+            return
+        who = f"backend '{self._p.name}' at {self._p.base_url}"
+        mapped: GatewayError
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            mapped = BackendTimeoutError(
+                f"{who} did not answer within {self._p.config.timeout:g}s", backend=self._p.name
+            )
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
+            mapped = BackendUnavailableError(
+                f"{who} is unreachable: {reason}", backend=self._p.name
+            )
+        elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            mapped = BackendUnavailableError(
+                f"{who} closed the connection mid-reply", backend=self._p.name
+            )
+        elif isinstance(exc, aiohttp.ClientError | OSError):
+            mapped = BackendUnavailableError(f"{who} failed: {exc}", backend=self._p.name)
+        else:
+            return
+        raise mapped from exc
+
+
+def error_message(body: bytes) -> str:
+    """The message in any runtime's error body (OpenAI, Ollama, FastAPI, Kobold, plain text)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace")
+    if isinstance(obj, dict):
+        for key in ("error", "detail", "message", "msg"):
+            value = obj.get(key)
+            if isinstance(value, str):
+                return value
+            if isinstance(value, dict):
+                inner = value.get("message") or value.get("msg") or value.get("error")
+                if isinstance(inner, str):
+                    return inner
+            if isinstance(value, list) and value and isinstance(value[0], dict):
+                return "; ".join(str(v.get("msg", v)) for v in value[:3])
+    return body.decode("utf-8", "replace")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def json_or_none(body: bytes) -> JSON | None:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None

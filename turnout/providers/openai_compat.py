@@ -1,0 +1,168 @@
+"""The OpenAI-compatible dialect: llama.cpp, llama-cpp-python, vLLM, LocalAI, LM Studio, Jan,
+TabbyAPI, MLX, mistral.rs, FastChat and text-generation-webui are presets of it.
+
+Requests go out nearly as they came in; responses and stream chunks are forwarded as the backend
+sent them, re-serialised only where a quirk had to be mended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import orjson
+
+from ..config import ProviderConfig
+from ..errors import BackendError, BackendProtocolError
+from ..wire.sse import SSEDecoder
+from .base import JSON, Call, Chunk, Health, ModelInfo
+from .http import HttpProvider, error_message
+from .presets import PRESETS, Preset
+
+__all__ = ["OpenAICompatProvider"]
+
+_DEFAULT_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+    "models": "/v1/models",
+}
+
+
+class OpenAICompatProvider(HttpProvider):
+    dialect: ClassVar[str] = "openai"
+    default_port = 8000
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        preset = PRESETS.get(config.type, Preset("openai", 8000))
+        self.preset = preset
+        self.default_port = preset.port
+        if config.max_concurrency is None and preset.max_concurrency is not None:
+            config = config.model_copy(update={"max_concurrency": preset.max_concurrency})
+        super().__init__(name, config)
+        self.stream_usage = preset.stream_usage
+        paths = config.paths
+        self.paths = {
+            "chat": paths.chat or _DEFAULT_PATHS["chat"],
+            "completion": paths.completions or _DEFAULT_PATHS["completion"],
+            "embedding": paths.embeddings or _DEFAULT_PATHS["embedding"],
+            "models": paths.models or _DEFAULT_PATHS["models"],
+        }
+        self.health_path = paths.health or preset.health_path or self.paths["models"]
+        self.tokenize_path = paths.tokenize or preset.tokenize_path
+
+    @staticmethod
+    def normalise_endpoint(endpoint: str) -> str:
+        # Users paste the SDK's base URL (".../v1"); paths already carry /v1.
+        return endpoint.rstrip("/").removesuffix("/v1")
+
+    def payload(self, call: Call) -> JSON:
+        body = dict(call.body)
+        body["model"] = call.model
+        if "max_completion_tokens" in body:
+            # Every OpenAI-compatible runtime reads max_tokens; some ignore or reject the new name.
+            limit = body.pop("max_completion_tokens")
+            if body.get("max_tokens") is None:
+                body["max_tokens"] = limit
+        if call.kind == "embedding":
+            return body
+        if call.stream:
+            body["stream"] = True
+            if self.stream_usage:
+                body["stream_options"] = {"include_usage": True}
+            else:
+                body.pop("stream_options", None)
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+    async def complete(self, call: Call) -> JSON:
+        result = await self.call_json("POST", self.paths[call.kind], self.payload(call))
+        if not isinstance(result, dict):
+            raise BackendProtocolError(
+                f"backend '{self.name}' answered with JSON that is not an object",
+                backend=self.name,
+            )
+        if "error" in result and "choices" not in result and "data" not in result:
+            raise BackendError(
+                f"backend '{self.name}' failed: {error_message(orjson.dumps(result))}",
+                backend=self.name,
+            )
+        return result
+
+    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        async with self.request("POST", self.paths[call.kind], self.payload(call)) as resp:
+            kind = resp.headers.get("Content-Type", "")
+            if "text/event-stream" not in kind:
+                body = await resp.read()
+                raise BackendProtocolError(
+                    f"backend '{self.name}' answered a stream request with "
+                    f"{kind or 'no content type'} instead of text/event-stream: "
+                    f"{error_message(body)[:200]}",
+                    backend=self.name,
+                )
+            decoder = SSEDecoder()
+            async for block in resp.content.iter_any():
+                for event in decoder.feed(block):
+                    if event.data == b"[DONE]":
+                        return
+                    yield self._chunk(event.data)
+            for event in decoder.close():
+                if event.data != b"[DONE]":
+                    yield self._chunk(event.data)
+
+    def _chunk(self, data: bytes) -> Chunk:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise BackendProtocolError(
+                f"backend '{self.name}' sent a malformed stream event: {data[:120]!r}",
+                backend=self.name,
+            ) from None
+        if not isinstance(obj, dict):
+            raise BackendProtocolError(
+                f"backend '{self.name}' sent a stream event that is not an object",
+                backend=self.name,
+            )
+        if "error" in obj:
+            raise BackendError(
+                f"backend '{self.name}' failed mid-stream: {error_message(data)}",
+                backend=self.name,
+            )
+        raw: bytes | None = data
+        for choice in obj.get("choices") or ():
+            if choice.get("finish_reason") == "null":  # KoboldCpp sends the string
+                choice["finish_reason"] = None
+                raw = None
+        return Chunk(obj, raw)
+
+    async def list_models(self) -> list[ModelInfo]:
+        result = await self.call_json("GET", self.paths["models"], timeout=self.config.timeout)
+        items = result.get("data") if isinstance(result, dict) else None
+        if not isinstance(items, list):
+            raise BackendProtocolError(
+                f"backend '{self.name}' answered {self.paths['models']} without a 'data' list",
+                backend=self.name,
+            )
+        return [
+            ModelInfo(
+                id=str(item["id"]),
+                owned_by=str(item.get("owned_by") or self.name),
+                created=int(item.get("created") or 0),
+            )
+            for item in items
+            if isinstance(item, dict) and "id" in item
+        ]
+
+    async def probe(self) -> Health:
+        return await self.probe_path(self.health_path)
+
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        if not self.tokenize_path:
+            return None
+        # llama.cpp reads "content", llama-cpp-python reads "input"; each ignores the other.
+        payload = {"model": model, "input": text, "content": text}
+        result = await self.call_json("POST", self.tokenize_path, payload)
+        tokens = result.get("tokens") if isinstance(result, dict) else None
+        return len(tokens) if isinstance(tokens, list) else None

@@ -1,0 +1,1 @@
+"""Wire formats: SSE framing, OpenAI request validation and response shapes."""
