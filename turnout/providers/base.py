@@ -111,7 +111,7 @@ class Provider(ABC):
         """A streaming chat or text completion as OpenAI chunks (no ``[DONE]``)."""
 
     async def count_tokens(self, model: str, text: str) -> int | None:
-        """Tokens in ``text`` by the model's tokenizer, or None if the backend cannot say."""
+        """Tokens in ``text`` by the model's tokenizer (no BOS), or None if it cannot say."""
         return None
 
     def matches(self, requested: str, served: str) -> bool:

@@ -165,4 +165,6 @@ class OpenAICompatProvider(HttpProvider):
         payload = {"model": model, "input": text, "content": text}
         result = await self.call_json("POST", self.tokenize_path, payload)
         tokens = result.get("tokens") if isinstance(result, dict) else None
-        return len(tokens) if isinstance(tokens, list) else None
+        if not isinstance(tokens, list):
+            return None
+        return max(0, len(tokens) - 1) if "tokenize_adds_bos" in self.preset.quirks else len(tokens)

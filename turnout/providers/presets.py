@@ -45,7 +45,7 @@ PRESETS: dict[str, Preset] = {
         tokenize_path="/extras/tokenize",
         max_concurrency=1,
         stream_usage=False,
-        quirks=frozenset({"unknown_model_served", "traceback_errors"}),
+        quirks=frozenset({"unknown_model_served", "traceback_errors", "tokenize_adds_bos"}),
     ),
     "vllm": Preset("openai", 8000, health_path="/health"),
     "localai": Preset("openai", 8080, health_path="/readyz"),

