@@ -155,10 +155,10 @@ class Config(_Strict):
         True, description="serve the embedded engine when no provider is configured"
     )
 
-    @field_validator("providers")
+    @field_validator("providers", mode="before")
     @classmethod
-    def _provider_names(cls, v: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
-        for name in v:
+    def _provider_names(cls, v: Any) -> Any:
+        for name in v if isinstance(v, Mapping) else ():
             if not _NAME.match(name) or "/" in name:
                 raise ValueError(
                     f"provider name {name!r} must be letters, digits, '.', '_' or '-' (no '/')"
@@ -283,10 +283,9 @@ def _describe(exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required setting is missing"
         got = err.get("input")
-        shown = (
-            ""
-            if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
-            else (f" (got {got!r})")
+        quiet = err["type"] in ("missing", "extra_forbidden", "value_error") or isinstance(
+            got, dict
         )
+        shown = "" if quiet else f" (got {got!r})"
         lines.append(f"{loc}: {msg}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

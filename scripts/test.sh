@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One command from a fresh clone: install turnout with every extra and the test tools, then run
+# the format check, the linter, the type checker and the whole test suite (slow tests included:
+# they start real llama.cpp servers on the Gemma 3 270M GGUF). Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "turnout needs Python 3.11 or newer" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[all,test]'
+echo "== ruff format --check"; .venv/bin/ruff format --check turnout tests bench
+echo "== ruff check";          .venv/bin/ruff check turnout tests bench
+echo "== mypy";                .venv/bin/mypy
+echo "== pytest";              .venv/bin/pytest "$@"
