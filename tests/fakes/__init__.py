@@ -1,0 +1,1 @@
+"""Fakes of services that cannot run here, each following its service's documented wire format."""

@@ -1,0 +1,668 @@
+"""A fake Ollama server. Ollama itself cannot be installed or run here, so turnout's Ollama
+dialect is tested against this stand-in, which follows Ollama's documented wire format exactly:
+ollama/ollama docs/api.md @fb30760, as summarised in shared/reference/runtimes.md §3.
+
+- ``GET``/``HEAD /`` answer ``Ollama is running``; ``GET /api/version`` answers ``{"version"}``.
+- ``GET /api/tags`` lists ``{name, model, modified_at, size, digest, details}``; ``POST /api/show``
+  answers ``modelfile, parameters, template, details, model_info, capabilities``; ``GET /api/ps``
+  lists the models earlier requests loaded, with ``expires_at`` and ``size_vram``.
+- ``POST /api/chat``, ``/api/generate`` and ``/api/embed`` answer in Ollama's shapes. ``stream``
+  defaults to true when absent. A stream is ``application/x-ndjson``, one JSON object per line
+  (each written in two pieces, so a client must reassemble lines), the last one with
+  ``done: true``, ``done_reason``, durations in nanoseconds, ``prompt_eval_count`` and
+  ``eval_count``. A tool call arrives whole in one object, its ``arguments`` an object. An empty
+  ``messages`` (or ``prompt``) only loads the model: ``done_reason: "load"`` (``"unload"`` with
+  ``keep_alive: 0``).
+- Errors are ``{"error": "..."}`` with the documented statuses: 400 for a bad request, 404 for an
+  unknown model (``model "x" not found, try pulling it first``), and whatever a test injects. A
+  failure mid-stream is a last line ``{"error": "..."}`` under the 200 already sent.
+- It checks what it receives as Ollama's Go decoder would: ``content`` must be a string, images
+  bare base64 (a ``data:`` prefix is ``illegal base64 data at input byte 4``), tool call
+  ``arguments`` objects, options of the right JSON type; a model must have the capability asked
+  of it (``tools``, ``vision``, ``completion``).
+
+Stricter than Ollama, so that a mistranslation cannot slip through: an option name that
+``api.Options`` does not know is refused with 400 (Ollama logs ``invalid option provided`` and
+ignores it), and so is a message role other than system, user, assistant or tool.
+
+Its model is deterministic; a token is a whitespace-separated word. It answers ``You said: <last
+message>`` (or ``reply``) one word per stream object, cut to ``num_predict`` words (``done_reason:
+"length"``) and before the first ``stop`` string. Offered tools after a user message, it calls the
+first tool with ``tool_arguments``; after a tool result it answers ``The tool said: <result>``.
+Tests can make it fail (`FakeOllama.fail`), break a stream with an error line (`fail_midstream`)
+or end one early (`cut_stream`). `requests` records every request received, `sent` every object
+answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import math
+import socket
+import string
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "OPTION_TYPES",
+    "FakeModel",
+    "FakeOllama",
+    "Received",
+    "embedding_of",
+    "run_fake_ollama",
+]
+
+VERSION = "0.12.6"
+MIDSTREAM_ERROR = "an error was encountered while running the model"  # docs/api/errors.mdx
+
+#: ``api.Options`` at fb30760 (runtimes.md §3): each option and the JSON type Go decodes it from
+OPTION_TYPES: dict[str, str] = {
+    **dict.fromkeys(
+        ["num_keep", "seed", "num_predict", "top_k", "repeat_last_n", "num_ctx", "num_batch",
+         "num_gpu", "main_gpu", "num_thread", "draft_num_predict"], "integer"),
+    **dict.fromkeys(
+        ["top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty",
+         "frequency_penalty"], "float32"),
+    "use_mmap": "boolean",
+    "stop": "array",
+}  # fmt: skip
+_ROLES = ("system", "user", "assistant", "tool")
+_BODY = web.RequestKey("body", object)
+_BASE64 = frozenset(string.ascii_letters + string.digits + "+/=")
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    name: str
+    family: str = "llama"
+    parameter_size: str = "3.2B"
+    quantization_level: str = "Q4_K_M"
+    capabilities: tuple[str, ...] = ("completion", "tools")
+    context_length: int = 131072
+    embedding_length: int = 3072
+    size: int = 2019393189
+    modified_at: str = "2024-09-25T14:12:43.212335093-07:00"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": self.family,
+            "families": [self.family],
+            "parameter_size": self.parameter_size,
+            "quantization_level": self.quantization_level,
+        }
+
+    def entry(self) -> dict[str, Any]:
+        """The model as ``/api/tags`` lists it."""
+        return {
+            "name": self.name,
+            "model": self.name,
+            "modified_at": self.modified_at,
+            "size": self.size,
+            "digest": self.digest,
+            "details": self.details(),
+        }
+
+
+DEFAULT_MODELS = (
+    FakeModel("llama3.2:latest"),
+    FakeModel(
+        "llava:7b",
+        parameter_size="7B",
+        quantization_level="Q4_0",
+        capabilities=("completion", "vision"),
+        context_length=32768,
+        embedding_length=4096,
+        size=4733363377,
+        modified_at="2024-02-01T09:12:44.02512-08:00",
+    ),
+    FakeModel(
+        "all-minilm:latest",
+        family="bert",
+        parameter_size="23M",
+        quantization_level="F16",
+        capabilities=("embedding",),
+        context_length=512,
+        embedding_length=384,
+        size=45960996,
+        modified_at="2024-05-13T10:01:02Z",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    body: Any  # the parsed JSON; the raw bytes if they were not JSON; None if there were none
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def embedding_of(text: str, dimensions: int) -> list[float]:
+    """The fake's embedding of ``text``: deterministic, unit length, exact in float32."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [((seed[i % 32] + 31 * i) % 256) / 127.5 - 1.0 for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [struct.unpack("<f", struct.pack("<f", v / norm))[0] for v in raw]
+
+
+def _now() -> str:
+    """RFC 3339 with nanoseconds, as Go writes ``time.Time``."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def _go_type(value: Any) -> str:
+    names = {str: "string", bool: "bool", list: "array", dict: "object", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _base64_error(value: Any) -> str | None:
+    """Go's base64.StdEncoding error for an image that is not bare base64, or None."""
+    if not isinstance(value, str):
+        return f"json: cannot unmarshal {_go_type(value)} into Go value of type []uint8"
+    for i, ch in enumerate(value):
+        if ch not in _BASE64:
+            return f"illegal base64 data at input byte {i}"
+    try:
+        base64.b64decode(value, validate=True)
+    except binascii.Error:
+        return f"illegal base64 data at input byte {len(value)}"
+    return None
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if value is None:
+        return True  # Go skips a null option
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "array":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _words(text: str, options: dict[str, Any]) -> tuple[list[str], str]:
+    """The reply as stream pieces (one word each) and its done_reason."""
+    for stop in options.get("stop") or ():
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))] if text else []
+    limit = options.get("num_predict")
+    if isinstance(limit, int | float) and 0 < limit < len(pieces):
+        return pieces[: int(limit)], "length"
+    return pieces, "stop"
+
+
+def _metrics(prompt_tokens: int, eval_tokens: int) -> dict[str, int]:
+    load, prompt, evaluation = 1_250_000, 120_000 * prompt_tokens, 15_000_000 * eval_tokens
+    return {
+        "total_duration": load + prompt + evaluation,
+        "load_duration": load,
+        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_duration": prompt,
+        "eval_count": eval_tokens,
+        "eval_duration": evaluation,
+    }
+
+
+class FakeOllama:
+    """State and handlers of one fake server; `run_fake_ollama` serves it."""
+
+    def __init__(
+        self,
+        models: Sequence[FakeModel] = DEFAULT_MODELS,
+        *,
+        reply: str | None = None,
+        tool_arguments: dict[str, Any] | None = None,
+        version: str = VERSION,
+    ) -> None:
+        self.models = {m.name: m for m in models}
+        self.reply = reply
+        self.tool_arguments = dict(tool_arguments or {"location": "Paris, FR", "format": "celsius"})
+        self.version = version
+        self.url = ""
+        self.requests: list[Received] = []
+        self.sent: list[list[dict[str, Any]]] = []  # per answered request, the objects sent
+        self.loaded: dict[str, float] = {}
+        self._failure: _Reject | None = None
+        self._midstream: tuple[int, str] | None = None
+        self._cut: int | None = None
+
+    # What tests control.
+
+    def fail(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer every inference request with ``{"error": message}`` until `reset`."""
+        self._failure = _Reject(status, message, headers)
+
+    def fail_midstream(self, after: int = 2, message: str = MIDSTREAM_ERROR) -> None:
+        """Streams send ``after`` objects, then the error line, and end."""
+        self._midstream = (after, message)
+
+    def cut_stream(self, after: int = 2) -> None:
+        """Streams send ``after`` objects and end without the ``done: true`` object."""
+        self._cut = after
+
+    def reset(self) -> None:
+        self._failure = self._midstream = self._cut = None
+        self.requests.clear()
+        self.sent.clear()
+
+    def bodies(self, path: str) -> list[Any]:
+        """The bodies of the requests received on ``path``, oldest first."""
+        return [r.body for r in self.requests if r.path == path]
+
+    # The application.
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._record])
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_get("/api/ps", self._ps)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/generate", self._generate)
+        app.router.add_post("/api/embed", self._embed)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)  # Gin's 404, any method
+        return app
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = raw
+        request[_BODY] = body
+        self.requests.append(Received(request.method, request.path, body))
+        try:
+            response: web.StreamResponse = await handler(request)
+        except _Reject as exc:
+            return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+        return response
+
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, text="404 page not found")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.version})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [m.entry() for m in self.models.values()]})
+
+    async def _ps(self, request: web.Request) -> web.Response:
+        running = []
+        for name, since in self.loaded.items():
+            model = self.models[name]
+            expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since + 300))
+            entry = {k: v for k, v in model.entry().items() if k != "modified_at"}
+            running.append({**entry, "expires_at": expires, "size_vram": model.size})
+        return web.json_response({"models": running})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = self._body(request)
+        model = self._lookup(body.get("model"))
+        if model is None:
+            raise _Reject(404, f"model '{body.get('model')}' not found")
+        arch = model.family
+        return web.json_response(
+            {
+                "modelfile": f'# Modelfile generated by "ollama show"\nFROM {model.name}\n'
+                'TEMPLATE """{{ .Prompt }}"""\nPARAMETER num_ctx 4096',
+                "parameters": "num_ctx                        4096\n"
+                'stop                           "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": model.details(),
+                "model_info": {
+                    "general.architecture": arch,
+                    "general.file_type": 15,
+                    f"{arch}.context_length": model.context_length,
+                    f"{arch}.embedding_length": model.embedding_length,
+                },
+                "capabilities": list(model.capabilities),
+                "modified_at": model.modified_at,
+            }
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = self._body(request)
+        messages = body.get("messages") or []
+        images = self._check_messages(messages)
+        tools = self._check_tools(body.get("tools"))
+        stream, options = self._check_common(body)
+        model = self._model(body, "completion", "chat")
+        if tools:
+            self._model(body, "tools", "tools")
+        if images:
+            self._model(body, "vision", "images")
+        if not messages:
+            return self._load(body, model, {"message": {"role": "assistant", "content": ""}})
+        self._ran(model)
+        name, last = body["model"], messages[-1]
+        calls: list[dict[str, Any]] = []
+        if tools and last.get("role") == "user":
+            pieces, reason = [], "stop"
+            calls = [self._tool_call(tools[0]["function"]["name"])]
+            eval_tokens = 1 + len(self.tool_arguments)
+        else:
+            said = last.get("content", "")
+            text = f"The tool said: {said}" if last["role"] == "tool" else f"You said: {said}"
+            pieces, reason = _words(text if self.reply is None else self.reply, options)
+            eval_tokens = len(pieces)
+        prompt_tokens = sum(len(m.get("content", "").split()) for m in messages) + 64 * images
+        parts = [self._head(name, {"message": {"role": "assistant", "content": p}}) for p in pieces]
+        if calls:
+            call_message = {"role": "assistant", "content": "", "tool_calls": calls}
+            parts.append(self._head(name, {"message": call_message}))
+        end = {"done": True, "done_reason": reason, **_metrics(prompt_tokens, eval_tokens)}
+        final = self._head(name, {"message": {"role": "assistant", "content": ""}, **end})
+        whole: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+        if calls:
+            whole["tool_calls"] = calls
+        return await self._answer(request, stream, parts, final, {**final, "message": whole})
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        body = self._body(request)
+        prompt = body.get("prompt", "")
+        for key in ("prompt", "suffix", "system", "template"):
+            if not isinstance(body.get(key, ""), str):
+                raise _Reject(400, self._unmarshal(body[key], f"GenerateRequest.{key}", "string"))
+        images = body.get("images") or []
+        for image in images:
+            self._check_image(image)
+        if body.get("raw") and (body.get("template") or body.get("system")):
+            raise _Reject(400, "raw mode does not support template, system, or context")
+        stream, options = self._check_common(body)
+        model = self._model(body, "completion", "generate")
+        if images:
+            self._model(body, "vision", "images")
+        if not prompt:
+            return self._load(body, model, {"response": ""})
+        self._ran(model)
+        name = body["model"]
+        text = f"You said: {prompt}" if self.reply is None else self.reply
+        pieces, reason = _words(text, options)
+        parts = [self._head(name, {"response": p}) for p in pieces]
+        prompt_tokens = len(prompt.split()) + 64 * len(images)
+        end = {"done": True, "done_reason": reason, "context": [1, 2, 3]}
+        final = self._head(name, {"response": "", **end, **_metrics(prompt_tokens, len(pieces))})
+        whole = {**final, "response": "".join(pieces)}
+        return await self._answer(request, stream, parts, final, whole)
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        body = self._body(request)
+        value = body.get("input")
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise _Reject(400, "invalid input type")
+        if not isinstance(body.get("truncate", True), bool):
+            raise _Reject(400, self._unmarshal(body["truncate"], "EmbedRequest.truncate", "bool"))
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
+            raise _Reject(400, "dimensions must be a positive integer")
+        self._check_options(body)
+        model = self._model(body)
+        self._ran(model)
+        size = min(dimensions or model.embedding_length, model.embedding_length)
+        tokens = sum(max(1, len(t.split())) for t in texts)
+        metrics = _metrics(tokens, 0)
+        answer = {
+            "model": body["model"],
+            "embeddings": [embedding_of(t, size) for t in texts],
+            "total_duration": metrics["total_duration"],
+            "load_duration": metrics["load_duration"],
+            "prompt_eval_count": tokens,
+        }
+        self.sent.append([answer])
+        return web.json_response(answer)
+
+    # Checks, as Ollama's decoder and handlers make them.
+
+    def _body(self, request: web.Request) -> dict[str, Any]:
+        body = request[_BODY]
+        if body is None:
+            raise _Reject(400, "missing request body")
+        if isinstance(body, bytes):
+            first = body[:1].decode(errors="replace")
+            raise _Reject(400, f"invalid character {first!r} looking for beginning of value")
+        if not isinstance(body, dict):
+            raise _Reject(400, f"json: cannot unmarshal {_go_type(body)} into Go value")
+        return body
+
+    @staticmethod
+    def _unmarshal(value: Any, field: str, kind: str) -> str:
+        return (
+            f"json: cannot unmarshal {_go_type(value)} into Go struct field {field} of type {kind}"
+        )
+
+    def _lookup(self, name: Any) -> FakeModel | None:
+        if not isinstance(name, str) or not name:
+            return None
+        # A name without a tag means ":latest" (docs/api.md, "Model names").
+        return self.models.get(name if ":" in name.rpartition("/")[2] else name + ":latest")
+
+    def _model(self, body: dict[str, Any], capability: str = "", what: str = "") -> FakeModel:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise _Reject(400, "model is required")
+        model = self._lookup(name)
+        if model is None:
+            raise _Reject(404, f'model "{name}" not found, try pulling it first')
+        if capability and capability not in model.capabilities:
+            raise _Reject(400, f'"{name}" does not support {what}')
+        if self._failure is not None:
+            raise self._failure
+        return model
+
+    def _check_common(self, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        stream = body.get("stream", True)  # Ollama streams unless told otherwise
+        if not isinstance(stream, bool):
+            raise _Reject(400, self._unmarshal(stream, "ChatRequest.stream", "bool"))
+        fmt = body.get("format")
+        if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+            raise _Reject(400, f'invalid format: {fmt!r}; expected "json" or a JSON schema')
+        think = body.get("think")
+        if not (
+            think is None or isinstance(think, bool) or think in ("low", "medium", "high", "max")
+        ):
+            raise _Reject(400, f"invalid think value: {think!r}")
+        keep_alive = body.get("keep_alive")
+        if isinstance(keep_alive, bool) or not isinstance(keep_alive, str | int | float | None):
+            raise _Reject(400, self._unmarshal(keep_alive, "keep_alive", "api.Duration"))
+        return stream, self._check_options(body)
+
+    def _check_options(self, body: dict[str, Any]) -> dict[str, Any]:
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise _Reject(400, self._unmarshal(options, "options", "map[string]interface {}"))
+        for key, value in options.items():
+            kind = OPTION_TYPES.get(key)
+            if kind is None:
+                raise _Reject(400, f'invalid option provided: "{key}"')
+            if not _fits(value, kind):
+                raise _Reject(400, f'option "{key}" must be of type {kind}')
+        return options
+
+    def _check_messages(self, messages: Any) -> int:
+        """Check the messages; return how many images they carry."""
+        if not isinstance(messages, list):
+            raise _Reject(400, self._unmarshal(messages, "ChatRequest.messages", "[]api.Message"))
+        images = 0
+        for message in messages:
+            if not isinstance(message, dict):
+                raise _Reject(400, self._unmarshal(message, "messages", "api.Message"))
+            if message.get("role") not in _ROLES:
+                raise _Reject(400, f"invalid role {message.get('role')!r}")
+            for key in ("content", "thinking", "tool_name", "tool_call_id"):
+                if not isinstance(message.get(key, ""), str):
+                    field = f"Message.messages.{key}"
+                    raise _Reject(400, self._unmarshal(message[key], field, "string"))
+            for image in message.get("images") or ():
+                self._check_image(image)
+                images += 1
+            for call in message.get("tool_calls") or ():
+                self._check_call(call)
+        return images
+
+    @staticmethod
+    def _check_image(image: Any) -> None:
+        error = _base64_error(image)
+        if error:
+            raise _Reject(400, error)
+
+    def _check_call(self, call: Any) -> None:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _Reject(400, "a tool call needs function.name")
+        if not isinstance(fn.get("arguments", {}), dict):
+            field = "ToolCallFunction.messages.tool_calls.function.arguments"
+            kind = "api.ToolCallFunctionArguments"
+            raise _Reject(400, self._unmarshal(fn["arguments"], field, kind))
+
+    def _check_tools(self, tools: Any) -> list[dict[str, Any]]:
+        if tools is None:
+            return []
+        if not isinstance(tools, list):
+            raise _Reject(400, self._unmarshal(tools, "ChatRequest.tools", "api.Tools"))
+        for tool in tools:
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise _Reject(400, "a tool needs type 'function' and function.name")
+        return tools
+
+    # Answers.
+
+    def _ran(self, model: FakeModel) -> None:
+        self.loaded[model.name] = time.time()
+
+    def _tool_call(self, name: str) -> dict[str, Any]:
+        call_id = f"call_{hashlib.sha256(str(len(self.requests)).encode()).hexdigest()[:8]}"
+        function = {"index": 0, "name": name, "arguments": dict(self.tool_arguments)}
+        return {"id": call_id, "function": function}
+
+    @staticmethod
+    def _head(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"model": name, "created_at": _now(), **fields, "done": fields.get("done", False)}
+
+    def _load(self, body: dict[str, Any], model: FakeModel, empty: dict[str, Any]) -> web.Response:
+        """An empty conversation or prompt only loads the model (or unloads it)."""
+        unload = body.get("keep_alive") in (0, "0", "0s")
+        if unload:
+            self.loaded.pop(model.name, None)
+        else:
+            self._ran(model)
+        reason = "unload" if unload else "load"
+        answer = {**self._head(body["model"], empty), "done_reason": reason, "done": True}
+        self.sent.append([answer])
+        return web.json_response(answer)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        stream: bool,
+        parts: list[dict[str, Any]],
+        final: dict[str, Any],
+        whole: dict[str, Any],
+    ) -> web.StreamResponse:
+        sent: list[dict[str, Any]] = []
+        self.sent.append(sent)
+        if not stream:
+            sent.append(whole)
+            return web.json_response(whole)
+        response = web.StreamResponse()
+        response.content_type = "application/x-ndjson"
+        await response.prepare(request)
+        objects = [*parts, final]
+        if self._midstream is not None:
+            after, message = self._midstream
+            objects = [*parts[:after], {"error": message}]
+        elif self._cut is not None:
+            objects = parts[: self._cut]
+        for obj in objects:
+            line = orjson.dumps(obj) + b"\n"
+            await response.write(line[: len(line) // 2])
+            await response.write(line[len(line) // 2 :])
+            sent.append(obj)
+        await response.write_eof()
+        return response
+
+
+class _ServerThread:
+    """An aiohttp server on its own event loop in a daemon thread, on a port the OS picked."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="fake-ollama", daemon=True)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner = web.AppRunner(self.app, shutdown_timeout=1.0, access_log=None)
+        try:
+            self.loop.run_until_complete(runner.setup())
+            self.loop.run_until_complete(web.SockSite(runner, self.sock).start())
+        except BaseException as exc:  # reported to the test by start()
+            self.error = exc
+            return
+        finally:
+            self.started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    def start(self) -> str:
+        self.thread.start()
+        if not self.started.wait(10) or self.error is not None:
+            raise RuntimeError(f"the fake Ollama server did not start: {self.error!r}")
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def run_fake_ollama(
+    models: Sequence[FakeModel] = DEFAULT_MODELS, **settings: Any
+) -> Iterator[FakeOllama]:
+    """Serve a `FakeOllama` on a free port for the duration of the block."""
+    fake = FakeOllama(models, **settings)
+    server = _ServerThread(fake.app())
+    fake.url = server.start()
+    try:
+        yield fake
+    finally:
+        server.stop()
