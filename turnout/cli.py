@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -33,6 +35,8 @@ err_console = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
 ]
+#: header names whose values are credentials, masked like api_key when configuration is shown
+_SECRET_HEADER = re.compile(r"authorization|key|token|secret|cookie|password", re.IGNORECASE)
 UrlOption = Annotated[str, typer.Option("--url", help="Address of a running gateway.")]
 
 
@@ -40,7 +44,7 @@ def _load(config: Path | None, host: str | None = None, port: int | None = None)
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
     updates: dict[str, Any] = {}
     if host is not None:
@@ -52,7 +56,7 @@ def _load(config: Path | None, host: str | None = None, port: int | None = None)
     return cfg
 
 
-def _uvicorn_config(cfg: Config) -> Any:
+def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
     import uvicorn
 
     from .gateway import Gateway
@@ -61,7 +65,7 @@ def _uvicorn_config(cfg: Config) -> Any:
     try:
         gateway = Gateway(cfg)
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
         import uvloop  # noqa: F401
@@ -76,7 +80,7 @@ def _uvicorn_config(cfg: Config) -> Any:
         loop=loop,
         http="httptools",
         access_log=False,
-        log_level=cfg.server.log_level,
+        log_level=log_level or cfg.server.log_level,
         timeout_graceful_shutdown=5,
     )
 
@@ -118,7 +122,7 @@ async def _demo(cfg: Config, prompt: str, max_tokens: int, keep_serving: bool) -
     import aiohttp
     import uvicorn
 
-    server = uvicorn.Server(_uvicorn_config(cfg))
+    server = uvicorn.Server(_uvicorn_config(cfg, log_level="warning"))
     task = asyncio.create_task(server.serve())
     started = time.perf_counter()
     with console.status("Starting the gateway and loading the model..."):
@@ -247,9 +251,14 @@ def config_check(config: ConfigOption = None) -> None:
     for provider in shown.get("providers", {}).values():
         if provider.get("api_key"):
             provider["api_key"] = "***"
+        for header in provider.get("headers") or {}:
+            if _SECRET_HEADER.search(header):
+                provider["headers"][header] = "***"
     import yaml
 
-    console.print(yaml.safe_dump(shown, sort_keys=False), end="", markup=False)
+    # soft_wrap: a wrapped line would no longer be the YAML it shows
+    text = yaml.safe_dump(shown, sort_keys=False)
+    console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
     console.print("[green]configuration is valid[/green]")
 
 

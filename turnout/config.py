@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -169,12 +169,16 @@ class Config(_Strict):
     def _aliases_resolve(self) -> Config:
         for alias, target in self.aliases.items():
             if target in self.aliases:
-                raise ValueError(f"alias {alias!r} points at another alias {target!r}")
+                raise ValueError(
+                    f"aliases.{alias}: points at another alias {target!r}; "
+                    "an alias must name a model or provider/model"
+                )
             prefix = target.split("/", 1)[0]
             if "/" in target and prefix not in self.providers and self.providers:
                 names = ", ".join(self.providers)
                 raise ValueError(
-                    f"alias {alias!r} names provider {prefix!r}, which is not configured ({names})"
+                    f"aliases.{alias}: names provider {prefix!r}, which is not configured "
+                    f"(configured: {names})"
                 )
         return self
 
@@ -262,15 +266,44 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
             continue
         node = data
         for part in path[:-1]:
+            part = _existing_key(node, part)
             child = node.get(part)
             if not isinstance(child, dict):
                 child = {}
                 node[part] = child
             node = child
+        last = _existing_key(node, path[-1])
+        if last == "api_key" or path[-2:-1] == ["headers"]:
+            node[last] = value  # secrets and header values are text, never YAML-typed
+            continue
         try:
-            node[path[-1]] = yaml.safe_load(value)
+            node[last] = yaml.safe_load(value)
         except yaml.YAMLError:
-            node[path[-1]] = value
+            node[last] = value
+
+
+def _existing_key(node: dict[str, Any], part: str) -> str:
+    """Environment names are upper case; provider names keep their case (``LocalVLLM``)."""
+    if part in node:
+        return part
+    return next((k for k in node if isinstance(k, str) and k.lower() == part), part)
+
+
+def _allowed(loc: tuple[int | str, ...]) -> list[str]:
+    """The setting names allowed where ``loc`` points, found by walking the models down it."""
+    node: Any = Config
+    for part in loc[:-1]:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = field.annotation if field is not None else None
+        else:  # a dict or list: step into its values
+            node = get_args(node)[-1] if get_args(node) else None
+        present = [a for a in get_args(node) if a is not type(None)]
+        if type(None) in get_args(node) and len(present) == 1:  # X | None
+            node = present[0]
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
 
 
 def _describe(exc: ValidationError) -> str:
@@ -279,7 +312,8 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
+            allowed = _allowed(tuple(err["loc"]))
+            msg = "unknown setting" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "missing":
             msg = "required setting is missing"
         got = err.get("input")
@@ -287,5 +321,5 @@ def _describe(exc: ValidationError) -> str:
             got, dict
         )
         shown = "" if quiet else f" (got {got!r})"
-        lines.append(f"{loc}: {msg}{shown}")
+        lines.append(f"{loc}: {msg}{shown}" if err["loc"] else f"{msg}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -21,6 +21,7 @@ Every error names the field or backend at fault. A backend's own message is pass
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -91,7 +92,8 @@ class GatewayError(Exception):
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        # Round up: telling a client to come back before the backend is ready earns another 429.
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class InvalidRequestError(GatewayError):
@@ -170,10 +172,14 @@ class BackendRejectedError(BackendError):
 
 def clean_upstream_message(text: str) -> str:
     """Keep the human part of a backend's error text: no traceback, no stack, bounded length."""
+    original = text
     for marker in ("Traceback (most recent call last)", '\n  File "', "\nStack trace"):
         cut = text.find(marker)
         if cut != -1:
             text = text[:cut]
+    if not text.strip() and original.strip():
+        # Nothing before the traceback: its last line names the exception.
+        text = original.strip().splitlines()[-1]
     text = " ".join(text.split())
     if len(text) > _MAX_UPSTREAM_MESSAGE:
         text = text[: _MAX_UPSTREAM_MESSAGE - 1] + "…"

@@ -11,8 +11,10 @@ The HTTP server and programs that embed turnout use the same object::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -71,14 +73,20 @@ class Gateway:
         self.router = Router(self.catalog)
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        if self._started:
-            return
-        await asyncio.gather(*(p.start() for p in self.providers.values()))
-        await self.catalog.refresh()
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="turnout-model-refresh")
-        self._started = True
+        """Load engines and open connections; called by ``async with`` and the HTTP server, and
+        by the first request otherwise (an engine never loaded would leave it waiting forever)."""
+        async with self._starting:
+            if self._started:
+                return
+            await asyncio.gather(*(p.start() for p in self.providers.values()))
+            await self.catalog.refresh()
+            self._refresher = asyncio.create_task(
+                self._refresh_loop(), name="turnout-model-refresh"
+            )
+            self._started = True
 
     async def close(self) -> None:
         if self._refresher is not None:
@@ -109,10 +117,14 @@ class Gateway:
     # The interface the HTTP fronts use: bodies already validated.
 
     async def complete(self, kind: str, body: JSON) -> Reply:
+        if not self._started:
+            await self.start()
         result, target = await self.router.complete(kind, body)
-        return Reply(result, target)
+        return Reply(_conform(kind, body, result), target)
 
     async def open_stream(self, kind: str, body: JSON) -> StreamReply:
+        if not self._started:
+            await self.start()
         chunks, target = await self.router.stream(kind, body)
         return StreamReply(self._metered(kind, body, chunks, target), target)
 
@@ -122,22 +134,39 @@ class Gateway:
         """Read usage as the stream passes; supply it when the backend never does."""
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         usage: JSON | None = None
-        collect = not target.provider.stream_usage
+        collect = include_usage  # even a backend that should report usage may not
+        # Count as soon as the text is complete, while the backend call still holds its
+        # concurrency slot: llama-cpp-python ends the stream it is serving when any other request
+        # arrives, its tokenize endpoint included, so counting after the slot is free would cut
+        # off the next queued stream.
+        count_early = include_usage and not target.provider.stream_usage
+        counted: tuple[int, JSON] | None = None  # (pieces counted, usage)
         pieces: list[str] = []
         last: JSON = {}
-        async for chunk in chunks:
-            data = chunk.data
-            choices = data.get("choices")
-            if data.get("usage"):
-                usage = data["usage"]
-                if not choices and not include_usage:
-                    continue  # the usage chunk turnout asked for on the client's behalf
-            if collect and choices:
-                pieces.extend(_text_of(choices))
-            last = data
-            yield chunk
+        try:
+            async for chunk in chunks:
+                data = chunk.data
+                choices = data.get("choices")
+                if data.get("usage"):
+                    usage = data["usage"]
+                    if not choices and not include_usage:
+                        continue  # the usage chunk turnout asked for on the client's behalf
+                if collect and choices:
+                    pieces.extend(_text_of(choices))
+                    if count_early and _finished(choices):
+                        text = "".join(pieces)
+                        counted = (len(pieces), await self._count_usage(kind, body, target, text))
+                last = data
+                yield chunk
+        finally:  # a client gone early: end the backend call and free its slot now, not at GC
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if usage is None and include_usage:
-            counted = await self._count_usage(kind, body, target, "".join(pieces))
+            if counted is not None and counted[0] == len(pieces):
+                usage = counted[1]
+            else:
+                usage = await self._count_usage(kind, body, target, "".join(pieces))
             yield Chunk(
                 {
                     "id": last.get("id", ""),
@@ -145,7 +174,7 @@ class Gateway:
                     "created": last.get("created", int(time.time())),
                     "model": last.get("model", target.model),
                     "choices": [],
-                    "usage": counted,
+                    "usage": usage,
                 }
             )
 
@@ -192,6 +221,29 @@ class Gateway:
     async def models(self) -> list[JSON]:
         """Every model every provider serves, as ``provider/model`` ids, then the aliases."""
         return self.catalog.model_objects()
+
+
+def _conform(kind: str, body: JSON, result: JSON) -> JSON:
+    """Fill in what OpenAI's schema requires of a reply and local runtimes leave out: a chat
+    message's ``refusal`` and a choice's ``logprobs`` (both null), and base64 embeddings when the
+    client asked for them (runtimes answer with floats whatever ``encoding_format`` says)."""
+    if kind in ("chat", "completion"):
+        for choice in result.get("choices") or ():
+            choice.setdefault("logprobs", None)
+            message = choice.get("message")
+            if kind == "chat" and isinstance(message, dict):
+                message.setdefault("refusal", None)
+    elif kind == "embedding" and body.get("encoding_format") == "base64":
+        for item in result.get("data") or ():
+            vector = item.get("embedding")
+            if isinstance(vector, list):  # little-endian float32, as OpenAI encodes them
+                packed = struct.pack(f"<{len(vector)}f", *vector)
+                item["embedding"] = base64.b64encode(packed).decode("ascii")
+    return result
+
+
+def _finished(choices: list[JSON]) -> bool:
+    return all(choice.get("finish_reason") for choice in choices)
 
 
 def _text_of(choices: list[JSON]) -> list[str]:

@@ -23,7 +23,7 @@ import uvicorn
 from turnout.gateway import Gateway
 from turnout.server import create_app
 
-__all__ = ["free_port", "run_gateway", "run_llama_cpp_server", "wait_http"]
+__all__ = ["free_port", "run_gateway", "run_llama_cpp_server", "run_silent_server", "wait_http"]
 
 
 def free_port() -> int:
@@ -123,3 +123,43 @@ def run_llama_cpp_server(
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextlib.contextmanager
+def run_silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections, reads what is sent and never answers: a backend
+    that hangs. Yields its base URL."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+        holder["port"] = server.sockets[0].getsockname()[1]
+        holder["stop"] = asyncio.Event()
+        ready.set()
+        async with server:
+            await holder["stop"].wait()
+            for writer in list(writers):
+                writer.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the silent server did not start")
+    try:
+        yield f"http://127.0.0.1:{holder['port']}"
+    finally:
+        loop.call_soon_threadsafe(holder["stop"].set)
+        thread.join(timeout=10)

@@ -25,6 +25,7 @@ from .base import JSON, Call, Chunk, Health, ModelInfo, Provider
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
 DEFAULT_MODEL = "gemma-3-270m"
+DEFAULT_CHAT_FORMAT = "gemma"
 
 # OpenAI request fields and the llama-cpp-python keyword each one becomes.
 _CHAT_ARGS = (
@@ -66,7 +67,7 @@ class _Engine:
         self.embed_lock = asyncio.Lock()
         self.path: Path | None = None
 
-    def _load(self, *, embedding: bool = False) -> Any:
+    def _load(self, *, embedding: bool = False, **extra: Any) -> Any:
         from llama_cpp import Llama
 
         threads = self.entry.n_threads or os.cpu_count() or 1
@@ -80,6 +81,7 @@ class _Engine:
             n_gpu_layers=self.entry.n_gpu_layers,
             embedding=embedding,
             verbose=False,
+            **extra,
         )
 
     def _resolve(self) -> Path:
@@ -99,10 +101,21 @@ class _Engine:
         for _ in range(self.parallel):
             self.pool.put_nowait(await asyncio.to_thread(self._load))
 
+    def _load_embedder(self) -> Any:
+        """An embedding instance that pools each input into one vector. A generative GGUF (the
+        default Gemma) declares no pooling, which would give one vector per token: mean-pool it."""
+        from llama_cpp import LLAMA_POOLING_TYPE_MEAN, LLAMA_POOLING_TYPE_NONE
+
+        llm = self._load(embedding=True)
+        if llm.pooling_type() == LLAMA_POOLING_TYPE_NONE:
+            llm.close()
+            llm = self._load(embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN)
+        return llm
+
     async def embedding_engine(self) -> Any:
         async with self.embed_lock:
             if self.embedder is None:
-                self.embedder = await asyncio.to_thread(self._load, embedding=True)
+                self.embedder = await asyncio.to_thread(self._load_embedder)
             return self.embedder
 
 
@@ -111,8 +124,15 @@ class EmbeddedProvider(Provider):
     stream_usage = True
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
-        if not config.models:
-            config = config.model_copy(update={"models": [ModelEntry(name=DEFAULT_MODEL)]})
+        # The packaged Gemma GGUF carries no chat template, and llama-cpp-python's fallback
+        # (llama-2) makes it stop at once: give the default model its format unless one is set.
+        models = [
+            m.model_copy(update={"chat_format": DEFAULT_CHAT_FORMAT})
+            if m.name == DEFAULT_MODEL and m.path is None and m.chat_format is None
+            else m
+            for m in config.models or [ModelEntry(name=DEFAULT_MODEL)]
+        ]
+        config = config.model_copy(update={"models": models})
         # The engine pools queue requests themselves; no provider-wide semaphore.
         parallel = config.max_concurrency or 1
         super().__init__(name, config.model_copy(update={"max_concurrency": None}))

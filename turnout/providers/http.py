@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from ..errors import (
 )
 from .base import JSON, Health, Provider
 
-__all__ = ["HttpProvider", "error_message", "parse_retry_after"]
+__all__ = ["HttpProvider", "error_fields", "error_message", "parse_retry_after"]
 
 
 class HttpProvider(Provider):
@@ -124,7 +125,7 @@ class HttpProvider(Provider):
                 backend=self.name,
             )
         if status == 404 and "model" in text.lower():
-            return ModelNotFoundError(f"{who}: {text}", backend=self.name)
+            return ModelNotFoundError(f"{who}: {text}", param="model", backend=self.name)
         if status in (401, 403):
             return BackendError(
                 f"{who} refused turnout's credentials (HTTP {status}): check "
@@ -133,9 +134,12 @@ class HttpProvider(Provider):
                 code="backend_auth_failed",
             )
         if status in (400, 413, 422):
+            param, code = error_fields(body)  # e.g. messages / context_length_exceeded
             return BackendRejectedError(
                 f"{who} rejected the request: {text}",
                 status=413 if status == 413 else 400,
+                param=param,
+                code=code,
                 backend=self.name,
             )
         if status == 503:
@@ -218,14 +222,30 @@ def error_message(body: bytes) -> str:
     return body.decode("utf-8", "replace")
 
 
+def error_fields(body: bytes) -> tuple[str | None, str | None]:
+    """The ``param`` and ``code`` of an OpenAI-shaped error body, where the backend gave them as
+    strings (llama.cpp and vLLM send an integer code: that is an HTTP status, not OpenAI's)."""
+    obj = json_or_none(body)
+    error = obj.get("error") if obj is not None else None
+    if not isinstance(error, dict):
+        return None, None
+    param, code = error.get("param"), error.get("code")
+    return (
+        param if isinstance(param, str) and param else None,
+        code if isinstance(code, str) and code else None,
+    )
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:  # "inf" or "nan" would overflow the Retry-After turnout sends on
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

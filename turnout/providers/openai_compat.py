@@ -7,19 +7,55 @@ sent them, re-serialised only where a quirk had to be mended.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import ClassVar
 
 import orjson
 
 from ..config import ProviderConfig
-from ..errors import BackendError, BackendProtocolError
-from ..wire.sse import SSEDecoder
+from ..errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendRejectedError,
+    BackendUnavailableError,
+    GatewayError,
+    clean_upstream_message,
+)
+from ..wire.sse import SSEDecoder, SSEEvent
 from .base import JSON, Call, Chunk, Health, ModelInfo
 from .http import HttpProvider, error_message
 from .presets import PRESETS, Preset
 
 __all__ = ["OpenAICompatProvider"]
+
+
+class BackendBusyError(BackendUnavailableError):
+    """A serialised backend is busy; turnout did not send a request of its own."""
+
+
+# pydantic's error as FastAPI servers print it: {'type': ..., 'loc': ('body', 'top_k'), 'msg': ...}
+_PYDANTIC_ERROR = re.compile(
+    r"'loc': \('body', (?P<loc>[^)]*)\), 'msg': (?P<msg>'[^']*'|\"[^\"]*\")"
+)
+
+
+def _pydantic_field_error(text: str) -> tuple[str, str] | None:
+    """(field, reason) of the first error in a pydantic "validation error" text, or None."""
+    if "validation error" not in text:
+        return None
+    match = _PYDANTIC_ERROR.search(text)
+    if match is None:
+        return None
+    param = ""
+    for part in (p.strip() for p in match["loc"].split(",")):
+        if part.isdigit():
+            param += f"[{part}]"
+        elif part:
+            param += ("." if param else "") + part.strip("'\"")
+    return (param, match["msg"][1:-1]) if param else None
+
 
 _DEFAULT_PATHS = {
     "chat": "/v1/chat/completions",
@@ -85,10 +121,8 @@ class OpenAICompatProvider(HttpProvider):
                 backend=self.name,
             )
         if "error" in result and "choices" not in result and "data" not in result:
-            raise BackendError(
-                f"backend '{self.name}' failed: {error_message(orjson.dumps(result))}",
-                backend=self.name,
-            )
+            message = clean_upstream_message(error_message(orjson.dumps(result)))
+            raise BackendError(f"backend '{self.name}' failed: {message}", backend=self.name)
         return result
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
@@ -107,10 +141,24 @@ class OpenAICompatProvider(HttpProvider):
                 for event in decoder.feed(block):
                     if event.data == b"[DONE]":
                         return
-                    yield self._chunk(event.data)
+                    if (chunk := self._event(event)) is not None:
+                        yield chunk
             for event in decoder.close():
-                if event.data != b"[DONE]":
-                    yield self._chunk(event.data)
+                if event.data != b"[DONE]" and (chunk := self._event(event)) is not None:
+                    yield chunk
+
+    def _event(self, event: SSEEvent) -> Chunk | None:
+        if event.event == "error":
+            raise self._stream_error(error_message(event.data))
+        if event.event not in (None, "message"):
+            return None  # named events of other protocols (mistral.rs agents, LM Studio)
+        return self._chunk(event.data)
+
+    def _stream_error(self, message: str) -> BackendError:
+        return BackendError(
+            f"backend '{self.name}' failed mid-stream: {clean_upstream_message(message)}",
+            backend=self.name,
+        )
 
     def _chunk(self, data: bytes) -> Chunk:
         try:
@@ -126,10 +174,9 @@ class OpenAICompatProvider(HttpProvider):
                 backend=self.name,
             )
         if "error" in obj:
-            raise BackendError(
-                f"backend '{self.name}' failed mid-stream: {error_message(data)}",
-                backend=self.name,
-            )
+            raise self._stream_error(error_message(data))
+        if obj.get("error_code"):  # FastChat: {"text": "...", "error_code": 50001}
+            raise self._stream_error(str(obj.get("text") or f"error code {obj['error_code']}"))
         raw: bytes | None = data
         for choice in obj.get("choices") or ():
             if choice.get("finish_reason") == "null":  # KoboldCpp sends the string
@@ -137,8 +184,47 @@ class OpenAICompatProvider(HttpProvider):
                 raw = None
         return Chunk(obj, raw)
 
+    def error_from_reply(
+        self, status: int, body: bytes, headers: Mapping[str, str]
+    ) -> GatewayError:
+        if status == 500 and "traceback_errors" in self.preset.quirks:
+            # llama-cpp-python answers a field it cannot parse with 500, pydantic's error and a
+            # traceback: that is the client's mistake, so a 400 naming the field, not retried.
+            invalid = _pydantic_field_error(error_message(body))
+            if invalid is not None:
+                param, why = invalid
+                return BackendRejectedError(
+                    f"backend '{self.name}' rejected the request: invalid value for "
+                    f"'{param}': {why}",
+                    param=param,
+                    code="invalid_value",
+                    backend=self.name,
+                )
+        return super().error_from_reply(status, body, headers)
+
+    @asynccontextmanager
+    async def _when_idle(self) -> AsyncIterator[None]:
+        """Hold a concurrency slot for a call of turnout's own (the model list) to a backend that
+        ends the stream it is serving when any other request arrives (llama-cpp-python, even for
+        ``GET /v1/models``); raise `BackendBusyError` rather than wait behind a busy one."""
+        if "interrupts_streams" not in self.preset.quirks or self._slots is None:
+            yield
+            return
+        if self._slots.locked():
+            raise BackendBusyError(
+                f"backend '{self.name}' is serving a request, which any other request would cut "
+                "short; not asked",
+                backend=self.name,
+            )
+        await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     async def list_models(self) -> list[ModelInfo]:
-        result = await self.call_json("GET", self.paths["models"], timeout=self.config.timeout)
+        async with self._when_idle():  # busy: the catalog keeps the list it has
+            result = await self.call_json("GET", self.paths["models"], timeout=self.config.timeout)
         items = result.get("data") if isinstance(result, dict) else None
         if not isinstance(items, list):
             raise BackendProtocolError(
@@ -156,7 +242,11 @@ class OpenAICompatProvider(HttpProvider):
         ]
 
     async def probe(self) -> Health:
-        return await self.probe_path(self.health_path)
+        try:
+            async with self._when_idle():
+                return await self.probe_path(self.health_path)
+        except BackendBusyError:
+            return Health(True, None, "busy serving a request")
 
     async def count_tokens(self, model: str, text: str) -> int | None:
         if not self.tokenize_path:

@@ -38,14 +38,17 @@ PRESETS: dict[str, Preset] = {
     # llama.cpp's own llama-server: /health answers 503 while loading; usage in streams when asked.
     "llamacpp": Preset("openai", 8080, health_path="/health", tokenize_path="/tokenize"),
     # llama-cpp-python's server: no /health, no usage in streams, and a new request interrupts a
-    # running stream (interrupt_requests=True), so it is served one request at a time.
+    # running stream (interrupt_requests=True), so it is served one request at a time, and
+    # turnout's own calls (model list, tokenize) are made only within that one slot.
     "llama-cpp-python": Preset(
         "openai",
         8000,
         tokenize_path="/extras/tokenize",
         max_concurrency=1,
         stream_usage=False,
-        quirks=frozenset({"unknown_model_served", "traceback_errors", "tokenize_adds_bos"}),
+        quirks=frozenset(
+            {"unknown_model_served", "traceback_errors", "tokenize_adds_bos", "interrupts_streams"}
+        ),
     ),
     "vllm": Preset("openai", 8000, health_path="/health"),
     "localai": Preset("openai", 8080, health_path="/readyz"),

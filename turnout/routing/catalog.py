@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ class Catalog:
         self.aliases = dict(aliases or {})
         self._reported: dict[str, list[ModelInfo] | None] = dict.fromkeys(providers)
         self._miss_refresh_seconds = miss_refresh_seconds
-        self._last_refresh = 0.0
+        self._last_refresh = -math.inf  # never: monotonic time may start near 0 after a boot
         self._refresh_lock = asyncio.Lock()
 
     def served(self, provider: Provider) -> list[str]:

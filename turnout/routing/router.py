@@ -91,8 +91,9 @@ class Router:
     @staticmethod
     async def _open_stream(provider: Provider, call: Call) -> AsyncIterator[Chunk]:
         await provider.acquire()
-        stream = provider.stream(call)
+        stream: AsyncIterator[Chunk] | None = None
         try:
+            stream = provider.stream(call)  # may raise at once if not an async generator
             first = await anext(stream)
         except StopAsyncIteration:
             provider.release()
@@ -102,7 +103,8 @@ class Router:
             ) from None
         except BaseException:
             provider.release()
-            await _close(stream)
+            if stream is not None:
+                await _close(stream)
             raise
         return _committed(provider, first, stream)
 

@@ -40,7 +40,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         err = NotFoundError(f"Unknown request URL: {request.method} {request.url.path}.")
     else:
         err = GatewayError(str(exc.detail), status=exc.status_code)
-    return error_response(err)
+    response = error_response(err)
+    response.headers.update(exc.headers or {})  # a 405 must say what is allowed (Allow)
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

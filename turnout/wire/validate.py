@@ -17,7 +17,13 @@ __all__ = ["validate_chat", "validate_completion", "validate_embedding"]
 JSON = dict[str, Any]
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_PART_TYPES = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+#: OpenAI's part types, plus the audio and video parts llama.cpp and vLLM accept
+_PART_TYPES = frozenset(
+    {"text", "image_url", "input_audio", "file", "refusal", "input_video", "video_url", "audio_url"}
+)
+#: what an image URL may be: a URL, a data: URI, a file:// URL (llama.cpp's --media-path), or
+#: raw base64 image data (OpenAI's schema and llama.cpp accept it): PNG, JPEG, GIF or WebP
+_IMAGE_URL = ("http://", "https://", "data:", "file://", "iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR")
 
 
 def _fail(param: str, message: str) -> InvalidRequestError:
@@ -197,8 +203,10 @@ def _content(where: str, content: Any) -> None:
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
                 raise _fail(f"{at}.image_url.url", "required, an http(s) URL or a data: URI")
-            if not url.startswith(("http://", "https://", "data:")):
-                raise _fail(f"{at}.image_url.url", "must be an http(s) URL or a data: URI")
+            if not url.startswith(_IMAGE_URL):
+                raise _fail(
+                    f"{at}.image_url.url", "must be an http(s) URL, a data: URI or base64 data"
+                )
 
 
 def _tool_calls(where: str, calls: Any) -> None:
@@ -217,12 +225,13 @@ def _tools(tools: Any) -> None:
         raise _fail("tools", "expected an array")
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type", "function") not in ("function", "custom"):
-            raise _fail(f"tools[{i}].type", "must be 'function'")
-        fn = tool.get("function") if tool.get("type", "function") == "function" else tool
+            raise _fail(f"tools[{i}].type", "must be 'function' or 'custom'")
+        kind = tool.get("type", "function")  # a custom tool is {"type": "custom", "custom": {...}}
+        fn = tool.get(kind)
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise _fail(f"tools[{i}].function.name", "required, a string")
+            raise _fail(f"tools[{i}].{kind}.name", "required, a string")
         if not _TOOL_NAME.match(fn["name"]):
-            raise _fail(f"tools[{i}].function.name", "letters, digits, '_' or '-', at most 64")
+            raise _fail(f"tools[{i}].{kind}.name", "letters, digits, '_' or '-', at most 64")
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
