@@ -173,13 +173,8 @@ class Config(_Strict):
                     f"aliases.{alias}: points at another alias {target!r}; "
                     "an alias must name a model or provider/model"
                 )
-            prefix = target.split("/", 1)[0]
-            if "/" in target and prefix not in self.providers and self.providers:
-                names = ", ".join(self.providers)
-                raise ValueError(
-                    f"aliases.{alias}: names provider {prefix!r}, which is not configured "
-                    f"(configured: {names})"
-                )
+            # "org/model" with an unconfigured prefix is a bare model name (Hugging Face style),
+            # which the catalog resolves by asking the providers; it is not an error here.
         return self
 
 

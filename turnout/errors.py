@@ -15,6 +15,11 @@
         ├── BackendProtocolError        502   backend_error          (malformed reply) retryable
         └── BackendRejectedError        4xx   invalid_request_error  (backend said no)
 
+Two flags tell the router what a failure allows: ``retryable`` (the same backend may succeed if
+asked again: refused connections, timeouts, 429, 5xx) and ``fallback`` (another backend may
+succeed: all of those, plus a backend lacking the model or refusing turnout's credentials). A
+request the client got wrong (``BackendRejectedError``) allows neither.
+
 Every error names the field or backend at fault. A backend's own message is passed on only after
 `clean_upstream_message` has stripped tracebacks and cut it short.
 """
@@ -57,6 +62,7 @@ class GatewayError(Exception):
     type: str = "server_error"
     code: str | None = None
     retryable: bool = False
+    fallback: bool = False
 
     def __init__(
         self,
@@ -110,6 +116,7 @@ class ModelNotFoundError(GatewayError):
     status = 404
     type = "not_found_error"
     code = "model_not_found"
+    fallback = True  # raised by one backend, another may serve the model
 
 
 class NotFoundError(GatewayError):
@@ -139,6 +146,7 @@ class BackendError(GatewayError):
     type = "backend_error"
     code = "backend_error"
     retryable = True
+    fallback = True
 
 
 class BackendUnavailableError(BackendError):
@@ -168,12 +176,14 @@ class BackendRejectedError(BackendError):
     type = "invalid_request_error"
     code = "backend_rejected"
     retryable = False
+    fallback = False
 
 
 def clean_upstream_message(text: str) -> str:
     """Keep the human part of a backend's error text: no traceback, no stack, bounded length."""
     original = text
-    for marker in ("Traceback (most recent call last)", '\n  File "', "\nStack trace"):
+    markers = ("Traceback (most recent call last)", '\n  File "', "\nStack trace", "\ngoroutine ")
+    for marker in markers:
         cut = text.find(marker)
         if cut != -1:
             text = text[:cut]

@@ -11,10 +11,8 @@ The HTTP server and programs that embed turnout use the same object::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from .config import Config, ProviderConfig, load_config
 from .providers import build_provider
 from .providers.base import JSON, Chunk, Provider
 from .routing import Catalog, Router, Target
+from .wire.openai import embedding_base64
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
 __all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply"]
@@ -236,9 +235,8 @@ def _conform(kind: str, body: JSON, result: JSON) -> JSON:
     elif kind == "embedding" and body.get("encoding_format") == "base64":
         for item in result.get("data") or ():
             vector = item.get("embedding")
-            if isinstance(vector, list):  # little-endian float32, as OpenAI encodes them
-                packed = struct.pack(f"<{len(vector)}f", *vector)
-                item["embedding"] = base64.b64encode(packed).decode("ascii")
+            if isinstance(vector, list):
+                item["embedding"] = embedding_base64(vector)
     return result
 
 

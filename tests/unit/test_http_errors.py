@@ -55,6 +55,7 @@ def test_auth_failures_name_the_api_key_setting(
     err = reply(provider, status, b"Invalid or missing authorization token")
     assert type(err) is BackendError
     assert (err.status, err.code) == (502, "backend_auth_failed")
+    assert (err.retryable, err.fallback) == (False, True)
     assert err.message == (
         f"backend 'local' refused turnout's credentials (HTTP {status}): "
         "check providers.local.api_key"

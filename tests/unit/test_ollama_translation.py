@@ -34,7 +34,6 @@ from turnout.errors import (
 from turnout.providers import build_provider
 from turnout.providers.base import Call
 from turnout.providers.ollama import (
-    NDJSONDecoder,
     OllamaProvider,
     from_ollama_chat,
     from_ollama_embed,
@@ -44,6 +43,8 @@ from turnout.providers.ollama import (
     to_ollama_embed,
     to_ollama_generate,
 )
+from turnout.wire.ndjson import NDJSONDecoder
+from turnout.wire.openai import embedding_base64
 from turnout.wire.validate import validate_chat, validate_completion, validate_embedding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
@@ -240,18 +241,16 @@ def test_generate_response(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", cases("embed_responses.json"))
 def test_embed_response(case: dict[str, Any]) -> None:
-    out = from_ollama_embed(case["ollama"], "unused", "float")
+    out = from_ollama_embed(case["ollama"], "unused")
     assert out == case["openai"]
     assert_valid(out, "CreateEmbeddingResponse")
 
 
 def test_base64_embeddings_are_little_endian_float32_as_openai_sends() -> None:
-    reply = load("embed_responses.json")[1]["ollama"]
-    out = from_ollama_embed(reply, "m", "base64")
-    for item, vector in zip(out["data"], reply["embeddings"], strict=True):
-        raw = base64.b64decode(item["embedding"])
-        assert len(raw) == 4 * len(vector)
-        assert struct.unpack(f"<{len(vector)}f", raw) == pytest.approx(vector, rel=1e-6)
+    vector = load("embed_responses.json")[1]["ollama"]["embeddings"][0]
+    raw = base64.b64decode(embedding_base64(vector))
+    assert len(raw) == 4 * len(vector)
+    assert struct.unpack(f"<{len(vector)}f", raw) == pytest.approx(vector, rel=1e-6)
 
 
 def test_tags_become_model_infos() -> None:
@@ -401,7 +400,7 @@ async def test_complete_posts_each_kind_to_its_endpoint() -> None:
     body = {"model": "m", "input": "Why is the sky blue?", "encoding_format": "base64"}
     result, sent = await _complete("embedding", body, embed)
     assert sent == [("POST", "/api/embed", {"model": "all-minilm:latest", "input": body["input"]})]
-    assert isinstance(result["data"][0]["embedding"], str), "encoding_format base64 is honoured"
+    assert isinstance(result["data"][0]["embedding"], list), "the gateway, not the dialect, encodes"
 
 
 @pytest.mark.parametrize(

@@ -357,6 +357,18 @@ async def test_fallback_on_model_not_found_without_retry() -> None:
     assert router.delays == []
 
 
+async def test_auth_failure_falls_back_without_retrying_the_same_backend() -> None:
+    denied = BackendError("a refused credentials", code="backend_auth_failed")
+    denied.retryable = False
+    a = MemoryProvider("a", ["m"], max_retries=3, outcomes=[denied])
+    b = MemoryProvider("b", ["m"])
+    router = RecordingRouter(await ready(a, b))
+    _, target = await router.complete("chat", body())
+    assert target.address == "b/m"
+    assert (len(a.calls), len(b.calls)) == (1, 1)
+    assert router.delays == []
+
+
 async def test_all_targets_fail_raises_the_last_error() -> None:
     a = MemoryProvider("a", ["m"], max_retries=1, outcomes=[BackendUnavailableError("a down")] * 2)
     b = MemoryProvider("b", ["m"], max_retries=0, outcomes=[BackendTimeoutError("b slow")])

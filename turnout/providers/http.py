@@ -127,12 +127,14 @@ class HttpProvider(Provider):
         if status == 404 and "model" in text.lower():
             return ModelNotFoundError(f"{who}: {text}", param="model", backend=self.name)
         if status in (401, 403):
-            return BackendError(
+            denied = BackendError(
                 f"{who} refused turnout's credentials (HTTP {status}): check "
                 f"providers.{self.name}.api_key",
                 backend=self.name,
                 code="backend_auth_failed",
             )
+            denied.retryable = False  # asking again will not help; another backend may
+            return denied
         if status in (400, 413, 422):
             param, code = error_fields(body)  # e.g. messages / context_length_exceeded
             return BackendRejectedError(

@@ -12,9 +12,7 @@ docs/api.md @fb30760).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import struct
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -32,11 +30,12 @@ from ..errors import (
     InvalidRequestError,
     clean_upstream_message,
 )
+from ..wire.ndjson import NDJSONDecoder
 from .base import JSON, Call, Chunk, Health, ModelInfo, Usage
 from .http import HttpProvider
 
 __all__ = [
-    "NDJSONDecoder", "OllamaProvider", "StreamTranslator", "from_ollama_chat", "from_ollama_embed",
+    "OllamaProvider", "StreamTranslator", "from_ollama_chat", "from_ollama_embed",
     "from_ollama_generate", "model_info", "to_ollama_chat", "to_ollama_embed", "to_ollama_generate",
 ]  # fmt: skip
 
@@ -283,22 +282,15 @@ def from_ollama_generate(obj: JSON, model: str) -> JSON:
     return _response(obj, model, "text_completion", {"text": obj.get("response") or ""}, finish)
 
 
-def from_ollama_embed(obj: JSON, model: str, encoding_format: str | None = None) -> JSON:
-    """Ollama's ``/api/embed`` reply as OpenAI's embedding list. Base64 is what OpenAI sends
-    (little-endian float32), and what the OpenAI SDK asks for unless told otherwise."""
-
-    def encode(vector: list[float]) -> list[float] | str:
-        if encoding_format != "base64":
-            return vector
-        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
-
+def from_ollama_embed(obj: JSON, model: str) -> JSON:
+    """Ollama's ``/api/embed`` reply as OpenAI's embedding list (floats; the gateway encodes
+    base64 when the client asks for it, whichever backend answered)."""
     vectors = obj.get("embeddings") or ()
     tokens = int(obj.get("prompt_eval_count") or 0)
     return {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": i, "embedding": encode(v)}
-            for i, v in enumerate(vectors)
+            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
         ],
         "model": obj.get("model") or model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
@@ -310,25 +302,6 @@ def model_info(entry: JSON, owner: str) -> ModelInfo:
     name = str(entry.get("name") or entry.get("model"))
     details = dict(entry.get("details") or {})
     return ModelInfo(name, owner, created=_unix(entry.get("modified_at")), meta=details)
-
-
-class NDJSONDecoder:
-    """Split a byte stream into JSON lines; a line may arrive in pieces across network reads."""
-
-    __slots__ = ("_buffer",)
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        return [line for line in map(bytes.strip, lines) if line]
-
-    def close(self) -> list[bytes]:
-        """End of input: a last line may lack its newline."""
-        rest, self._buffer = self._buffer.strip(), b""
-        return [rest] if rest else []
 
 
 class StreamTranslator:
@@ -424,7 +397,7 @@ class OllamaProvider(HttpProvider):
         if call.kind == "completion":
             return from_ollama_generate(obj, call.model)
         self._field(obj, "embeddings", list, path)
-        return from_ollama_embed(obj, call.model, call.body.get("encoding_format"))
+        return from_ollama_embed(obj, call.model)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         path, payload = self._plan(call, stream=True)

@@ -12,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from ..errors import BackendProtocolError, GatewayError, ModelNotFoundError
+from ..errors import BackendProtocolError, GatewayError
 from ..providers.base import JSON, Call, Chunk, Provider
 from .catalog import Catalog, Target
 
@@ -46,7 +46,8 @@ class Router:
         return await self._attempt(targets, kind, body, True, self._open_stream)
 
     def delay(self, attempt: int, error: GatewayError | None) -> float:
-        """Exponential backoff with full jitter; a backend's Retry-After wins when it is given."""
+        """Exponential backoff with equal jitter (between half and all of the step); a backend's
+        Retry-After wins when it is given."""
         if error is not None and error.retry_after is not None:
             return min(error.retry_after, self.retry_after_cap)
         ceiling: float = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
@@ -71,10 +72,10 @@ class Router:
                 except GatewayError as exc:
                     exc.backend = exc.backend or target.provider.name
                     last = exc
-                    if isinstance(exc, ModelNotFoundError):
-                        break  # this backend lacks the model: the next one may have it
+                    if not (exc.retryable or exc.fallback):
+                        raise  # the request itself is wrong: no backend will take it
                     if not exc.retryable:
-                        raise
+                        break  # this backend will not serve it; the next one may
                     if exc.retry_after is not None and exc.retry_after > self.retry_after_cap:
                         break
         assert last is not None, "resolve() never returns an empty target list"
