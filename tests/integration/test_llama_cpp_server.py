@@ -10,6 +10,7 @@ streams, no ``/health``, and a running stream cut short whenever another request
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -252,3 +253,28 @@ async def test_client_going_away_frees_the_slot(llama_gateway: str) -> None:
     assert reply.status == 200
     check_chat(reply.json(), max_tokens=4)
     assert reply.elapsed < remaining / 3, (reply.elapsed, remaining)
+
+
+async def test_client_leaving_a_non_streamed_request_frees_the_slot(llama_server: str) -> None:
+    """A plain request abandoned by its client releases turnout's slot for that backend at once
+    (turnout closes its connection). llama-cpp-python's server itself finishes a non-streamed
+    generation whose connection closed (it only watches streams), which turnout cannot change."""
+    gateway = Gateway(
+        {"providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}}}, environ={}
+    )
+    slots: Any = gateway.providers["llama"]._slots
+    with run_gateway(gateway) as base:
+        url = base + "/v1/chat/completions"
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.ensure_future(session.post(url, json=_chat(400)))
+            deadline = time.monotonic() + 10
+            while not slots.locked():
+                assert time.monotonic() < deadline, "the request never took the slot"
+                await asyncio.sleep(0.005)
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+            deadline = time.monotonic() + 1.0
+            while slots.locked():
+                assert time.monotonic() < deadline, "the slot is still held by a client long gone"
+                await asyncio.sleep(0.005)

@@ -9,6 +9,7 @@ instance is out of the pool exactly while a generation runs on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -262,3 +263,32 @@ async def test_client_leaving_after_a_late_start_stops_the_generation(
         resp.close()
     remaining = (400 - 6) * (times[-1] - times[0]) / 5
     await _until(lambda: pool.qsize() == 1, remaining / 4, "the generation stopped")
+
+
+async def test_client_leaving_a_non_streamed_request_stops_the_generation(
+    held: tuple[str, Gateway],
+) -> None:
+    """Not only streams: a client that gives up on a plain request frees the engine at once
+    instead of leaving it to finish 400 tokens nobody will read."""
+    url, gateway = held
+    pool = _pool(gateway)
+    await _until(lambda: pool.qsize() == 1, 10, "the engine is idle")
+    per_token = await _time_per_token(url)
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(
+            session.post(url + "/v1/chat/completions", json={**_chat(400), "stream": False})
+        )
+        await _until(pool.empty, 10, "the request took the engine")
+        await asyncio.sleep(10 * per_token)  # some tokens into the generation
+        request.cancel()  # the client gives up: its connection closes
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    remaining = 380 * per_token
+    await _until(lambda: pool.qsize() == 1, remaining / 4, "the generation stopped")
+
+
+async def _time_per_token(url: str) -> float:
+    """Seconds per generated token on this machine right now (it is shared and noisy)."""
+    reply = await client.post(url + "/v1/chat/completions", {**_chat(32), "stream": False})
+    assert reply.status == 200
+    return reply.elapsed / 32

@@ -10,11 +10,12 @@ With nothing configured, turnout serves the Gemma 3 270M GGUF that the PyPI pack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -174,18 +175,26 @@ class EmbeddedProvider(Provider):
             llm = await engine.embedding_engine()
             async with engine.embed_lock:  # one embedding instance: one call at a time
                 return await asyncio.to_thread(self._guarded, lambda: _embed(llm, call))
-        kwargs = self._kwargs(call)
-        llm = await engine.pool.get()
-        try:
-            if call.kind == "chat":
-                return await asyncio.to_thread(
-                    self._guarded, lambda: llm.create_chat_completion(**kwargs)
-                )
-            return await asyncio.to_thread(self._guarded, lambda: llm.create_completion(**kwargs))
-        finally:
-            engine.pool.put_nowait(llm)
+        if call.body.get("logprobs"):
+            return await self._complete_whole(engine, call)
+        # Served from the engine's own stream, so a client that goes away stops the generation
+        # between two tokens, as it does for a stream.
+        async with contextlib.aclosing(self.stream(call)) as chunks:
+            return _assemble(call, [chunk.data async for chunk in chunks])
 
-    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+    async def _complete_whole(self, engine: _Engine, call: Call) -> JSON:
+        """llama-cpp-python's own non-streaming call (logprobs are not rebuilt from chunks);
+        it runs to its end even if cancelled, and only then frees its instance."""
+        kwargs = self._kwargs(call)
+        create = "create_chat_completion" if call.kind == "chat" else "create_completion"
+        llm = await engine.pool.get()
+        work = asyncio.get_running_loop().run_in_executor(
+            None, self._guarded, lambda: getattr(llm, create)(**kwargs)
+        )
+        work.add_done_callback(lambda _: engine.pool.put_nowait(llm))
+        return await work
+
+    async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
         engine = self._engine(call)
         kwargs = self._kwargs(call)
         loop = asyncio.get_running_loop()
@@ -283,6 +292,55 @@ class EmbeddedProvider(Provider):
             f"embedded provider '{self.name}' failed: {type(exc).__name__}: {text[:300]}",
             backend=self.name,
         )
+
+
+def _assemble(call: Call, chunks: list[JSON]) -> JSON:
+    """One OpenAI reply from a stream's chunks: text joined, tool calls merged by index, the
+    last finish reason, and the usage chunk that `_generate` ends with."""
+    first = chunks[0]
+    pieces: list[str] = []
+    calls: dict[int, JSON] = {}
+    finish: str | None = None
+    usage: JSON | None = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for part_of in chunk.get("choices", ()):
+            finish = part_of.get("finish_reason") or finish
+            delta = part_of.get("delta") or {}
+            text = delta.get("content") if call.kind == "chat" else part_of.get("text")
+            if text:
+                pieces.append(text)
+            for part in delta.get("tool_calls") or ():
+                merged = calls.setdefault(
+                    part.get("index", 0),
+                    {
+                        "id": part.get("id"),
+                        "type": "function",
+                        "function": {"name": "", "arguments": ""},
+                    },
+                )
+                fn = part.get("function") or {}
+                merged["id"] = merged["id"] or part.get("id")
+                merged["function"]["name"] += fn.get("name") or ""
+                merged["function"]["arguments"] += fn.get("arguments") or ""
+    text = "".join(pieces)
+    if call.kind == "chat":
+        message: JSON = {"role": "assistant", "content": text if text or not calls else None}
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        choice: JSON = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        kind = "text_completion"
+    return {
+        "id": first.get("id"),
+        "object": kind,
+        "created": first.get("created", int(time.time())),
+        "model": call.model,
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
 def _reject_images(provider: str, model: str, messages: list[JSON]) -> None:

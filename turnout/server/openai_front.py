@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -28,11 +28,12 @@ from ..gateway import Gateway, StreamReply
 from ..providers.base import Chunk
 from ..wire.sse import DONE, comment, encode_json
 from ..wire.validate import validate_chat, validate_completion, validate_embedding
-from .responses import EventStream, error_response, json_response
+from .responses import EventStream, disconnected, error_response, json_response
 
 __all__ = ["routes"]
 
 Validator = Callable[[Any], dict[str, Any]]
+T = TypeVar("T")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -64,35 +65,67 @@ async def read_json(request: Request, limit: int) -> Any:
         ) from None
 
 
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
 def _endpoint(kind: str, validate: Validator) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response | EventStream:
         gateway: Gateway = request.app.state.gateway
         try:
             body = validate(await read_json(request, gateway.config.server.max_body_bytes))
             if body.get("stream") and kind != "embedding":
-                return await _stream(gateway, kind, body)
-            reply = await gateway.complete(kind, body)
+                return await _stream(request, gateway, kind, body)
+            reply = await _while_connected(request, gateway.complete(kind, body))
         except GatewayError as exc:
             return error_response(exc)
+        except _ClientGone:
+            return Response(status_code=499)  # nobody is listening; nginx's code for it
         return json_response(reply.body, headers=_backend_headers(reply.target.provider.name))
 
     return endpoint
+
+
+async def _race(request: Request, task: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Wait for ``task``, the client's disconnect or ``timeout``; True if the task is done.
+    A client gone first cancels the task (and with it the backend call)."""
+    watch = asyncio.ensure_future(disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait(
+            {task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task in done:
+        return True
+    if watch in done:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise _ClientGone
+    return False
+
+
+async def _while_connected(request: Request, work: Awaitable[T]) -> T:
+    task = asyncio.ensure_future(work)
+    await _race(request, task, None)
+    return task.result()
 
 
 def _backend_headers(name: str) -> dict[str, str]:
     return {"X-Turnout-Backend": name}
 
 
-async def _stream(gateway: Gateway, kind: str, body: dict[str, Any]) -> Response | EventStream:
+async def _stream(
+    request: Request, gateway: Gateway, kind: str, body: dict[str, Any]
+) -> Response | EventStream:
     """Wait briefly for the first chunk, so that an early failure still gets a proper status."""
     opening = asyncio.ensure_future(gateway.open_stream(kind, body))
     keepalive = gateway.config.server.sse_keepalive_seconds
-    try:
-        done, _ = await asyncio.wait({opening}, timeout=keepalive)
-    except asyncio.CancelledError:
-        opening.cancel()
-        raise
-    if not done:
+    if not await _race(request, opening, keepalive):
         return EventStream(_late(opening, keepalive))
     reply = opening.result()  # raises the GatewayError of a failed opening
     return EventStream(_frames(reply.chunks), _backend_headers(reply.target.provider.name))
@@ -110,8 +143,12 @@ async def _late(opening: asyncio.Future[StreamReply], keepalive: float) -> Async
         except GatewayError as exc:
             yield encode_json(exc.to_openai())
             return
-        async for frame in _frames(reply.chunks):
-            yield frame
+        frames = _frames(reply.chunks)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
     finally:
         if not opening.done():
             opening.cancel()
@@ -119,7 +156,7 @@ async def _late(opening: asyncio.Future[StreamReply], keepalive: float) -> Async
                 await opening
 
 
-async def _frames(chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+async def _frames(chunks: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in chunks:
             raw = chunk.raw if chunk.raw is not None else orjson.dumps(chunk.data)

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError
 
-__all__ = ["SSE_HEADERS", "EventStream", "error_response", "json_response"]
+__all__ = ["SSE_HEADERS", "EventStream", "disconnected", "error_response", "json_response"]
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -51,7 +51,7 @@ class EventStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_disconnected(receive))
+        watch = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -72,7 +72,8 @@ class EventStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _disconnected(receive: Receive) -> None:
+async def disconnected(receive: Receive) -> None:
+    """Return when the client has gone away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
