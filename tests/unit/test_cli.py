@@ -47,7 +47,7 @@ aliases:
 def test_help() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "demo", "chat", "models", "config", "version"):
+    for command in ("serve", "demo", "chat", "config", "version"):
         assert command in result.stdout
     assert "local-first LLM gateway" in result.stdout
 

@@ -8,6 +8,7 @@ exceptions. It never retries or picks another backend: that is the router's job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 
 from ..config import ModelEntry, ProviderConfig
 
-__all__ = ["Call", "Chunk", "Health", "ModelInfo", "Provider", "Usage"]
+__all__ = ["Call", "Capabilities", "Chunk", "Health", "ModelInfo", "Provider", "Usage", "needs"]
 
 JSON = dict[str, Any]
 
@@ -59,6 +60,48 @@ class ModelInfo:
     owned_by: str
     created: int = 0
     meta: JSON = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class Capabilities:
+    """What a backend can do for one model. Dialects set their defaults; a model entry in the
+    configuration overrides them (``supports_tools``, ``supports_vision``, ``context_length``,
+    and the provider's ``streaming``). A request that needs something a target lacks is never
+    sent to that target."""
+
+    chat: bool = True
+    completion: bool = True
+    embeddings: bool = True
+    streaming: bool = True
+    tools: bool = True
+    vision: bool = False
+    json_schema: bool = True
+    context_length: int | None = None
+
+    def lacks(self, required: frozenset[str]) -> list[str]:
+        """The names in ``required`` (see `needs`) this model cannot do, in a stable order."""
+        return sorted(name for name in required if not getattr(self, name))
+
+
+def needs(kind: str, body: JSON) -> frozenset[str]:
+    """The capabilities a validated request needs: ``chat``/``completion``/``embeddings``, plus
+    ``streaming``, ``tools``, ``vision`` and ``json_schema`` when the request uses them."""
+    required = {{"chat": "chat", "completion": "completion"}.get(kind, "embeddings")}
+    if body.get("stream"):
+        required.add("streaming")
+    if body.get("tools") and body.get("tool_choice") != "none":
+        required.add("tools")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        required.add("json_schema")
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") == "image_url" for p in content
+        ):
+            required.add("vision")
+            break
+    return frozenset(required)
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,6 +152,25 @@ class Provider(ABC):
     @abstractmethod
     def stream(self, call: Call) -> AsyncIterator[Chunk]:
         """A streaming chat or text completion as OpenAI chunks (no ``[DONE]``)."""
+
+    #: what this dialect can do unless the configuration says otherwise
+    default_capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def capabilities(self, model: str) -> Capabilities:
+        """The dialect's defaults, overridden by what the configuration declares for the model."""
+        caps = self.default_capabilities
+        updates: dict[str, object] = {}
+        if self.config.streaming is not None:
+            updates["streaming"] = self.config.streaming
+        for entry in self.config.models:
+            if entry.name == model:
+                if entry.supports_tools is not None:
+                    updates["tools"] = entry.supports_tools
+                if entry.supports_vision is not None:
+                    updates["vision"] = entry.supports_vision
+                if entry.context_length is not None:
+                    updates["context_length"] = entry.context_length
+        return dataclasses.replace(caps, **updates) if updates else caps  # type: ignore[arg-type]
 
     async def count_tokens(self, model: str, text: str) -> int | None:
         """Tokens in ``text`` by the model's tokenizer (no BOS), or None if it cannot say."""

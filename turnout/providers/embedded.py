@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from ..config import ModelEntry, ProviderConfig
 from ..errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
-from .base import JSON, Call, Chunk, Health, ModelInfo, Provider
+from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
@@ -123,6 +123,8 @@ class _Engine:
 class EmbeddedProvider(Provider):
     dialect: ClassVar[str] = "embedded"
     stream_usage = True
+    # llama-cpp-python's template-based chat formats ignore tools; a GGUF alone has no vision.
+    default_capabilities: ClassVar[Capabilities] = Capabilities(tools=False, vision=False)
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         # The packaged Gemma GGUF carries no chat template, and llama-cpp-python's fallback

@@ -1,66 +1,33 @@
-"""The ``turnout`` command: serve the gateway, try it, inspect models and configuration."""
+"""Commands about the gateway itself: serve, demo, chat, config check, version."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from . import __version__
-from .config import Config, load_config
-from .errors import ConfigError
+from .. import __version__
+from ..config import Config
+from ..errors import ConfigError
+from . import ConfigOption, UrlOption, app, console, err_console, load
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="turnout",
-    help="A local-first LLM gateway: one OpenAI-compatible API in front of every runtime.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-console = Console()
-err_console = Console(stderr=True)
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
-]
 #: header names whose values are credentials, masked like api_key when configuration is shown
 _SECRET_HEADER = re.compile(r"authorization|key|token|secret|cookie|password", re.IGNORECASE)
-UrlOption = Annotated[str, typer.Option("--url", help="Address of a running gateway.")]
-
-
-def _load(config: Path | None, host: str | None = None, port: int | None = None) -> Config:
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from None
-    updates: dict[str, Any] = {}
-    if host is not None:
-        updates["host"] = host
-    if port is not None:
-        updates["port"] = port
-    if updates:
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=updates)})
-    return cfg
 
 
 def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
     import uvicorn
 
-    from .gateway import Gateway
-    from .server import create_app
+    from ..gateway import Gateway
+    from ..server import create_app
 
     try:
         gateway = Gateway(cfg)
@@ -94,7 +61,7 @@ def serve(
     """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
     import uvicorn
 
-    cfg = _load(config, host, port)
+    cfg = load(config, host, port)
     logging.basicConfig(
         level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -114,7 +81,7 @@ def demo(
     ] = False,
 ) -> None:
     """Start the gateway, send it one real chat request over HTTP, print the answer."""
-    cfg = _load(config, port=port)
+    cfg = load(config, port=port)
     asyncio.run(_demo(cfg, prompt, max_tokens, keep_serving))
 
 
@@ -219,34 +186,10 @@ async def _chat(base: str, prompt: str, model: str | None, max_tokens: int, stre
             console.print()
 
 
-@app.command()
-def models(url: UrlOption = "http://127.0.0.1:8400") -> None:
-    """List the models a running gateway serves."""
-    import aiohttp
-
-    async def fetch() -> list[dict[str, Any]]:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{url.rstrip('/')}/v1/models") as resp,
-        ):
-            data: list[dict[str, Any]] = (await resp.json())["data"]
-            return data
-
-    try:
-        data = asyncio.run(fetch())
-    except OSError as exc:
-        err_console.print(f"[red]cannot reach the gateway at {url}: {exc}[/red]")
-        raise typer.Exit(1) from None
-    table = Table("model", "provider")
-    for item in data:
-        table.add_row(item["id"], item["owned_by"])
-    console.print(table)
-
-
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the configuration (file plus environment) and print what turnout will use."""
-    cfg = _load(config)
+    cfg = load(config)
     shown = cfg.model_dump(mode="json", exclude_defaults=False)
     for provider in shown.get("providers", {}).values():
         if provider.get("api_key"):
@@ -266,10 +209,3 @@ def config_check(config: ConfigOption = None) -> None:
 def version() -> None:
     """Print turnout's version."""
     console.print(__version__)
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
