@@ -14,15 +14,25 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-from .providers.presets import DIALECTS, PRESETS
+from .providers.presets import API_KEY_REQUIRED, DIALECTS, PRESETS
 
-__all__ = ["Config", "ModelEntry", "PathsConfig", "ProviderConfig", "ServerConfig", "load_config"]
+__all__ = [
+    "Config",
+    "DiscoveryConfig",
+    "HealthConfig",
+    "ModelEntry",
+    "PathsConfig",
+    "ProviderConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "load_config",
+]
 
 _ENV_PREFIX = "TURNOUT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -62,6 +72,23 @@ class ModelEntry(_Strict):
     n_batch: int = Field(512, ge=1)
     n_gpu_layers: int = Field(0, ge=-1)
     embedding: bool = False
+    # Local model lifecycle and resources (embedded engine; see turnout/models/).
+    use_mmap: bool = True
+    use_mlock: bool = False
+    max_memory_mb: int | None = Field(None, ge=1, description="refuse to load above this estimate")
+    keep_alive: float | str | None = Field(None, description="idle time before unloading")
+    engine: Literal["auto", "llama-cpp", "llama-server"] = Field(
+        "auto", description="in-process llama.cpp, or a managed llama-server process"
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: float | str | None) -> float | str | None:
+        from .models.durations import parse_keep_alive
+
+        if v is not None:
+            parse_keep_alive(v)
+        return v
 
 
 class PathsConfig(_Strict):
@@ -82,6 +109,18 @@ class PathsConfig(_Strict):
         return v
 
 
+class BreakerConfig(_Strict):
+    """When a backend's circuit opens (turnout/routing/breaker.py): after ``failures`` failures in
+    a row, or when ``failure_ratio`` of the last ``window`` calls failed; it stays open
+    ``cooldown`` seconds, doubling on each failed trial up to ``max_cooldown``."""
+
+    failures: int = Field(5, ge=1)
+    failure_ratio: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=2)
+    cooldown: float = Field(5.0, gt=0)
+    max_cooldown: float = Field(60.0, gt=0)
+
+
 class ProviderConfig(_Strict):
     type: str
     endpoint: str | None = None
@@ -95,6 +134,43 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     streaming: bool | None = None
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (Anthropic requires one)",
+    )
+    # Local model lifecycle (embedded engine; see turnout/models/ and turnout/providers/embedded).
+    models_dir: str | None = Field(None, description="serve every model file found here")
+    max_models_loaded: int | None = Field(None, ge=1)
+    max_memory_mb: int | None = Field(None, ge=1, description="budget for all loaded models")
+    keep_alive: float | str | None = Field(None, description="idle time before unloading")
+    swap_after_seconds: float = Field(
+        5.0, ge=0, description="how long a waiting model lets a busy one keep taking requests"
+    )
+    engine: Literal["auto", "llama-cpp", "llama-server"] = "auto"
+    llama_server: str | None = Field(
+        None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
+    )
+    # Routing (turnout/routing): prices, circuit breaker, queue and timeouts of this backend.
+    cost_per_1k_input: float | None = Field(
+        None, ge=0, description="price of 1,000 prompt tokens; unset: 0 for a local backend"
+    )
+    cost_per_1k_output: float | None = Field(None, ge=0)
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
+    queue_size: int = Field(
+        64, ge=0, description="requests that may wait for a slot beyond max_concurrency"
+    )
+    first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
+    total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: float | str | None) -> float | str | None:
+        from .models.durations import parse_keep_alive
+
+        if v is not None:
+            parse_keep_alive(v)
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +223,98 @@ class ProviderConfig(_Strict):
         return PRESETS[self.type].dialect if self.type in PRESETS else self.type
 
 
+#: route strategies (turnout/routing/strategies.py implements one function per name)
+STRATEGIES = (
+    "priority",
+    "cost",
+    "round_robin",
+    "weighted",
+    "least_latency",
+    "least_busy",
+    "capability",
+    "prefix_affinity",
+)
+#: failure classes a retry policy may retry on the same backend
+RETRY_CLASSES = ("connection", "timeout", "429", "5xx", "protocol", "model_not_found")
+
+
+class RetryConfig(_Strict):
+    max_retries: int | None = Field(None, ge=0, le=10, description="unset: the provider's")
+    backoff_base: float = Field(0.1, ge=0)
+    backoff_cap: float = Field(2.0, ge=0)
+    retry_on: list[str] = Field(default_factory=lambda: list(RETRY_CLASSES[:5]))
+    honour_retry_after: bool = True
+    recovery_wait: float = Field(
+        2.0, ge=0, description="how long a request waits for a cooling backend to recover"
+    )
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _classes(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = [str(c) for c in v]  # YAML reads 429 as a number
+        for c in out:
+            if c not in RETRY_CLASSES:
+                allowed = ", ".join(RETRY_CLASSES)
+                raise ValueError(f"unknown failure class {c!r}; allowed: {allowed}")
+        return out
+
+
+class TimeoutsConfig(_Strict):
+    first_token: float | None = Field(None, gt=0, description="per attempt: send to first chunk")
+    total: float | None = Field(None, gt=0, description="the whole request, retries included")
+
+
+class RouteTargetConfig(_Strict):
+    provider: str
+    model: str | None = Field(None, min_length=1, description="unset: the route's name")
+    weight: float = Field(1.0, ge=0)
+    priority: int = 0
+    cost_per_1k_input: float | None = Field(None, ge=0, description="unset: the provider's")
+    cost_per_1k_output: float | None = Field(None, ge=0)
+
+
+class RouteConfig(_Strict):
+    strategy: Literal[STRATEGIES] = "priority"  # type: ignore[valid-type]
+    targets: list[RouteTargetConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
+    timeouts: TimeoutsConfig = Field(default_factory=lambda: TimeoutsConfig())
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RouteConfig:
+        if self.strategy == "weighted" and not any(t.weight > 0 for t in self.targets):
+            raise ValueError("strategy 'weighted' needs a target with a weight above 0")
+        return self
+
+
+class HealthConfig(_Strict):
+    """The background health monitor (turnout/routing/health.py)."""
+
+    enabled: bool = True
+    interval: float = Field(10.0, gt=0, description="seconds between probes of each backend")
+    timeout: float = Field(2.0, gt=0, description="a probe slower than this counts as down")
+
+
+class DiscoveryConfig(_Strict):
+    """Finding local runtimes by their default ports (turnout/discovery.py); ``discovery: true``
+    is short for ``discovery: {enabled: true}``."""
+
+    enabled: bool = False
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1"], min_length=1)
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        None, description="ports to probe; unset: every runtime preset's default port"
+    )
+    interval_seconds: float = Field(60.0, gt=0, description="how often to look again")
+    timeout: float = Field(1.0, gt=0, description="seconds a probe may take")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flag(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
@@ -154,6 +322,10 @@ class Config(_Strict):
     default_embedded: bool = Field(
         True, description="serve the embedded engine when no provider is configured"
     )
+    models_dir: str = Field("./models", description="where `turnout models` finds and puts models")
+    routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    health: HealthConfig = Field(default_factory=lambda: HealthConfig())
+    discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -176,6 +348,66 @@ class Config(_Strict):
             # "org/model" with an unconfigured prefix is a bare model name (Hugging Face style),
             # which the catalog resolves by asking the providers; it is not an error here.
         return self
+
+    @model_validator(mode="after")
+    def _routes_resolve(self) -> Config:
+        _check_routes(self)
+        return self
+
+    @model_validator(mode="after")
+    def _cloud_api_keys(self) -> Config:
+        """A cloud provider without a key would fail every request with 401: fail at start-up."""
+        auth = {"authorization", "x-api-key", "x-goog-api-key"}
+        for name, provider in self.providers.items():
+            if provider.type not in API_KEY_REQUIRED or not provider.enabled or provider.api_key:
+                continue
+            if auth & {key.lower() for key in provider.headers}:
+                continue  # the key travels in a configured header (e.g. through a proxy)
+            raise ValueError(
+                f"providers.{name}.api_key: required for type '{provider.type}'; set it in the "
+                f"file or as TURNOUT_PROVIDERS__{name.upper()}__API_KEY"
+            )
+        return self
+
+
+def _check_routes(config: Config) -> None:
+    """Route targets name configured providers; fallbacks name other routes, without cycles."""
+    providers = set(config.providers) or ({"embedded"} if config.default_embedded else set())
+    for name, route in config.routes.items():
+        if name in config.aliases:
+            raise ValueError(f"routes.{name}: also an alias; a name is either a route or an alias")
+        if name.partition("/")[0] in config.providers and "/" in name:
+            raise ValueError(
+                f"routes.{name}: starts with provider '{name.partition('/')[0]}/', which "
+                "addresses that provider directly; choose another name"
+            )
+        for i, target in enumerate(route.targets):
+            if target.provider not in providers:
+                raise ValueError(
+                    f"routes.{name}.targets[{i}].provider: unknown provider "
+                    f"{target.provider!r}; configured: {', '.join(sorted(providers)) or 'none'}"
+                )
+        for i, other in enumerate(route.fallbacks):
+            if other not in config.routes or other == name:
+                raise ValueError(
+                    f"routes.{name}.fallbacks[{i}]: {other!r} is not another route; routes: "
+                    f"{', '.join(r for r in config.routes if r != name) or 'none'}"
+                )
+    for name in config.routes:  # depth-first walk: a fallback chain must end
+        path = [name]
+        stack = [(name, iter(config.routes[name].fallbacks))]
+        while stack:
+            step = next(stack[-1][1], None)
+            if step is None:
+                stack.pop()
+                path.pop()
+            elif step in path:
+                raise ValueError(
+                    f"routes.{name}.fallbacks: the chain {' -> '.join([*path, step])} is a cycle"
+                )
+            else:
+                path.append(step)
+                stack.append((step, iter(config.routes[step].fallbacks)))
 
 
 def load_config(

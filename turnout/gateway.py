@@ -1,4 +1,4 @@
-"""`Gateway`: providers, model catalog and router, behind one object.
+"""`Gateway`: providers, model catalog, router, health monitor and telemetry, behind one object.
 
 The HTTP server and programs that embed turnout use the same object::
 
@@ -6,6 +6,10 @@ The HTTP server and programs that embed turnout use the same object::
         reply = await gw.chat("gemma-3-270m", [{"role": "user", "content": "Hi"}], max_tokens=16)
         async for chunk in gw.stream("gemma-3-270m", [{"role": "user", "content": "Hi"}]):
             ...
+        print(gw.stats())
+
+Each request carries a `Trace` (made by the HTTP middleware, or here for the Python API) that the
+router fills in and telemetry receives once the response is done.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -21,9 +26,14 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
+from .discovery import AutoDiscovery
+from .errors import InvalidRequestError
 from .providers import build_provider
 from .providers.base import JSON, Chunk, Provider
 from .routing import Catalog, Router, Target
+from .routing.health import BackendHealth, HealthMonitor
+from .routing.strategies import prompt_text
+from .telemetry import CURRENT, Telemetry, Trace
 from .wire.openai import embedding_base64
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
@@ -68,11 +78,14 @@ class Gateway:
         self.providers: dict[str, Provider] = {
             name: build_provider(name, cfg) for name, cfg in configs.items() if cfg.enabled
         }
-        self.catalog = Catalog(self.providers, self.config.aliases)
+        self.catalog = Catalog(self.providers, self.config.aliases, routes=self.config.routes)
         self.router = Router(self.catalog)
+        self.health: HealthMonitor | None = None
+        self.telemetry = Telemetry(live=self._live, prompt_text=prompt_text)
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
         self._starting = asyncio.Lock()
+        self.discovery: AutoDiscovery | None = None
 
     async def start(self) -> None:
         """Load engines and open connections; called by ``async with`` and the HTTP server, and
@@ -81,18 +94,39 @@ class Gateway:
             if self._started:
                 return
             await asyncio.gather(*(p.start() for p in self.providers.values()))
+            if self.config.discovery.enabled:  # registers what answers now, looks again later
+                self.discovery = AutoDiscovery(self)
+                await self.discovery.start()
             await self.catalog.refresh()
             self._refresher = asyncio.create_task(
                 self._refresh_loop(), name="turnout-model-refresh"
             )
+            health = self.config.health
+            if health.enabled:
+                self.health = HealthMonitor(
+                    self.providers,
+                    interval=health.interval,
+                    timeout=health.timeout,
+                    on_result=self._probed,
+                )
+                self.health.start()  # the first round runs now, in the background
+            self.router.health = self.health
+            self.telemetry.start()
             self._started = True
 
     async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+            self.discovery = None
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
+        if self.health is not None:
+            await self.health.close()
+            self.health = None
+        await self.telemetry.close()
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
 
@@ -113,24 +147,116 @@ class Gateway:
             except Exception:  # a refresh must never end the loop
                 log.exception("model list refresh failed")
 
-    # The interface the HTTP fronts use: bodies already validated.
+    def _probed(self, name: str, health: BackendHealth) -> None:
+        self.router.probe_result(name, health.ok)
 
-    async def complete(self, kind: str, body: JSON) -> Reply:
+    def _live(self) -> dict[str, dict[str, object]]:
+        live = self.router.live()
+        snapshot = self.health.snapshot.backends if self.health is not None else {}
+        for name, entry in live.items():
+            probed = snapshot.get(name)
+            entry["health"] = probed.to_json() if probed is not None else None
+        return live
+
+    def _trace(
+        self,
+        kind: str,
+        body: JSON,
+        stream: bool,
+        timeout: float | None,
+        first_token_timeout: float | None,
+    ) -> Trace:
+        """The request's trace: the HTTP middleware's (with the client's overrides), else new."""
+        trace = CURRENT.get()
+        if trace is None or trace.kind is not None:  # the Python API, or a second call
+            trace = Trace()
+        trace.begin(kind, body.get("model", ""), stream)
+        if timeout is not None:
+            trace.timeout = _seconds("timeout", timeout)
+        if first_token_timeout is not None:
+            trace.first_token_timeout = _seconds("first_token_timeout", first_token_timeout)
+        return trace
+
+    # The interface the HTTP fronts use: bodies already validated. ``timeout`` (the whole
+    # request, retries included) and ``first_token_timeout`` (each attempt) override the route's
+    # and the backend's; over HTTP they come from the X-Turnout-Timeout and
+    # X-Turnout-First-Token-Timeout headers.
+
+    async def complete(
+        self,
+        kind: str,
+        body: JSON,
+        *,
+        timeout: float | None = None,
+        first_token_timeout: float | None = None,
+    ) -> Reply:
         if not self._started:
             await self.start()
-        result, target = await self.router.complete(kind, body)
-        return Reply(_conform(kind, body, result), target)
+        trace = self._trace(kind, body, False, timeout, first_token_timeout)
+        try:
+            if trace.error is not None:
+                raise trace.error
+            result, target = await self.router.complete(kind, body, trace=trace)
+            reply = Reply(_conform(kind, body, result), target)
+        except BaseException as exc:
+            trace.failed(exc)
+            trace.ready()
+            self.telemetry.emit(trace)
+            raise
+        usage = result.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            trace.tokens_in = usage["prompt_tokens"]
+            trace.tokens_out = usage.get("completion_tokens") or 0
+        else:
+            trace.body = body  # estimated later, off the hot path
+        trace.ready()
+        self.telemetry.emit(trace)
+        return reply
 
-    async def open_stream(self, kind: str, body: JSON) -> StreamReply:
+    async def open_stream(
+        self,
+        kind: str,
+        body: JSON,
+        *,
+        timeout: float | None = None,
+        first_token_timeout: float | None = None,
+    ) -> StreamReply:
         if not self._started:
             await self.start()
-        chunks, target = await self.router.stream(kind, body)
-        return StreamReply(self._metered(kind, body, chunks, target), target)
+        trace = self._trace(kind, body, True, timeout, first_token_timeout)
+        try:
+            if trace.error is not None:
+                raise trace.error
+            chunks, target = await self.router.stream(kind, body, trace=trace)
+        except BaseException as exc:
+            trace.failed(exc)
+            trace.ready()
+            self.telemetry.emit(trace)
+            raise
+        trace.ready()
+        return StreamReply(self._metered(kind, body, chunks, target, trace), target)
+
+    def stats(self) -> dict[str, Any]:
+        """Per backend and model: requests, successes, failures, latency (average, p50, p95),
+        time to first token, tokens in and out, cost; with each backend's health, circuit and
+        concurrency. What ``GET /stats`` answers."""
+        return self.telemetry.stats()
+
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition ``GET /metrics`` answers."""
+        return self.telemetry.render_metrics()
 
     async def _metered(
-        self, kind: str, body: JSON, chunks: AsyncIterator[Chunk], target: Target
+        self,
+        kind: str,
+        body: JSON,
+        chunks: AsyncIterator[Chunk],
+        target: Target,
+        trace: Trace | None = None,
     ) -> AsyncIterator[Chunk]:
-        """Read usage as the stream passes; supply it when the backend never does."""
+        """Read usage as the stream passes; supply it when the backend never does. Hand the
+        request's trace to telemetry when the stream is over, however it ends."""
+        trace = trace or Trace()
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         usage: JSON | None = None
         collect = include_usage  # even a backend that should report usage may not
@@ -142,43 +268,58 @@ class Gateway:
         counted: tuple[int, JSON] | None = None  # (pieces counted, usage)
         pieces: list[str] = []
         last: JSON = {}
+        sent = 0  # chunks with choices: about one token each, when nobody counts
         try:
-            async for chunk in chunks:
-                data = chunk.data
-                choices = data.get("choices")
-                if data.get("usage"):
-                    usage = data["usage"]
-                    if not choices and not include_usage:
-                        continue  # the usage chunk turnout asked for on the client's behalf
-                if collect and choices:
-                    pieces.extend(_text_of(choices))
-                    if count_early and _finished(choices):
-                        text = "".join(pieces)
-                        counted = (len(pieces), await self._count_usage(kind, body, target, text))
-                last = data
-                yield chunk
-        finally:  # a client gone early: end the backend call and free its slot now, not at GC
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if usage is None and include_usage:
-            if counted is not None and counted[0] == len(pieces):
-                usage = counted[1]
+            try:
+                async for chunk in chunks:
+                    data = chunk.data
+                    choices = data.get("choices")
+                    if data.get("usage"):
+                        usage = data["usage"]
+                        if not choices and not include_usage:
+                            continue  # the usage chunk turnout asked for on the client's behalf
+                    if choices:
+                        sent += 1
+                        if collect:
+                            pieces.extend(_text_of(choices))
+                            if count_early and _finished(choices):
+                                text = "".join(pieces)
+                                n = len(pieces)
+                                counted = (n, await self._count_usage(kind, body, target, text))
+                    last = data
+                    yield chunk
+            finally:  # a client gone early: end the backend call and free its slot now, not at GC
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if usage is None and include_usage:
+                if counted is not None and counted[0] == len(pieces):
+                    usage = counted[1]
+                else:
+                    usage = await self._count_usage(kind, body, target, "".join(pieces))
+                yield Chunk(
+                    {
+                        "id": last.get("id", ""),
+                        "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
+                        "created": last.get("created", int(time.time())),
+                        "model": last.get("model", target.model),
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+        except BaseException as exc:
+            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
+            raise
+        finally:
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                trace.tokens_in = usage["prompt_tokens"]
+                trace.tokens_out = usage.get("completion_tokens") or 0
             else:
-                usage = await self._count_usage(kind, body, target, "".join(pieces))
-            yield Chunk(
-                {
-                    "id": last.get("id", ""),
-                    "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
-                    "created": last.get("created", int(time.time())),
-                    "model": last.get("model", target.model),
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
+                trace.tokens_out, trace.body = sent, body
+            self.telemetry.emit(trace)
 
     async def _count_usage(self, kind: str, body: JSON, target: Target, completion: str) -> JSON:
-        prompt = _prompt_text(kind, body)
+        prompt = prompt_text(kind, body)
         provider = target.provider
         counts: list[int] = []
         for text in (prompt, completion):
@@ -195,27 +336,59 @@ class Gateway:
 
     # The Python API.
 
-    async def chat(self, model: str, messages: list[JSON], **params: Any) -> JSON:
+    # ``timeout`` and ``first_token_timeout`` (seconds) are turnout's per-request overrides; every
+    # other keyword is a field of the OpenAI request body.
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[JSON],
+        *,
+        timeout: float | None = None,
+        first_token_timeout: float | None = None,
+        **params: Any,
+    ) -> JSON:
         """A chat completion, as OpenAI's ``chat.completion`` object."""
         body = validate_chat({**params, "model": model, "messages": messages, "stream": False})
-        return (await self.complete("chat", body)).body
+        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        return (await self.complete("chat", body, **limits)).body
 
-    async def stream(self, model: str, messages: list[JSON], **params: Any) -> AsyncIterator[JSON]:
+    async def stream(
+        self,
+        model: str,
+        messages: list[JSON],
+        *,
+        timeout: float | None = None,
+        first_token_timeout: float | None = None,
+        **params: Any,
+    ) -> AsyncIterator[JSON]:
         """A streamed chat completion, as OpenAI ``chat.completion.chunk`` objects."""
         body = validate_chat({**params, "model": model, "messages": messages, "stream": True})
-        reply = await self.open_stream("chat", body)
+        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        reply = await self.open_stream("chat", body, **limits)
         async for chunk in reply.chunks:
             yield chunk.data
 
-    async def completion(self, model: str, prompt: str | list[str], **params: Any) -> JSON:
+    async def completion(
+        self,
+        model: str,
+        prompt: str | list[str],
+        *,
+        timeout: float | None = None,
+        first_token_timeout: float | None = None,
+        **params: Any,
+    ) -> JSON:
         """A text completion, as OpenAI's ``text_completion`` object."""
         body = validate_completion({**params, "model": model, "prompt": prompt, "stream": False})
-        return (await self.complete("completion", body)).body
+        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        return (await self.complete("completion", body, **limits)).body
 
-    async def embed(self, model: str, input: str | list[str], **params: Any) -> JSON:
+    async def embed(
+        self, model: str, input: str | list[str], *, timeout: float | None = None, **params: Any
+    ) -> JSON:
         """Embeddings, as OpenAI's embedding list object."""
         body = validate_embedding({**params, "model": model, "input": input})
-        return (await self.complete("embedding", body)).body
+        return (await self.complete("embedding", body, timeout=timeout)).body
 
     async def models(self) -> list[JSON]:
         """Every model every provider serves, as ``provider/model`` ids, then the aliases."""
@@ -254,19 +427,9 @@ def _text_of(choices: list[JSON]) -> list[str]:
     return out
 
 
-def _prompt_text(kind: str, body: JSON) -> str:
-    if kind != "chat":
-        prompt = body.get("prompt")
-        return (
-            prompt
-            if isinstance(prompt, str)
-            else "\n".join(p for p in prompt or () if isinstance(p, str))
-        )
-    parts: list[str] = []
-    for message in body.get("messages", ()):
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if p.get("type") == "text")
-    return "\n".join(parts)
+def _seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequestError(f"'{name}' must be a number of seconds, got {value!r}.")
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidRequestError(f"'{name}' must be a positive number of seconds, got {value!r}.")
+    return float(value)

@@ -16,6 +16,13 @@ ollama/ollama docs/api.md @fb30760, as summarised in shared/reference/runtimes.m
 - Errors are ``{"error": "..."}`` with the documented statuses: 400 for a bad request, 404 for an
   unknown model (``model "x" not found, try pulling it first``), and whatever a test injects. A
   failure mid-stream is a last line ``{"error": "..."}`` under the 200 already sent.
+- ``POST /api/pull`` (``{model, insecure?, stream?}``, streaming unless ``stream: false``) sends
+  NDJSON progress: ``pulling manifest``, per layer ``pulling <digest>`` with ``digest``, ``total``
+  and ``completed``, ``verifying sha256 digest``, ``writing manifest``, ``removing any unused
+  layers``, ``success``; the model then appears in ``/api/tags``. A name the registry
+  (`FakeOllama.registry`) lacks gets ``pulling manifest`` then ``{"error": "pull model manifest:
+  file does not exist"}`` (status 500 when not streamed). ``DELETE /api/delete`` (``{model}``)
+  answers 200 with no body, or 404 ``{"error": "model '<name>' not found"}``.
 - It checks what it receives as Ollama's Go decoder would: ``content`` must be a string, images
   bare base64 (a ``data:`` prefix is ``illegal base64 data at input byte 4``), tool call
   ``arguments`` objects, options of the right JSON type; a model must have the capability asked
@@ -241,6 +248,8 @@ class FakeOllama:
         version: str = VERSION,
     ) -> None:
         self.models = {m.name: m for m in models}
+        #: what /api/pull can fetch: the models given, and one that is not installed yet
+        self.registry = {**self.models, "qwen2.5:0.5b": FakeModel("qwen2.5:0.5b", "qwen2")}
         self.reply = reply
         self.tool_arguments = dict(tool_arguments or {"location": "Paris, FR", "format": "celsius"})
         self.version = version
@@ -287,6 +296,8 @@ class FakeOllama:
         app.router.add_post("/api/chat", self._chat)
         app.router.add_post("/api/generate", self._generate)
         app.router.add_post("/api/embed", self._embed)
+        app.router.add_post("/api/pull", self._pull)
+        app.router.add_delete("/api/delete", self._delete)
         app.router.add_route("*", "/{tail:.*}", self._not_found)  # Gin's 404, any method
         return app
 
@@ -444,6 +455,63 @@ class FakeOllama:
         }
         self.sent.append([answer])
         return web.json_response(answer)
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        body = self._body(request)
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise _Reject(400, "model is required")
+        stream = body.get("stream", True)
+        if not isinstance(stream, bool):
+            raise _Reject(400, self._unmarshal(stream, "PullRequest.stream", "bool"))
+        full = name if ":" in name.rpartition("/")[2] else name + ":latest"
+        model = self.registry.get(full)
+        if model is None:
+            missing = "pull model manifest: file does not exist"
+            if not stream:
+                raise _Reject(500, missing)
+            return await self._ndjson(request, [{"status": "pulling manifest"}, {"error": missing}])
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        for size in (model.size, 487):  # the weights layer and the params layer
+            digest = "sha256:" + hashlib.sha256(f"{full}/{size}".encode()).hexdigest()
+            status = f"pulling {digest[7:19]}"
+            lines.append({"status": status, "digest": digest, "total": size})
+            for part in (1, 2, 3, 4):
+                lines.append(
+                    {"status": status, "digest": digest, "total": size,
+                     "completed": size * part // 4}
+                )  # fmt: skip
+        lines += [{"status": s} for s in ("verifying sha256 digest", "writing manifest")]
+        lines += [{"status": "removing any unused layers"}, {"status": "success"}]
+        self.models[full] = model
+        if not stream:
+            self.sent.append([lines[-1]])
+            return web.json_response(lines[-1])
+        return await self._ndjson(request, lines)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        body = self._body(request)
+        name = body.get("model")
+        model = self._lookup(name)
+        if model is None:
+            raise _Reject(404, f"model '{name}' not found")
+        del self.models[model.name]
+        self.loaded.pop(model.name, None)
+        return web.Response(status=200)
+
+    async def _ndjson(
+        self, request: web.Request, lines: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        self.sent.append(lines)
+        response = web.StreamResponse()
+        response.content_type = "application/x-ndjson"
+        await response.prepare(request)
+        for obj in lines:
+            line = orjson.dumps(obj) + b"\n"
+            await response.write(line[: len(line) // 2])
+            await response.write(line[len(line) // 2 :])
+        await response.write_eof()
+        return response
 
     # Checks, as Ollama's decoder and handlers make them.
 

@@ -364,7 +364,7 @@ async def test_complete_sends_the_translated_request() -> None:
     assert seen["body"] == {
         "model": "real-model",
         "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 8,
+        "max_completion_tokens": 8,  # vLLM's preferred name (max_tokens is deprecated there)
     }
     assert seen["headers"]["Authorization"] == "Bearer sk-9"
     assert seen["headers"]["X-Team"] == "t"
@@ -460,6 +460,21 @@ async def test_stream_last_event_without_blank_line_and_no_done() -> None:
         started(make(endpoint=url)) as provider,
     ):
         assert await collect(provider.stream(chat_call(stream=True))) == [CHUNK_1, CHUNK_2]
+
+
+async def test_stream_cut_short_without_done_or_finish_is_an_error() -> None:
+    """A body that ends cleanly after content but with neither a finish reason nor [DONE] is a
+    reply cut short: the client must learn it, not receive a truncated answer as whole."""
+    body = event(CHUNK_1)
+    async with (
+        serve({"/v1/chat/completions": sse_handler(body)}) as url,
+        started(make(endpoint=url)) as provider,
+    ):
+        seen: list[dict[str, object]] = []
+        with pytest.raises(BackendUnavailableError, match="ended the stream before it finished"):
+            async for chunk in provider.stream(chat_call(stream=True)):
+                seen.append(chunk.data)
+    assert seen == [CHUNK_1]
 
 
 async def test_stream_stops_at_done() -> None:
@@ -691,7 +706,7 @@ async def test_count_tokens(type_: str, path: str, expected: int) -> None:
         started(make(type_, endpoint=url)) as provider,
     ):
         assert await provider.count_tokens("m", "a b c") == expected
-    assert seen == [{"model": "m", "input": "a b c", "content": "a b c"}]
+    assert seen == [{"model": "m", "input": "a b c", "content": "a b c", "prompt": "a b c"}]
 
 
 async def test_count_tokens_without_a_tokenizer_endpoint() -> None:

@@ -22,6 +22,7 @@ from turnout.errors import (
 )
 from turnout.providers.base import JSON, Call, Chunk, Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router, Target
+from turnout.routing.routes import RetryPolicy
 
 Outcome = JSON | GatewayError | list[Any]
 
@@ -103,8 +104,10 @@ class RecordingRouter(Router):
         super().__init__(catalog, rng=lambda: 0.5, **kw)
         self.delays: list[float] = []
 
-    def delay(self, attempt: int, error: GatewayError | None) -> float:
-        self.delays.append(super().delay(attempt, error))
+    def delay(
+        self, attempt: int, error: GatewayError | None, policy: RetryPolicy | None = None
+    ) -> float:
+        self.delays.append(super().delay(attempt, error, policy))
         return 0.0
 
 
@@ -339,12 +342,27 @@ async def test_no_retry_and_no_fallback_when_rejected() -> None:
     assert a.in_use == 0
 
 
-async def test_no_retry_on_capability_error() -> None:
+async def test_capability_error_is_not_retried_but_the_next_backend_may_serve() -> None:
     a = MemoryProvider("a", ["m"], max_retries=3, outcomes=[CapabilityError("no tools")])
-    router = RecordingRouter(await ready(a, MemoryProvider("b", ["m"])))
-    with pytest.raises(CapabilityError):
-        await router.complete("chat", body())
-    assert len(a.calls) == 1
+    b = MemoryProvider("b", ["m"])
+    _, target = await RecordingRouter(await ready(a, b)).complete("chat", body())
+    assert target.provider is b
+    assert (len(a.calls), len(b.calls)) == (1, 1)
+
+
+async def test_capability_error_when_no_backend_can() -> None:
+    a = MemoryProvider("a", ["m"], max_retries=3, outcomes=[CapabilityError("a: no tools")])
+    b = MemoryProvider("b", ["m"], outcomes=[CapabilityError("b: no tools")])
+    with pytest.raises(CapabilityError, match="a: no tools"):
+        await RecordingRouter(await ready(a, b)).complete("chat", body())
+    assert (len(a.calls), len(b.calls)) == (1, 1)
+
+
+async def test_a_failure_elsewhere_says_more_than_a_capability_error() -> None:
+    a = MemoryProvider("a", ["m"], outcomes=[CapabilityError("a: no vision")])
+    b = MemoryProvider("b", ["m"], outcomes=[BackendUnavailableError("b is down")])
+    with pytest.raises(BackendUnavailableError, match="b is down"):
+        await RecordingRouter(await ready(a, b)).complete("chat", body())
 
 
 async def test_fallback_on_model_not_found_without_retry() -> None:

@@ -56,4 +56,11 @@ def main() -> None:
 
 
 # Command modules register themselves on `app` when imported.
-from . import gateway as _gateway  # noqa: E402, F401
+from . import (  # noqa: E402
+    bench as _bench,  # noqa: F401
+    gateway as _gateway,  # noqa: F401
+    local as _local,  # noqa: F401
+    models as _models,  # noqa: F401
+    ollama as _ollama,  # noqa: F401
+    providers as _providers,  # noqa: F401
+)

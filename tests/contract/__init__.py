@@ -1,0 +1,1 @@
+"""The dialect contract suite: one test class every runtime passes."""

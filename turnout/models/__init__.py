@@ -1,0 +1,1 @@
+"""Local models: the models directory, quantization, downloads, lifecycle and engines."""

@@ -1,0 +1,207 @@
+"""What this machine offers local models, and the settings and quantization to use on it.
+
+Detection reads the CPU, memory and GPUs without extra dependencies: ``/proc/cpuinfo`` and
+``/proc/meminfo`` (``sysctl`` on macOS), ``nvidia-smi`` for CUDA, ``rocm-smi`` or ``/dev/kfd`` for
+ROCm, Apple silicon for Metal, and whether the installed llama.cpp can offload to a GPU at all.
+
+The recommendations follow source document 001: ``calculateOptimalSettings`` (threads up to 8,
+context 2048 / 4096 / 8192 below 4 / 8 GB / above) and ``getQuantizationRecommendation`` (its
+speed / balanced / quality table by memory tier of 4, 8, 16 and 32 GB). Per model size, the
+table's choice is kept when the model fits in memory at that quantization and stepped down
+until it does; sizes come from approximate bits per weight of llama.cpp's quantization types.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BITS_PER_WEIGHT", "Gpu", "Hardware", "advise", "detect", "parse_cpuinfo", "parse_meminfo",
+    "recommend_quantization", "recommend_settings", "size_recommendations",
+]  # fmt: skip
+
+GB = 1024**3
+
+#: approximate bits per weight of llama.cpp's types on 7B-class models (llama-quantize's table)
+BITS_PER_WEIGHT = {
+    "Q2_K": 2.96, "Q3_K_S": 3.50, "Q3_K_M": 3.91, "Q4_0": 4.55, "Q4_K_S": 4.58, "Q4_K_M": 4.89,
+    "Q5_K_M": 5.69, "Q6_K": 6.56, "Q8_0": 8.50, "F16": 16.0,
+}  # fmt: skip
+#: source document 001's getQuantizationRecommendation: memory tier (GB) -> type, per target
+_TABLE = {
+    "speed": {4: "Q2_K", 8: "Q3_K_S", 16: "Q4_K_M", 32: "Q5_K_M"},
+    "balanced": {4: "Q3_K_S", 8: "Q4_K_M", 16: "Q5_K_M", 32: "Q8_0"},
+    "quality": {4: "Q4_K_M", 8: "Q5_K_M", 16: "Q8_0", 32: "F16"},
+}
+#: from most to least precise: where a recommendation steps down to when it does not fit
+_LADDER = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q3_K_S", "Q2_K")
+#: model sizes (billions of parameters) the doctor gives advice for
+SIZES = (0.5, 1.0, 3.0, 7.0, 8.0, 13.0, 34.0, 70.0)
+
+
+@dataclass(slots=True)
+class Gpu:
+    kind: str  # "cuda" | "rocm" | "metal"
+    name: str
+    memory: int | None = None  # bytes
+
+
+@dataclass(slots=True)
+class Hardware:
+    system: str
+    machine: str
+    cpu: str
+    logical_cores: int
+    physical_cores: int
+    cpu_flags: list[str] = field(default_factory=list)
+    memory_total: int = 0
+    memory_available: int = 0
+    gpus: list[Gpu] = field(default_factory=list)
+    gpu_offload: bool = False  # whether the installed llama.cpp was built with a GPU backend
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_cpuinfo(text: str) -> tuple[str, int, int, list[str]]:
+    """(model, logical cores, physical cores, SIMD flags llama.cpp uses) from /proc/cpuinfo."""
+    model = next(
+        iter(re.findall(r"^(?:model name|Hardware|cpu model)\s*:\s*(.+)$", text, re.M)), ""
+    )
+    logical = len(re.findall(r"^processor\s*:", text, re.M))
+    cores = set()
+    for block in text.split("\n\n"):
+        phys = re.search(r"^physical id\s*:\s*(\d+)", block, re.M)
+        core = re.search(r"^core id\s*:\s*(\d+)", block, re.M)
+        if core:
+            cores.add((phys[1] if phys else "0", core[1]))
+    flags_line = next(iter(re.findall(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)), "")
+    wanted = ("avx", "avx2", "avx512f", "fma", "f16c", "neon", "asimd", "sve")
+    flags = [f for f in wanted if f in flags_line.split()]
+    return model.strip(), logical, len(cores) or logical, flags
+
+
+def parse_meminfo(text: str) -> tuple[int, int]:
+    """(total, available) bytes from /proc/meminfo."""
+    values = {k: int(v) * 1024 for k, v in re.findall(r"^(\w+):\s+(\d+) kB", text, re.M)}
+    total = values.get("MemTotal", 0)
+    return total, values.get("MemAvailable", values.get("MemFree", total))
+
+
+def _run(*cmd: str) -> str:
+    if shutil.which(cmd[0]) is None:
+        return ""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
+def _gpus(system: str, machine: str) -> list[Gpu]:
+    found: list[Gpu] = []
+    query = ("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
+    for line in _run(*query).splitlines():
+        name, _, mib = line.rpartition(",")
+        mem = int(mib.strip()) * 1024 * 1024 if mib.strip().isdigit() else None
+        found.append(Gpu("cuda", name.strip(), mem))
+    if _run("rocm-smi", "--showproductname") or Path("/dev/kfd").exists():
+        found.append(Gpu("rocm", "AMD GPU (ROCm)"))
+    if system == "Darwin" and machine == "arm64":
+        found.append(Gpu("metal", "Apple silicon (Metal, unified memory)"))
+    return found
+
+
+def detect() -> Hardware:
+    system, machine = platform.system(), platform.machine()
+    logical = os.cpu_count() or 1
+    model, physical = platform.processor() or machine, logical
+    flags: list[str] = []
+    total = available = 0
+    if Path("/proc/cpuinfo").is_file():
+        model, logical_seen, physical, flags = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+        logical = logical_seen or logical
+    if Path("/proc/meminfo").is_file():
+        total, available = parse_meminfo(Path("/proc/meminfo").read_text())
+    elif system == "Darwin":
+        total = int(_run("sysctl", "-n", "hw.memsize").strip() or 0)
+        available = total
+    try:
+        import llama_cpp
+
+        offload = bool(llama_cpp.llama_supports_gpu_offload())
+    except ImportError:
+        offload = False
+    return Hardware(
+        system, machine, model, logical, physical, flags, total, available,
+        _gpus(system, machine), offload,
+    )  # fmt: skip
+
+
+def recommend_quantization(memory_gb: float, target: str = "balanced") -> str:
+    """Source document 001's table: the first tier (4, 8, 16, 32 GB) at or above the memory."""
+    tiers = _TABLE[target]
+    tier = next((t for t in sorted(tiers) if memory_gb <= t), 32)
+    return tiers[tier]
+
+
+def recommend_settings(hw: Hardware) -> dict[str, Any]:
+    """Engine settings for this machine (source document 001's calculateOptimalSettings, in
+    llama.cpp's terms)."""
+    available_gb = hw.memory_available / GB
+    gpu = next(iter(hw.gpus), None) if hw.gpu_offload else None
+    n_ctx = 2048 if available_gb < 4 else 4096 if available_gb < 8 else 8192
+    return {
+        # llama.cpp is fastest on physical cores; the source document caps threads at 8
+        "n_threads": max(1, min(hw.physical_cores, 8)),
+        "n_ctx": n_ctx,
+        "n_batch": 512 if gpu is None else 1024,
+        "n_gpu_layers": -1 if gpu is not None else 0,
+        "use_mmap": True,
+        "use_mlock": available_gb >= 16,  # pin weights when memory is plentiful
+        "device": gpu.kind if gpu is not None else "cpu",
+        "quantization": recommend_quantization(available_gb),
+    }
+
+
+def model_bytes(parameters: float, quantization: str, n_ctx: int = 4096) -> int:
+    """Rough memory of a model: weights at the type's bits per weight, plus an f16 KV cache of
+    about 0.06 GB per billion parameters at 4k context (Llama 3 8B with grouped-query attention:
+    0.5 GB) and 0.25 GB of buffers."""
+    weights = parameters * BITS_PER_WEIGHT[quantization] / 8
+    extra = 0.06 * GB * (parameters / 1e9) * (n_ctx / 4096) + 0.25 * GB
+    return int(weights + extra)
+
+
+def advise(parameters: float, hw: Hardware, target: str = "balanced") -> dict[str, Any]:
+    """For a model of ``parameters``: the table's quantization for the memory it can use (80%
+    of available memory, or of VRAM when llama.cpp can offload to a GPU that reports it),
+    stepped down until the model fits; ``quantization`` is None when nothing fits."""
+    settings = recommend_settings(hw)
+    n_ctx = settings["n_ctx"]
+    gpu = next((g for g in hw.gpus if g.memory), None) if hw.gpu_offload else None
+    room = int(0.8 * (gpu.memory if gpu and gpu.memory else hw.memory_available))
+    first = recommend_quantization(room / GB, target)
+    ladder = _LADDER[_LADDER.index(first) :]
+    choice = next((q for q in ladder if model_bytes(parameters, q, n_ctx) <= room), None)
+    return {
+        "parameters_b": round(parameters / 1e9, 2),
+        "quantization": choice,
+        "memory_bytes": model_bytes(parameters, choice or "Q2_K", n_ctx),
+        "fits": choice is not None,
+        "n_ctx": n_ctx,
+        "n_threads": settings["n_threads"],
+        "n_gpu_layers": settings["n_gpu_layers"] if choice else 0,
+    }
+
+
+def size_recommendations(hw: Hardware, target: str = "balanced") -> list[dict[str, Any]]:
+    """`advise` for the usual model sizes (0.5B to 70B)."""
+    return [advise(billions * 1e9, hw, target) for billions in SIZES]

@@ -1,0 +1,187 @@
+"""Telemetry: each request's record, emitted once after its response, aggregated off the hot path.
+
+A request appends its `Trace` to a bounded list (O(1); when full, the record is dropped and
+counted, never queued without bound). A background task drains the list every ``interval``
+seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
+and `Gateway.stats()` drain it first, so what they show includes every finished request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..providers.base import JSON
+from .metrics import CONTENT_TYPE, Live, Metrics
+from .record import CURRENT, Trace
+from .stats import MAX_SERIES, OTHER, Series, Window
+
+__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace"]
+
+log = logging.getLogger("turnout.telemetry")
+
+
+class Telemetry:
+    def __init__(
+        self,
+        *,
+        live: Live | None = None,
+        prompt_text: Callable[[str, JSON], str] | None = None,
+        capacity: int = 4096,
+        interval: float = 0.5,
+    ) -> None:
+        self.metrics = Metrics(live)
+        self.capacity = capacity
+        self.interval = interval
+        self.dropped = 0
+        self._dropped_counted = 0
+        self.overhead = Window()
+        self.outcomes = {"ok": 0, "error": 0, "cancelled": 0}
+        self.started = time.time()
+        self._live = live
+        self._prompt_text = prompt_text
+        self._pending: list[Trace] = []
+        self._series: dict[tuple[str, str], Series] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def emit(self, trace: Trace) -> None:
+        """Hand over a finished request; O(1), no await."""
+        if len(self._pending) < self.capacity:
+            self._pending.append(trace)
+        else:
+            self.dropped += 1
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="turnout-telemetry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.flush()
+
+    async def _drain(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.flush()
+            except Exception:  # statistics must never take the gateway down
+                log.exception("telemetry drain failed")
+
+    def flush(self) -> None:
+        batch, self._pending = self._pending, []
+        for trace in batch:
+            self._add(trace)
+        if self.dropped > self._dropped_counted:
+            self.metrics.dropped.inc(self.dropped - self._dropped_counted)
+            self._dropped_counted = self.dropped
+
+    def _series_for(self, backend: str, model: str) -> Series:
+        key = (backend, model)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= MAX_SERIES:
+                key = (backend, OTHER)
+                series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = Series()
+                series.children = self.metrics.children(*key)
+        return series
+
+    def _add(self, trace: Trace) -> None:
+        metrics = self.metrics
+        self.outcomes[trace.outcome] += 1
+        metrics.outcome(trace.outcome).inc()
+        if trace.overhead_s is not None:
+            self.overhead.add(trace.overhead_s)
+            metrics.overhead.observe(trace.overhead_s)
+        for backend, model, ok, code, seconds, ttft in trace.attempts:
+            series = self._series_for(backend, model)
+            children: Any = series.children
+            series.requests += 1
+            if ok:
+                series.successes += 1
+                children.success.inc()
+                series.latency.add(seconds)
+                children.latency.observe(seconds)
+                if ttft is not None:
+                    series.ttft.add(ttft)
+                    children.ttft.observe(ttft)
+            else:
+                series.failures += 1
+                children.failure.inc()
+                code = code or "error"
+                series.errors[code] = series.errors.get(code, 0) + 1
+                metrics.error(children, backend, model, code).inc()
+        if trace.backend is not None:
+            self._tokens(trace, self._series_for(trace.backend, trace.served))
+
+    def _tokens(self, trace: Trace, series: Series) -> None:
+        tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
+        if tokens_in is None or tokens_out is None:
+            series.tokens_estimated += 1
+            if tokens_in is None:
+                text = ""
+                if trace.body is not None and self._prompt_text is not None and trace.kind:
+                    text = self._prompt_text(trace.kind, trace.body)
+                tokens_in = (len(text) + 3) // 4
+            tokens_out = tokens_out or 0
+        children: Any = series.children
+        series.tokens_in += tokens_in
+        series.tokens_out += tokens_out
+        children.tokens_in.inc(tokens_in)
+        children.tokens_out.inc(tokens_out)
+        cost = tokens_in / 1000 * (trace.price_in or 0.0) + tokens_out / 1000 * (
+            trace.price_out or 0.0
+        )
+        if cost:
+            series.cost += cost
+            children.cost.inc(cost)
+
+    def stats(self) -> dict[str, Any]:
+        """Everything recorded so far, per backend and model, with each backend's live state."""
+        self.flush()
+        live: Mapping[str, Mapping[str, Any]] = self._live() if self._live else {}
+        backends: dict[str, dict[str, Any]] = {
+            name: _backend(state) for name, state in live.items()
+        }
+        for (name, model), series in sorted(self._series.items()):
+            entry = backends.setdefault(name, _backend({}))
+            entry["requests"] += series.requests
+            entry["successes"] += series.successes
+            entry["failures"] += series.failures
+            entry["tokens_in"] += series.tokens_in
+            entry["tokens_out"] += series.tokens_out
+            entry["cost"] = round(entry["cost"] + series.cost, 6)
+            entry["models"][model] = series.to_json()
+        return {
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "requests": {"total": sum(self.outcomes.values()), **self.outcomes},
+            "overhead_ms": self.overhead.summary_ms(),
+            "dropped_records": self.dropped,
+            "backends": backends,
+        }
+
+    def render_metrics(self) -> bytes:
+        self.flush()
+        return self.metrics.render()
+
+
+def _backend(live: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "requests": 0,
+        "successes": 0,
+        "failures": 0,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost": 0.0,
+        **live,
+        "models": {},
+    }

@@ -1,0 +1,110 @@
+"""`Trace`: what one request asked of turnout and what it did, in one small mutable object.
+
+Created when the request arrives (by the HTTP middleware, so that reading and validating the body
+count as turnout's time; by the gateway for the Python API), filled in by the gateway and the
+router as the request runs, and handed to telemetry once, after the response. Only attribute
+stores and one list append per attempt happen on the request path.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+from ..errors import GatewayError
+from ..providers.base import JSON
+
+__all__ = ["CURRENT", "Attempt", "Trace"]
+
+#: backend, model, succeeded, error code, seconds in the backend, seconds to first chunk
+Attempt = tuple[str, str, bool, str | None, float, float | None]
+
+#: the trace of the HTTP request being served (set by the middleware in turnout/server/ops.py)
+CURRENT: ContextVar[Trace | None] = ContextVar("turnout_trace", default=None)
+
+
+class Trace:
+    __slots__ = (
+        "attempts",
+        "backend",
+        "backend_s",
+        "body",
+        "code",
+        "error",
+        "first_token_timeout",
+        "kind",
+        "model",
+        "outcome",
+        "overhead_s",
+        "price_in",
+        "price_out",
+        "served",
+        "started_call",
+        "stream",
+        "t_start",
+        "timeout",
+        "tokens_in",
+        "tokens_out",
+        "ttft_s",
+        "wait_s",
+    )
+
+    def __init__(self, t_start: float | None = None) -> None:
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        # What the client asked for (headers X-Turnout-Timeout, X-Turnout-First-Token-Timeout).
+        self.timeout: float | None = None
+        self.first_token_timeout: float | None = None
+        self.error: GatewayError | None = None  # an override the client got wrong
+        # What the request is; None until the gateway takes it.
+        self.kind: str | None = None
+        self.model = ""
+        self.stream = False
+        self.body: JSON | None = None  # kept only when usage must be estimated later
+        # What the router did.
+        self.attempts: list[Attempt] = []
+        self.backend: str | None = None  # the backend that answered
+        self.served = ""  # its model name
+        self.price_in: float | None = None
+        self.price_out: float | None = None
+        self.backend_s = 0.0  # awaiting backends (to the first chunk for streams)
+        self.wait_s = 0.0  # backoff, waiting for a slot or for a backend to recover
+        self.started_call: float | None = None  # perf_counter of a backend call under way
+        self.ttft_s: float | None = None
+        # How it ended.
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        self.outcome = "ok"  # "ok", "error" or "cancelled"
+        self.code: str | None = None
+        self.overhead_s: float | None = None
+
+    def begin(self, kind: str, model: str, stream: bool) -> None:
+        self.kind, self.model, self.stream = kind, model, stream
+
+    def call_started(self) -> float:
+        now = time.perf_counter()
+        self.started_call = now
+        return now
+
+    def call_ended(self, started: float) -> float:
+        now = time.perf_counter()
+        self.backend_s += now - started
+        self.started_call = None
+        return now
+
+    def ready(self) -> None:
+        """The reply is ready to go out (a stream: its first chunk): fix turnout's own share."""
+        if self.overhead_s is None:
+            self.overhead_s = self.overhead_now()
+
+    def overhead_now(self) -> float:
+        now = time.perf_counter()
+        backend = self.backend_s
+        if self.started_call is not None:
+            backend += now - self.started_call
+        return max(0.0, now - self.t_start - backend - self.wait_s)
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, GatewayError):
+            self.outcome, self.code = "error", exc.code or exc.type
+        else:
+            self.outcome, self.code = "cancelled", None
