@@ -9,6 +9,7 @@ embeddings and no text completion: its `Capabilities` say so and such a request 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -23,7 +24,6 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
-from ..wire.sse import SSEDecoder
 from .anthropic_translate import DEFAULT_MAX_TOKENS, AnthropicStream, from_anthropic, to_anthropic
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
@@ -110,21 +110,13 @@ class AnthropicProvider(HttpProvider):
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         translator = AnthropicStream(call.model, self.name)
-        async with self.request("POST", "/v1/messages", self._payload(call, True)) as resp:
-            kind = resp.headers.get("Content-Type", "")
-            if "text/event-stream" not in kind:
-                raise BackendProtocolError(
-                    f"backend '{self.name}' answered a stream request with "
-                    f"{kind or 'no content type'} instead of text/event-stream",
-                    backend=self.name,
-                )
-            decoder = SSEDecoder()
-            async for block in resp.content.iter_any():
-                for event in decoder.feed(block):
-                    for data in translator.feed(self._event(event.data)):
-                        yield Chunk(data)
-                    if translator.done:
-                        return
+        events = self.sse_events("/v1/messages", self._payload(call, True))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                for data in translator.feed(self._event(event.data)):
+                    yield Chunk(data)
+                if translator.done:
+                    return
         raise BackendUnavailableError(
             f"backend '{self.name}' closed the stream before message_stop", backend=self.name
         )

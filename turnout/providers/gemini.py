@@ -11,6 +11,7 @@ The API key goes in the ``x-goog-api-key`` header. Gemini has no text completion
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -24,7 +25,6 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
-from ..wire.sse import SSEDecoder
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .gemini_translate import GeminiStream, from_gemini, to_gemini
 from .http import HttpProvider, error_message, json_or_none
@@ -138,20 +138,9 @@ class GeminiProvider(HttpProvider):
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         path = self.path(call.model, "streamGenerateContent") + "?alt=sse"
         translator = GeminiStream(call.model, self.name)
-        async with self.request("POST", path, self._payload(call)) as resp:
-            kind = resp.headers.get("Content-Type", "")
-            if "text/event-stream" not in kind:
-                raise BackendProtocolError(
-                    f"backend '{self.name}' answered a stream request with "
-                    f"{kind or 'no content type'} instead of text/event-stream",
-                    backend=self.name,
-                )
-            decoder = SSEDecoder()
-            async for block in resp.content.iter_any():
-                for event in decoder.feed(block):
-                    for data in translator.feed(self._object(json_or_none(event.data), event.data)):
-                        yield Chunk(data)
-            for event in decoder.close():
+        events = self.sse_events(path, self._payload(call))
+        async with contextlib.aclosing(events):
+            async for event in events:
                 for data in translator.feed(self._object(json_or_none(event.data), event.data)):
                     yield Chunk(data)
         for data in translator.close():  # the body ended: Gemini's only end-of-stream signal

@@ -7,7 +7,7 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..errors import (
     ModelNotFoundError,
     clean_upstream_message,
 )
+from ..wire.sse import SSEDecoder, SSEEvent
 from .base import JSON, Health, Provider
 
 __all__ = ["HttpProvider", "error_fields", "error_message", "parse_retry_after"]
@@ -95,6 +96,26 @@ class HttpProvider(Provider):
                     body = await resp.read()
                     raise self.error_from_reply(resp.status, body, resp.headers)
                 yield resp
+
+    async def sse_events(self, path: str, payload: Any) -> AsyncGenerator[SSEEvent, None]:
+        """POST a stream request and yield its server-sent events as they arrive (the last one
+        even without its blank line); a reply that is not an event stream is an error."""
+        async with self.request("POST", path, payload) as resp:
+            kind = resp.headers.get("Content-Type", "")
+            if "text/event-stream" not in kind:
+                body = await resp.read()
+                raise BackendProtocolError(
+                    f"backend '{self.name}' answered a stream request with "
+                    f"{kind or 'no content type'} instead of text/event-stream: "
+                    f"{clean_upstream_message(error_message(body))[:200]}",
+                    backend=self.name,
+                )
+            decoder = SSEDecoder()
+            async for block in resp.content.iter_any():
+                for event in decoder.feed(block):
+                    yield event
+            for event in decoder.close():
+                yield event
 
     async def call_json(self, method: str, path: str, payload: Any = None, **kw: Any) -> Any:
         async with self.request(method, path, payload, **kw) as resp:

@@ -8,6 +8,7 @@ sent them, re-serialised only where a quirk had to be mended.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +26,7 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
-from ..wire.sse import SSEDecoder, SSEEvent
+from ..wire.sse import SSEEvent
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, needs
 from .emulation import lacking
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
@@ -174,28 +175,11 @@ class OpenAICompatProvider(HttpProvider):
         }
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
-        async with self.request("POST", self.paths[call.kind], self.payload(call)) as resp:
-            kind = resp.headers.get("Content-Type", "")
-            if "text/event-stream" not in kind:
-                body = await resp.read()
-                raise BackendProtocolError(
-                    f"backend '{self.name}' answered a stream request with "
-                    f"{kind or 'no content type'} instead of text/event-stream: "
-                    f"{error_message(body)[:200]}",
-                    backend=self.name,
-                )
-            decoder = SSEDecoder()
-            mend = StreamMender(call.kind)
-            finished = False
-            async for block in resp.content.iter_any():
-                for event in decoder.feed(block):
-                    if event.data == b"[DONE]":
-                        return
-                    if (chunk := self._event(event)) is not None:
-                        for mended in mend(chunk):
-                            finished = finished or _finishes(mended)
-                            yield mended
-            for event in decoder.close():
+        mend = StreamMender(call.kind)
+        finished = False
+        events = self.sse_events(self.paths[call.kind], self.payload(call))
+        async with contextlib.aclosing(events):
+            async for event in events:
                 if event.data == b"[DONE]":
                     return
                 if (chunk := self._event(event)) is not None:
