@@ -7,15 +7,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.contract.runtimes import REAL, Runtime, fake_runtime, real_runtime
-from tests.support.servers import free_port, run_llama_cpp_server, wait_http
+from tests.support.servers import free_port, run_llama_cpp_server, run_process
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build_llama_server.sh"
@@ -66,20 +64,8 @@ def run_llama_server(binary: Path, model: Path, *extra: str) -> Iterator[str]:
         "--no-jinja", "--chat-template", "gemma",
         *extra,
     ]  # fmt: skip
-    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+    with run_process(cmd, f"http://127.0.0.1:{port}/health"):
         yield f"http://127.0.0.1:{port}"
-    except BaseException:
-        sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="session")

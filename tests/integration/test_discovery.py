@@ -8,13 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.servers import wait_http
+from tests.support.servers import run_process
 
 DEFAULT_PORT = 8000  # llama-cpp-python's documented default (runtimes.md §5)
 TURNOUT = Path(sys.executable).with_name("turnout")
@@ -43,20 +42,8 @@ def server_on_8000(gemma_path: Path) -> Iterator[str]:
         "--model_alias", "gemma-3-270m", "--chat_format", "gemma", "--n_ctx", "512",
         "--host", "127.0.0.1",  # and no --port: the default is what is being found
     ]  # fmt: skip
-    log = tempfile.NamedTemporaryFile(prefix="llama-8000-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{DEFAULT_PORT}/v1/models", proc=proc)
+    with run_process(cmd, f"http://127.0.0.1:{DEFAULT_PORT}/v1/models"):
         yield f"http://127.0.0.1:{DEFAULT_PORT}"
-    except BaseException:
-        sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _discover(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,14 @@ import uvicorn
 from turnout.gateway import Gateway
 from turnout.server import create_app
 
-__all__ = ["free_port", "run_gateway", "run_llama_cpp_server", "run_silent_server", "wait_http"]
+__all__ = [
+    "free_port",
+    "run_gateway",
+    "run_llama_cpp_server",
+    "run_process",
+    "run_silent_server",
+    "wait_http",
+]
 
 
 def free_port() -> int:
@@ -109,11 +116,19 @@ def run_llama_cpp_server(
         "--port", str(port),
         *extra,
     ]  # fmt: skip
-    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
+    with run_process(cmd, f"http://127.0.0.1:{port}/v1/models"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def run_process(cmd: list[str], ready_url: str, timeout: float = 120.0) -> Iterator[None]:
+    """Run a server process until the block ends; enter once ``ready_url`` answers 200. Its
+    output goes to a log file, whose tail is shown if it fails to come up."""
+    log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
-        yield f"http://127.0.0.1:{port}"
+        wait_http(ready_url, timeout=timeout, proc=proc)
+        yield
     except BaseException:
         sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
         raise
@@ -123,6 +138,7 @@ def run_llama_cpp_server(
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @contextlib.contextmanager
