@@ -144,13 +144,7 @@ class TestDialectContract:
         assert isinstance(orjson.loads(call["function"]["arguments"]), dict)  # a JSON string
         assert choice["finish_reason"] == "tool_calls"
 
-    async def test_vision(self, runtime: Runtime, request: pytest.FixtureRequest) -> None:
-        if runtime.name == "ollama":
-            # Found by this suite: the router's default strategy ("priority") does not filter
-            # targets by capability and the Ollama dialect does not check its own, so an image
-            # reaches a text-only Ollama model (which refuses it, 400) instead of turnout
-            # refusing it. Strict: it fails loudly once that is fixed.
-            request.applymarker(pytest.mark.xfail(strict=True, reason="capability not enforced"))
+    async def test_vision(self, runtime: Runtime) -> None:
         messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, IMAGE]}]
         async with gateway(runtime) as gw:
             if not runtime.caps.vision:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes.ollama import FakeOllama, embedding_of, run_fake_ollama
 from tests.support.servers import free_port, run_gateway
+from turnout import Gateway
 from turnout.config import ProviderConfig
 from turnout.providers.base import Call
 from turnout.providers.ollama import OllamaProvider
@@ -236,11 +237,30 @@ def test_image_url_is_refused_before_reaching_ollama(
     assert fake.bodies("/api/chat") == []
 
 
-def test_ollama_400_is_a_400(client: openai.OpenAI) -> None:
+def test_tools_refused_before_reaching_a_model_ollama_says_lacks_them(
+    client: openai.OpenAI, fake: FakeOllama
+) -> None:
+    """/api/show lists llava's capabilities without "tools": turnout refuses, naming the field,
+    and Ollama never sees the request."""
+    sent = len(fake.bodies("/api/chat"))
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="ollama/llava:7b", messages=ASK, tools=[WEATHER])
     assert info.value.status_code == 400
-    assert '"llava:7b" does not support tools' in info.value.message
+    assert isinstance(info.value.body, dict)
+    assert (info.value.body["param"], info.value.body["code"]) == (
+        "tools",
+        "unsupported_capability",
+    )
+    assert "lacks tools" in info.value.message
+    assert len(fake.bodies("/api/chat")) == sent
+
+
+def test_ollama_400_is_a_400(client: openai.OpenAI, fake: FakeOllama) -> None:
+    fake.fail(400, 'invalid option provided: "mirostat_x"')
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="ollama/llama3.2", messages=ASK)
+    assert info.value.status_code == 400
+    assert 'invalid option provided: "mirostat_x"' in info.value.message
 
 
 def _vector(embedding: Any) -> list[float]:
@@ -532,3 +552,20 @@ def test_the_fake_says_it_is_running(fake: FakeOllama) -> None:
         assert reply.status == 200
     with urllib.request.urlopen(fake.url + "/") as reply:
         assert reply.read() == b"Ollama is running"
+
+
+async def test_capabilities_come_from_api_show_off_the_request_path(fake: FakeOllama) -> None:
+    """The model-list refresh asks /api/show for each model; requests then use what it said."""
+    gateway = Gateway(
+        {"providers": {"ollama": {"type": "ollama", "endpoint": fake.url}}}, environ={}
+    )
+    async with gateway:
+        provider = gateway.providers["ollama"]
+        assert fake.bodies("/api/show"), "the refresh asked /api/show"
+        llava, llama = provider.capabilities("llava:7b"), provider.capabilities("llama3.2:latest")
+        assert (llava.vision, llava.tools) == (True, False)
+        assert (llama.vision, llama.tools) == (False, True)
+        shows = len(fake.bodies("/api/show"))
+        await gateway.chat("ollama/llama3.2", ASK, max_tokens=4)
+        assert len(fake.bodies("/api/show")) == shows, "no /api/show on the request path"
+        assert provider.capabilities("never-listed") == provider.default_capabilities

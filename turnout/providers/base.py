@@ -156,9 +156,15 @@ class Provider(ABC):
     #: what this dialect can do unless the configuration says otherwise
     default_capabilities: ClassVar[Capabilities] = Capabilities()
 
+    def reported_capabilities(self, model: str) -> Capabilities:
+        """What the backend itself says the model can do (Ollama's ``/api/show``), learned off
+        the request path; the dialect's defaults where it says nothing."""
+        return self.default_capabilities
+
     def capabilities(self, model: str) -> Capabilities:
-        """The dialect's defaults, overridden by what the configuration declares for the model."""
-        caps = self.default_capabilities
+        """What the backend reports (or the dialect's defaults), overridden by what the
+        configuration declares for the model."""
+        caps = self.reported_capabilities(model)
         updates: dict[str, object] = {}
         if self.config.streaming is not None:
             updates["streaming"] = self.config.streaming

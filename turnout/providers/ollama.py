@@ -12,6 +12,7 @@ docs/api.md @fb30760).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any, ClassVar
 import aiohttp
 import orjson
 
+from ..config import ProviderConfig
 from ..errors import (
     BackendError,
     BackendProtocolError,
@@ -31,7 +33,8 @@ from ..errors import (
     clean_upstream_message,
 )
 from ..wire.ndjson import NDJSONDecoder
-from .base import JSON, Call, Chunk, Health, ModelInfo, Usage
+from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Usage, needs
+from .emulation import lacking
 from .http import HttpProvider
 
 __all__ = [
@@ -373,6 +376,25 @@ class OllamaProvider(HttpProvider):
     dialect: ClassVar[str] = "ollama"
     default_port = 11434
     stream_usage = True  # the final stream object always carries the counters
+    # Until /api/show has answered, Ollama itself decides (it refuses what a model cannot do).
+    default_capabilities: ClassVar[Capabilities] = Capabilities(vision=True)
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        self._shown: dict[str, frozenset[str]] = {}  # model -> /api/show "capabilities"
+
+    def reported_capabilities(self, model: str) -> Capabilities:
+        shown = self._shown.get(model)
+        if shown is None:
+            return self.default_capabilities
+        # Embeddings stay Ollama's call: /api/embed serves generative models too in some versions.
+        generates = "completion" in shown
+        return Capabilities(
+            chat=generates,
+            completion=generates,
+            tools="tools" in shown,
+            vision="vision" in shown,
+        )
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:
@@ -380,6 +402,9 @@ class OllamaProvider(HttpProvider):
         return endpoint.rstrip("/").removesuffix("/api").removesuffix("/v1")
 
     def _plan(self, call: Call, stream: bool) -> tuple[str, JSON]:
+        missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
+        if missing:  # /api/show or the configuration says the model cannot: never sent
+            raise lacking(self.name, missing, call.body)
         if call.kind == "chat":
             return "/api/chat", to_ollama_chat(call.body, call.model, stream=stream)
         if call.kind == "completion":
@@ -447,9 +472,19 @@ class OllamaProvider(HttpProvider):
         return value
 
     async def list_models(self) -> list[ModelInfo]:
+        """``GET /api/tags``; each model's capabilities are asked of ``/api/show`` here, in the
+        background refresh, so requests never wait on it."""
         result = await self.call_json("GET", "/api/tags", timeout=self.config.timeout)
         entries = self._field(result, "models", list, "/api/tags")
-        return [model_info(e, self.name) for e in entries if isinstance(e, dict) and e.get("name")]
+        models = [
+            model_info(e, self.name) for e in entries if isinstance(e, dict) and e.get("name")
+        ]
+        shown = await asyncio.gather(*(self.show(m.id) for m in models), return_exceptions=True)
+        for info, reply in zip(models, shown, strict=True):
+            caps = reply.get("capabilities") if isinstance(reply, dict) else None
+            if isinstance(caps, list):
+                self._shown[info.id] = frozenset(str(c) for c in caps)
+        return models
 
     async def probe(self) -> Health:
         return await self.probe_path("/api/version")
