@@ -39,6 +39,33 @@ COMPONENTS = (
 )
 
 
+#: functions whose inclusive share bench/notes.md reasons about (matched on `Class.function`)
+PARTS = (
+    "HttpProvider.request",
+    "TraceMiddleware.__call__.<locals>.send_with_overhead",
+    "RequestResponseCycle.send",
+    "Router._route",
+    "OpenAICompatProvider.complete",
+    "_while_connected",
+    "Telemetry._drain",
+    "Telemetry.flush",
+    "Telemetry._add",
+    "read_json",
+    "OpenAICompatProvider.payload",
+    "json_response",
+    "validate_chat",
+    "_conform",
+    "Gateway.open_stream",
+    "EventStream._pump",
+    "_frames",
+    "Gateway._metered",
+    "Committed.__anext__",
+    "OpenAICompatProvider.stream",
+    "SSEDecoder.feed",
+    "OpenAICompatProvider._chunk",
+)
+
+
 def py_spy() -> str:
     exe = Path(sys.executable).parent / "py-spy"
     found = str(exe) if exe.exists() else shutil.which("py-spy")
@@ -98,7 +125,11 @@ def analyse(collapsed: Path, top: int = 12) -> dict[str, Any]:
         {k: v for k, v in inclusive.items() if "turnout/" in k and "turnout/cli/" not in k}
     )
     turnout_inclusive.pop("<module> (turnout/__main__.py)", None)
+    by_function: Counter[str] = Counter()
+    for name, count in inclusive.items():
+        by_function[name.split(" (")[0]] += count
     return {
+        "parts": [(part, by_function[part] / max(total, 1)) for part in PARTS],
         "samples": total,
         "self": shares(own, top),
         "components": shares(components, len(COMPONENTS) + 1),

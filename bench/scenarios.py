@@ -50,7 +50,7 @@ FULL = dict(
     runs=5, duration_s=5, warmup_s=2, streams=10, chunks=100, chunk_delay_ms=5,
     conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=12,
     soak_requests=100_000,
-    engine_requests=6, max_tokens=16, affinity_requests=8, profile_s=10,
+    engine_requests=6, max_tokens=16, affinity_requests=8, profile_s=20,
     litellm=True,
 )  # fmt: skip
 QUICK = dict(

@@ -11,6 +11,8 @@ notes in docs/benchmarks.md, not changes to turnout.
 - lean-disconnect: a non-streaming request is awaited in its own task with one watcher task that
   cancels it if the client leaves (today: the work in a second task, a watcher task and
   `asyncio.wait` on both, per request). Same behaviour for the client.
+- delayed-watch: the request awaited in its own task; the watcher task is started only if the
+  reply takes longer than 50 ms (a timer, cancelled when a fast reply comes first).
 - no-disconnect-watch: no watcher at all (the lower bound; loses "a client that leaves cancels
   its backend call", so it only shows what the watching costs).
 """
@@ -64,7 +66,43 @@ async def _while_connected(request, work):
 
 front._while_connected = _while_connected
 """
-VARIANTS = {"as is": None, "lean-disconnect": LEAN, "no-disconnect-watch": NONE}
+DELAYED = """
+import asyncio
+from turnout.server import openai_front as front
+from turnout.server.responses import disconnected
+
+async def _while_connected(request, work):
+    me = asyncio.current_task()
+    state = {"watcher": None, "gone": False}
+
+    async def watch():
+        await disconnected(request.receive)
+        state["gone"] = True
+        me.cancel()
+
+    def start():
+        state["watcher"] = asyncio.ensure_future(watch())
+
+    handle = asyncio.get_running_loop().call_later(0.05, start)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"]:
+            raise front._ClientGone from None
+        raise
+    finally:
+        handle.cancel()
+        if state["watcher"] is not None:
+            state["watcher"].cancel()
+
+front._while_connected = _while_connected
+"""
+VARIANTS = {
+    "as is": None,
+    "lean-disconnect": LEAN,
+    "delayed-watch": DELAYED,
+    "no-disconnect-watch": NONE,
+}
 
 
 def launcher(tmp: Path, name: str, patch: str | None) -> Path | None:
