@@ -382,3 +382,25 @@ async def test_capability_through_the_router_and_when_nothing_fits() -> None:
     assert info.value.param == "tools"  # the first thing lacking, in Capabilities.lacks order
     assert "plain/m lacks tools, vision; smart/m lacks vision" in info.value.message
     assert plain.calls[-1].body.get("tools") is None and len(smart.calls) == 1
+
+
+def test_prefix_home_is_the_same_in_every_process() -> None:
+    """The replica a prefix goes to must not depend on the process's str-hash salt."""
+    import subprocess
+    import sys
+
+    code = (
+        "from turnout.routing.strategies import stable_hash;"
+        "print(stable_hash('You are a helpful assistant.'), stable_hash('local/gemma'))"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(runs) == 1, runs

@@ -8,6 +8,7 @@ options whose circuit is open or whose health probe failed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,7 +60,7 @@ class Pick:
 
     def prefix_hash(self) -> int:
         if self._prefix_hash is None:
-            self._prefix_hash = hash(prompt_prefix(self.kind, self.body))
+            self._prefix_hash = stable_hash(prompt_prefix(self.kind, self.body))
         return self._prefix_hash
 
     def tokens_needed(self) -> int:
@@ -152,13 +153,21 @@ def prefix_affinity(options: Sequence[Option], pick: Pick) -> list[Option]:
     if len(options) < 2:
         return list(options)
     h = pick.prefix_hash()
-    home = max(options, key=lambda o: _mix(h ^ _mix(hash(o.target.address))))
+    home = max(options, key=lambda o: _mix(h ^ stable_hash(o.target.address)))
     if pick.saturated(home):
         return least_busy(options, pick)
     return [home, *least_busy([o for o in options if o is not home], pick)]
 
 
 _MASK = (1 << 64) - 1
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash that is the same in every process (Python's ``hash`` of a str is salted per
+    process): a prefix lands on the same replica after a restart, and every gateway instance in
+    front of the same replicas agrees where it goes."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def _mix(x: int) -> int:
