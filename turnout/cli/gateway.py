@@ -47,6 +47,7 @@ def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
         loop=loop,
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # turnout reads no forwarded headers: skip uvicorn's wrapper
         log_level=log_level or cfg.server.log_level,
         timeout_graceful_shutdown=5,
     )

@@ -30,7 +30,7 @@ from ..wire.sse import DONE, comment, encode_json
 from ..wire.validate import validate_chat, validate_completion, validate_embedding
 from .responses import EventStream, disconnected, error_response, json_response
 
-__all__ = ["routes"]
+__all__ = ["INFERENCE", "routes"]
 
 Validator = Callable[[Any], dict[str, Any]]
 T = TypeVar("T")
@@ -191,10 +191,15 @@ async def get_model(request: Request) -> Response:
     )
 
 
+#: the inference endpoints, which every token passes through: path -> endpoint (POST)
+INFERENCE = {
+    "/v1/chat/completions": _endpoint("chat", validate_chat),
+    "/v1/completions": _endpoint("completion", validate_completion),
+    "/v1/embeddings": _endpoint("embedding", validate_embedding),
+}
+
 routes = [
-    Route("/v1/chat/completions", _endpoint("chat", validate_chat), methods=["POST"]),
-    Route("/v1/completions", _endpoint("completion", validate_completion), methods=["POST"]),
-    Route("/v1/embeddings", _endpoint("embedding", validate_embedding), methods=["POST"]),
+    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in INFERENCE.items()),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]
