@@ -1,12 +1,11 @@
-"""Fixtures of the contract suite: llama.cpp's ``llama-server`` (built once by
-scripts/build_llama_server.sh and cached) and a llama-cpp-python server with embeddings on, both
-on the Gemma 3 270M GGUF; every other runtime is a fake served per test."""
+"""Fixtures of the contract suite: llama.cpp's ``llama-server`` (its binary from the session
+fixture ``llama_server_binary`` in tests/conftest.py) and a llama-cpp-python server with
+embeddings on, both on the Gemma 3 270M GGUF; every other runtime is a fake served per test."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,42 +13,6 @@ import pytest
 
 from tests.contract.runtimes import REAL, Runtime, fake_runtime, real_runtime
 from tests.support.servers import free_port, run_llama_cpp_server, run_process
-
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = ROOT / "scripts" / "build_llama_server.sh"
-#: what the first test needing llama-server may take: on a fresh machine it waits for the build
-BUILD_TIMEOUT = 3600
-
-
-@pytest.hookimpl(trylast=True)  # after -k / -m deselection: the first test that will run
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The first test that uses llama-server builds it (about 5 minutes on 2 cores, once, then
-    cached): it alone gets the time for that; every other test keeps the usual timeout."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        uses = callspec is not None and callspec.params.get("runtime") == "llama-server"
-        if uses or "llama_server_binary" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
-            return
-
-
-def build_llama_server() -> Path:
-    """The cached llama-server binary, built first if it is not there yet."""
-    done = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False, cwd=ROOT
-    )
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"scripts/build_llama_server.sh failed ({done.returncode}):\n{done.stderr[-4000:]}"
-        )
-    binary = Path(done.stdout.strip().splitlines()[-1])
-    assert binary.is_file(), binary
-    return binary
-
-
-@pytest.fixture(scope="session")
-def llama_server_binary() -> Path:
-    return build_llama_server()
 
 
 @contextlib.contextmanager

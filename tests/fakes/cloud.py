@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -97,7 +98,7 @@ def embedding_of(text: str, dimensions: int) -> list[float]:
     return [struct.unpack("<f", struct.pack("<f", v / norm))[0] for v in raw]
 
 
-class FakeCloud:
+class FakeCloud(ABC):
     """State shared by every cloud fake: what it received, and the failures it was told to give.
     Subclasses add the vendor's routes in `routes` and its error body in `error_body`."""
 
@@ -146,14 +147,17 @@ class FakeCloud:
 
     # What a vendor module provides.
 
+    @abstractmethod
     def routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Add the vendor's endpoints to ``app``."""
 
+    @abstractmethod
     def error_body(self, status: int, message: str, kind: str | None) -> dict[str, Any]:
-        raise NotImplementedError
+        """The vendor's error body for an HTTP error."""
 
+    @abstractmethod
     def stream_error_body(self, message: str, kind: str | None) -> dict[str, Any]:
-        raise NotImplementedError
+        """The vendor's error event inside a stream."""
 
     def response_headers(self) -> dict[str, str]:
         return {}

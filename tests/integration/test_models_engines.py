@@ -23,17 +23,18 @@ pytestmark = pytest.mark.slow
 
 HI = [{"role": "user", "content": "Say hi."}]
 NO_EOS = {"1": -100, "106": -100}
-BINARY = find_llama_server()
+#: None: turnout's cached llama-server (the ``llama_server_binary`` fixture builds it first on a
+#: fresh machine); PYTHON_SERVER: llama-cpp-python's server
 SERVERS = [
-    pytest.param(
-        None,
-        marks=pytest.mark.skipif(
-            BINARY is None, reason="no llama-server: run scripts/build_llama_server.sh"
-        ),
-        id="llama-server",
-    ),
+    pytest.param(None, id="llama-server"),
     pytest.param(PYTHON_SERVER, id="llama-cpp-python"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _binary_built(llama_server_binary: Path) -> None:
+    """Every test here may start llama-server, found where the build script caches it."""
+    assert find_llama_server() is not None
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ async def test_a_server_starts_on_demand_answers_and_stops_when_idle(
 
 
 async def test_stream_over_http_through_a_managed_server(models_dir: Path) -> None:
-    server = None if BINARY else PYTHON_SERVER
+    server = None
     with run_gateway(config(models_dir, server, keep_alive="30s"), environ={}) as url:
         body = {
             "model": "local/gemma", "messages": HI, "max_tokens": 8, "stream": True,
@@ -117,7 +118,7 @@ async def test_stream_over_http_through_a_managed_server(models_dir: Path) -> No
 
 async def test_a_server_that_cannot_load_the_model_fails_the_request(tmp_path: Path) -> None:
     (tmp_path / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
-    cfg = config(tmp_path, None if BINARY else PYTHON_SERVER)
+    cfg = config(tmp_path, None)
     async with Gateway(cfg, environ={}) as gw:
         provider: Any = gw.providers["local"]
         with pytest.raises(Exception) as caught:
@@ -161,10 +162,7 @@ def test_bench_engines_reports_every_engine(gemma_path: Path) -> None:
     assert set(rows) == {
         "llama.cpp in-process", "llama-server (managed)", "llama-cpp-python server (managed)",
     }  # fmt: skip
-    for name, row in rows.items():
-        if name == "llama-server (managed)" and BINARY is None:
-            assert row["error"] == "no llama-server binary found"
-            continue
+    for row in rows.values():
         assert row["ok"], row
         assert row["completion_tokens"] == 4  # end tokens banned: exactly max_tokens each
         assert row["load_seconds"] > 0 and row["first_seconds"] > 0 and row["tokens_per_second"] > 0
