@@ -11,13 +11,10 @@ own module; this one holds nothing a vendor's format decides.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import math
-import socket
 import struct
-import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -26,6 +23,8 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+
+from tests.support.aioserver import serve_app
 
 __all__ = [
     "Failure",
@@ -203,51 +202,9 @@ def request_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-class _ServerThread:
-    """An aiohttp server on its own event loop in a daemon thread, on a port the OS picked."""
-
-    def __init__(self, app: web.Application, name: str) -> None:
-        self.app = app
-        self.name = name
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name=f"fake-{name}", daemon=True)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(self.app, shutdown_timeout=1.0, access_log=None)
-        try:
-            self.loop.run_until_complete(runner.setup())
-            self.loop.run_until_complete(web.SockSite(runner, self.sock).start())
-        except BaseException as exc:  # reported to the test by start()
-            self.error = exc
-            return
-        finally:
-            self.started.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-        self.loop.close()
-
-    def start(self) -> str:
-        self.thread.start()
-        if not self.started.wait(10) or self.error is not None:
-            raise RuntimeError(f"the fake {self.name} server did not start: {self.error!r}")
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @contextlib.contextmanager
 def serve(fake: F) -> Iterator[F]:
     """Serve ``fake`` on a free port for the duration of the block; ``fake.url`` is its base."""
-    server = _ServerThread(fake.app(), fake.name)
-    fake.url = server.start()
-    try:
+    with serve_app(fake.app(), fake.name) as (url,):
+        fake.url = url
         yield fake
-    finally:
-        server.stop()

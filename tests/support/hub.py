@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.aioserver import serve_app
 
 __all__ = ["FakeHub", "run_fake_hub"]
 
@@ -203,55 +203,10 @@ class FakeHub:
         return response
 
 
-class _Server:
-    """The app on two ports of its own loop in a daemon thread: the Hub and its content server
-    (a different origin, so the client treats it as the Hub's CDN)."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.socks = [socket.socket(), socket.socket()]
-        for sock in self.socks:
-            sock.bind(("127.0.0.1", 0))
-        self.thread = threading.Thread(target=self._run, name="fake-hub", daemon=True)
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        runner = web.AppRunner(self.app, shutdown_timeout=1.0, access_log=None)
-        try:
-            self.loop.run_until_complete(runner.setup())
-            for sock in self.socks:
-                self.loop.run_until_complete(web.SockSite(runner, sock).start())
-        except BaseException as exc:  # reported by start()
-            self.error = exc
-            return
-        finally:
-            self.started.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-        self.loop.close()
-
-    def start(self) -> tuple[str, str]:
-        self.thread.start()
-        if not self.started.wait(10) or self.error is not None:
-            raise RuntimeError(f"the fake Hub did not start: {self.error!r}")
-        hub, cdn = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
-        return hub, cdn
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @contextlib.contextmanager
 def run_fake_hub() -> Iterator[FakeHub]:
     """Serve a `FakeHub` for the duration of the block; ``hub.url`` is its HF_ENDPOINT."""
     hub = FakeHub()
-    server = _Server(hub.app())
-    hub.url, hub.cdn_url = server.start()
-    try:
+    # Two ports: the Hub and its content server (another origin, so the client sees a CDN).
+    with serve_app(hub.app(), "Hub", ports=2) as (hub.url, hub.cdn_url):
         yield hub
-    finally:
-        server.stop()
