@@ -199,16 +199,9 @@ class Gateway:
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
-            trace.failed(exc)
-            trace.ready()
-            self.telemetry.emit(trace)
+            self._abandon(trace, exc)
             raise
-        usage = result.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            trace.tokens_in = usage["prompt_tokens"]
-            trace.tokens_out = usage.get("completion_tokens") or 0
-        else:
-            trace.body = body  # estimated later, off the hot path
+        trace.usage(result.get("usage"), body)
         trace.ready()
         self.telemetry.emit(trace)
         return reply
@@ -229,12 +222,16 @@ class Gateway:
                 raise trace.error
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
-            trace.failed(exc)
-            trace.ready()
-            self.telemetry.emit(trace)
+            self._abandon(trace, exc)
             raise
         trace.ready()
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
+
+    def _abandon(self, trace: Trace, exc: BaseException) -> None:
+        """A request that failed (or was cancelled) before its reply: record it as it stands."""
+        trace.failed(exc)
+        trace.ready()
+        self.telemetry.emit(trace)
 
     def stats(self) -> dict[str, Any]:
         """Per backend and model: requests, successes, failures, latency (average, p50, p95),
@@ -311,11 +308,7 @@ class Gateway:
             trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             raise
         finally:
-            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-                trace.tokens_in = usage["prompt_tokens"]
-                trace.tokens_out = usage.get("completion_tokens") or 0
-            else:
-                trace.tokens_out, trace.body = sent, body
+            trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 
     async def _count_usage(self, kind: str, body: JSON, target: Target, completion: str) -> JSON:

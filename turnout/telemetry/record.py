@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
+from typing import Any
 
 from ..errors import GatewayError
 from ..providers.base import JSON
@@ -102,6 +103,17 @@ class Trace:
         if self.started_call is not None:
             backend += now - self.started_call
         return max(0.0, now - self.t_start - backend - self.wait_s)
+
+    def usage(self, usage: Any, body: JSON, tokens_out: int | None = None) -> None:
+        """Take the token counts of a reply's ``usage``; without them, keep the request body so
+        telemetry can estimate them off the hot path (``tokens_out``: what is known already)."""
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            self.tokens_in = usage["prompt_tokens"]
+            self.tokens_out = usage.get("completion_tokens") or 0
+        else:
+            self.body = body
+            if tokens_out is not None:
+                self.tokens_out = tokens_out
 
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, GatewayError):
