@@ -85,7 +85,12 @@ def test_gguf_big_endian_and_no_file_type(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"", "empty file"), (b"GGML" + b"\0" * 20, "bad magic"), (b"GGUF\x07\0\0\0", "version 7")],
+    [
+        (b"", "empty file"),
+        (b"GGML" + b"\0" * 20, "bad magic"),
+        (b"GGUF\x07\0\0\0", "version 7"),
+        (b"GGUF\x03\0", "truncated"),
+    ],
 )
 def test_gguf_errors(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "bad.gguf"

@@ -101,6 +101,8 @@ def read_gguf(path: Path) -> Header:
     with buf:
         if buf[:4] != _MAGIC:
             raise HeaderError("not a GGUF file (bad magic)")
+        if len(buf) < 8:  # the version; the cursor below checks every later read
+            raise HeaderError("truncated GGUF header")
         endian = "<"
         (version,) = struct.unpack_from("<I", buf, 4)
         if version & 0xFFFF == 0:  # written by a big-endian machine
