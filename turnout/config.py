@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .providers.presets import API_KEY_REQUIRED, DIALECTS, PRESETS
@@ -50,6 +58,12 @@ class ServerConfig(_Strict):
     sse_keepalive_seconds: float = Field(10.0, gt=0)
     models_refresh_seconds: float = Field(60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin_key: SecretStr | None = Field(
+        None,
+        min_length=1,
+        description="required as 'Authorization: Bearer' by model-changing endpoints "
+        "(turnout/server/admin.py); unset: they are open",
+    )
 
 
 class ModelEntry(_Strict):
@@ -500,7 +514,7 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         last = _existing_key(node, path[-1])
-        if last == "api_key" or path[-2:-1] == ["headers"]:
+        if last in ("api_key", "admin_key") or path[-2:-1] == ["headers"]:
             node[last] = value  # secrets and header values are text, never YAML-typed
             continue
         try:

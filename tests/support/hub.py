@@ -17,7 +17,9 @@ tested against this stand-in, which serves files the way huggingface.co does for
 
 Tests can cut the next transfers off after a number of bytes (`FakeHub.cut_after`), make them fail
 with a status (`fail_transfers`) or serve altered bytes of the right size (`corrupt`). `requests`
-records what was asked (method, path, Range header).
+records what was asked (method, path, Range header). `rate` (bytes a second) slows the content
+server down, and `sent` counts the content bytes written to clients, so a test can act on a
+client part-way through a transfer.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class FakeHub:
         self._cuts: list[int] = []
         self._failures: list[int] = []
         self._corrupt: set[str] = set()
+        self.rate: float | None = None  # content bytes a second; None: as fast as it goes
+        self.sent = 0  # content bytes written to clients so far
 
     def add(self, repo: str, files: dict[str, bytes], revision: str = "main") -> str:
         """Commit ``files`` to ``repo`` under ``revision``; returns the commit hash."""
@@ -199,6 +203,9 @@ class FakeHub:
             return response
         for i in range(0, len(body), 64 * 1024):
             await response.write(body[i : i + 64 * 1024])
+            self.sent += len(body[i : i + 64 * 1024])
+            if self.rate:
+                await asyncio.sleep(64 * 1024 / self.rate)
         await response.write_eof()
         return response
 

@@ -79,6 +79,7 @@ def test_config_check_prints_the_valid_config_with_secrets_masked(tmp_path: Path
         "sse_keepalive_seconds": 10.0,
         "models_refresh_seconds": 60.0,
         "log_level": "info",
+        "admin_key": None,
     }
     assert shown["aliases"] == {"fast": "local/qwen"}
 
@@ -121,7 +122,7 @@ def test_long_error_lines_are_not_wrapped(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert (
         "  server.prot: unknown setting; allowed: host, port, max_body_bytes, "
-        "sse_keepalive_seconds, models_refresh_seconds, log_level\n"
+        "sse_keepalive_seconds, models_refresh_seconds, log_level, admin_key\n"
     ) in result.stderr
 
 

@@ -127,12 +127,26 @@ def quantize_command(
     )
 
 
-async def _http(method: str, url: str, body: object = None) -> tuple[int, object]:
+AdminKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key",
+        envvar="TURNOUT_SERVER__ADMIN_KEY",
+        help="The gateway's server.admin_key, sent as 'Authorization: Bearer'.",
+        show_default=False,
+    ),
+]
+
+
+async def _http(
+    method: str, url: str, body: object = None, admin_key: str | None = None
+) -> tuple[int, object]:
     import aiohttp
 
+    headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else None
     async with aiohttp.ClientSession() as http:
         try:
-            async with http.request(method, url, json=body) as resp:
+            async with http.request(method, url, json=body, headers=headers) as resp:
                 return resp.status, await resp.json(content_type=None)
         except aiohttp.ClientConnectionError as exc:
             err_console.print(f"[red]cannot reach the gateway at {url}: {exc}[/red]")
@@ -153,16 +167,19 @@ def load_command(
     keep_alive: Annotated[
         str | None, typer.Option(help="Keep loaded this long when idle ('10m', '-1': always).")
     ] = None,
+    admin_key: AdminKeyOption = None,
 ) -> None:
     """Load a model of a running gateway's embedded engine, showing llama.cpp's progress."""
-    asyncio.run(_load(url.rstrip("/"), model, keep_alive))
+    asyncio.run(_load(url.rstrip("/"), model, keep_alive, admin_key))
 
 
-async def _load(base: str, model: str, keep_alive: str | None) -> None:
+async def _load(base: str, model: str, keep_alive: str | None, admin_key: str | None) -> None:
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
 
     body = {"keep_alive": keep_alive} if keep_alive is not None else {}
-    request = asyncio.ensure_future(_http("POST", f"{base}/v1/models/{model}/load", body))
+    request = asyncio.ensure_future(
+        _http("POST", f"{base}/v1/models/{model}/load", body, admin_key)
+    )
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -191,9 +208,12 @@ async def _load(base: str, model: str, keep_alive: str | None) -> None:
 def unload_command(
     model: Annotated[str, typer.Argument(help="Model to unload.")],
     url: UrlOption = "http://127.0.0.1:8400",
+    admin_key: AdminKeyOption = None,
 ) -> None:
     """Unload a model once the requests running on it are done."""
-    status, reply = asyncio.run(_http("POST", f"{url.rstrip('/')}/v1/models/{model}/unload"))
+    status, reply = asyncio.run(
+        _http("POST", f"{url.rstrip('/')}/v1/models/{model}/unload", None, admin_key)
+    )
     if status != 200 or not isinstance(reply, dict):
         _fail(status, reply)
         return

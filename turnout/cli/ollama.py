@@ -2,7 +2,9 @@
 
 The commands talk to the backend named by ``--provider`` (default: the only Ollama provider
 configured, e.g. through ``OLLAMA_BASE_URL``). ``pull`` and ``delete`` need
-``LOCAL_LLM_ENABLE_PULL=true``, as they do through the gateway's HTTP API.
+``LOCAL_LLM_ENABLE_PULL=true``, as they do through the gateway's HTTP API. These commands reach
+the backend directly, not through a gateway, so a gateway's ``server.admin_key`` does not apply
+to them (Ollama itself has no key).
 """
 
 from __future__ import annotations

@@ -196,17 +196,47 @@ def health(
 
 
 def _row(entry: dict[str, Any]) -> dict[str, Any]:
-    """A ``GET /v1/providers`` entry as a `health` row."""
+    """A ``GET /v1/providers`` entry as a `health` row (a local provider's model states go in
+    its detail, and under ``model_states`` in JSON)."""
     probed = entry.get("health") or {}
-    return {
+    states = entry.get("model_states")
+    detail = "; ".join(d for d in (probed.get("detail"), _lifecycle(states)) if d)
+    row = {
         "name": entry["name"],
         "type": entry["type"],
         "endpoint": entry.get("endpoint"),
         "ok": entry.get("status") == "up",
         "latency_ms": entry.get("latency_ms"),
         "models": entry.get("models") or [],
-        "detail": probed.get("detail") or "",
+        "detail": detail,
     }
+    if states is not None:
+        row["model_states"] = states
+    return row
+
+
+def _lifecycle(states: list[dict[str, Any]] | None, now: float | None = None) -> str:
+    """A local provider's models in memory, e.g. ``a loaded (unloads in 290s), b loading 50%
+    (2 waiting)``; empty for a provider that loads models on its own."""
+    if states is None:
+        return ""
+    if not states:
+        return "no model loaded"
+    now = time.time() if now is None else now
+    parts = []
+    for s in states:
+        text = f"{s['name']} {s['state']}"
+        if s["state"] in ("loading", "queued"):
+            text += f" {float(s.get('progress') or 0) * 100:.0f}%"
+        notes = []
+        if s.get("waiting"):
+            notes.append(f"{s['waiting']} waiting")
+        if s.get("active"):
+            notes.append(f"{s['active']} running")
+        if s["state"] == "loaded" and isinstance(s.get("expires_at"), int | float):
+            notes.append(f"unloads in {max(0.0, s['expires_at'] - now):.0f}s")
+        parts.append(text + (f" ({', '.join(notes)})" if notes else ""))
+    return ", ".join(parts)
 
 
 def _fetch(url: str, timeout: float) -> list[dict[str, Any]]:
@@ -233,6 +263,7 @@ def _monitor_table(
         "req/s",
         "circuit",
         "models",
+        "local models",
     ):
         table.add_column(
             column,
@@ -250,6 +281,7 @@ def _monitor_table(
             "-" if rate is None else f"{rate:.2f}",
             entry.get("circuit") or "-",
             _models(entry.get("models") or []),
+            escape(_lifecycle(entry.get("model_states")) or "-"),
         )
     return table
 
@@ -263,7 +295,8 @@ def monitor(
     ] = 0,
 ) -> None:
     """A live table of a running gateway's backends: status, latency of the last probe,
-    requests in flight and queued, requests per second, circuit state."""
+    requests in flight and queued, requests per second, circuit state, and the local models
+    loaded or loading (with progress and waiting requests)."""
     before: dict[str, tuple[float, int]] = {}
     rates: dict[str, float | None] = {}
     shown = 0

@@ -1,11 +1,22 @@
 """Model downloads from the Hugging Face Hub (or any server speaking its API) into models_dir.
 
-The transfer is huggingface_hub's ``hf_hub_download``: its cache (a file already there is not
-fetched again), revisions (branch, tag or commit), ETag checks, and resumption of a transfer cut
-off mid-way (it asks again from the byte it reached with a ``Range`` request). On top of it
+The transfer goes through huggingface_hub: its cache (a file already there is not fetched
+again), revisions (branch, tag or commit), ETag checks, and resumption of a transfer cut off
+mid-way (``http_get`` asks again from the byte it reached with a ``Range`` request). On top of it
 turnout verifies the file's checksum against what the Hub's file listing declares (the LFS
 sha256, or the git blob id of a small file), then places it in models_dir under a hidden name and
 renames it, so a download that fails or does not verify leaves no model file behind.
+
+A download whose process was killed resumes too. huggingface_hub 2.x writes each transfer to a
+file named for that one process (``<etag>.<random>.incomplete``) and deletes it when the call
+fails, so a killed process leaves an orphan no later call reads, and the next download starts
+from byte 0. turnout therefore fetches a blob itself into the cache, under the stable name
+``blobs/<etag>.incomplete`` (huggingface_hub 0.x's resumable name), with huggingface_hub's
+``http_get`` and its cache lock; a later download appends from the bytes on disk with a
+``Range`` request, then moves the blob into place, and ``hf_hub_download`` only links it into
+the snapshot. A partial with bytes in it is kept when a transfer fails, so a retry resumes; the
+etag in its name (the file's sha256 for LFS files) ties it to one content. Xet-stored files
+are left to huggingface_hub, whose Xet client keeps its own chunk cache.
 
 The Hub's address is huggingface_hub's own setting, ``HF_ENDPOINT``, read at each download (tests
 point it at a local server), like its cache (``HF_HUB_CACHE``, ``HF_HOME``); a token comes from
@@ -187,6 +198,7 @@ def _fetch(
         def close(self) -> None:
             return None
 
+    _resume_into_cache(repo, name, revision, cache_dir, endpoint, token, Bar)
     path = hf_hub_download(
         repo,
         name,
@@ -198,6 +210,62 @@ def _fetch(
     )
     report(cached=not fetched)
     return Path(path)
+
+
+def _resume_into_cache(
+    repo: str,
+    name: str,
+    revision: str | None,
+    cache_dir: str | Path | None,
+    endpoint: str | None,
+    token: str | None,
+    bar: type[Any],
+) -> None:
+    """Put ``name``'s blob in huggingface_hub's cache, continuing from the bytes a previous
+    (perhaps killed) transfer left in ``blobs/<etag>.incomplete``; nothing if it is there."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+
+    # Public in huggingface_hub.utils, whose lazy __init__ hides them from mypy: same objects.
+    from huggingface_hub.utils._fixes import WeakFileLock
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    url = hf_hub_url(repo, name, revision=revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
+    if meta.etag is None or meta.commit_hash is None or meta.xet_file_data is not None:
+        return  # hf_hub_download explains a server that is not a Hub; Xet is its own
+    cache = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=repo, repo_type="model")
+    blob = cache / folder / "blobs" / meta.etag
+    if blob.exists():
+        return
+    partial = blob.with_name(f"{blob.name}.incomplete")
+    lock = cache / ".locks" / folder / f"{meta.etag}.lock"  # the lock hf_hub_download takes
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    headers = build_hf_headers(token=token)
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a CDN's signed address takes no Hub token
+    with WeakFileLock(str(lock)):
+        if blob.exists():  # another process finished it while this one waited
+            return
+        kept = partial.stat().st_size if partial.exists() else 0
+        if meta.size is not None and kept > meta.size:
+            partial.unlink()  # not a prefix of this file: start again
+            kept = 0
+        try:
+            with partial.open("ab") as f:
+                http_get(
+                    meta.location, f, resume_size=kept, headers=headers,
+                    expected_size=meta.size, displayed_filename=name, tqdm_class=bar,
+                )  # fmt: skip
+        except BaseException:
+            if partial.exists() and partial.stat().st_size == 0:
+                partial.unlink()  # nothing to resume from
+            raise
+        os.replace(partial, blob)
 
 
 def _verify(path: Path, sibling: Any) -> bool:

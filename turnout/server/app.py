@@ -19,6 +19,7 @@ from .. import __version__
 from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
 from . import (
+    admin,
     models as local_models,
     ollama_admin,
     openai_front,
@@ -99,6 +100,7 @@ def create_app(gateway: Gateway) -> Front:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        admin.warn_if_open(gateway.config.server)
         await gateway.start()
         try:
             yield
@@ -110,7 +112,7 @@ def create_app(gateway: Gateway) -> Front:
             Route("/health", health, methods=["GET"]),
             *openai_front.routes,
             *ops.routes,
-            *local_models.routes,
+            *admin.guarded(local_models.routes),  # downloads, load, unload: the admin key
             *ollama_admin.routes,
             *provider_list.routes,
         ],

@@ -7,14 +7,22 @@
                                           as Ollama streams it, ``success`` last (/api/pull)
     DELETE /v1/ollama/{provider}/delete   {"model"} (/api/delete)
 
-Pull and delete change what the backend holds, so they answer 403 unless the gateway runs with
-``LOCAL_LLM_ENABLE_PULL=true`` (source document 003). Errors are OpenAI's ``{"error": {...}}``; an
-error after a pull stream began is a last NDJSON line of that shape.
+The same operations answer in Ollama's own dialect under ``/v1/ollama/{provider}/api/`` (``tags``,
+``ps``, ``show``, ``pull``, ``delete``), so Ollama's clients work with
+``host="http://gateway:8400/v1/ollama/{provider}"``; there errors are Ollama's
+``{"error": "..."}``, a non-streamed pull answers ``{"status": "success"}`` and a delete an empty
+200, as Ollama does.
+
+Pull and delete change what the backend holds: with ``server.admin_key`` set they need
+``Authorization: Bearer <key>`` (turnout/server/admin.py; 401 without it), and they answer 403
+unless the gateway runs with ``LOCAL_LLM_ENABLE_PULL=true`` (source document 003). Errors on the
+``/v1/ollama/{provider}/<op>`` routes are OpenAI's ``{"error": {...}}``; an error after a pull
+stream began is a last NDJSON line of the route's error shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,6 +33,7 @@ from starlette.routing import Route
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..gateway import Gateway
 from ..providers.ollama import OllamaProvider
+from .admin import check_admin
 from .models import read_body, require_pull
 from .responses import error_response, json_response
 
@@ -52,77 +61,96 @@ async def _model(request: Request) -> tuple[OllamaProvider, dict[str, Any]]:
     return provider, body
 
 
-async def tags(request: Request) -> Response:
+Handler = Callable[[Request, bool], Awaitable[Response]]
+
+
+def _error(exc: GatewayError, native: bool) -> Response:
+    """``exc`` in the route's dialect: Ollama's ``{"error": "..."}``, or OpenAI's."""
+    if native:
+        return json_response({"error": exc.message}, exc.status, exc.headers())
+    return error_response(exc)
+
+
+def _error_line(exc: GatewayError, native: bool) -> bytes:
+    return orjson.dumps({"error": exc.message} if native else exc.to_openai()) + b"\n"
+
+
+def _endpoint(handler: Handler, native: bool) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, native)
+        except GatewayError as exc:
+            return _error(exc, native)
+
+    endpoint.__name__ = handler.__name__.lstrip("_") + ("_native" if native else "")
+    return endpoint
+
+
+async def _tags(request: Request, native: bool) -> Response:
+    provider = _ollama(request)
+    await request.app.state.gateway.start()
+    return json_response(await provider.call_json("GET", "/api/tags"))
+
+
+async def _ps(request: Request, native: bool) -> Response:
+    provider = _ollama(request)
+    await request.app.state.gateway.start()
+    return json_response({"models": await provider.ps()})
+
+
+async def _show(request: Request, native: bool) -> Response:
+    provider, body = await _model(request)
+    return json_response(await provider.show(body["model"], verbose=bool(body.get("verbose"))))
+
+
+async def _pull(request: Request, native: bool) -> Response:
+    check_admin(request)
+    require_pull()
+    provider, body = await _model(request)
+    progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
     try:
-        provider = _ollama(request)
-        await request.app.state.gateway.start()
-        return json_response(await provider.call_json("GET", "/api/tags"))
-    except GatewayError as exc:
-        return error_response(exc)
-
-
-async def ps(request: Request) -> Response:
-    try:
-        provider = _ollama(request)
-        await request.app.state.gateway.start()
-        return json_response({"models": await provider.ps()})
-    except GatewayError as exc:
-        return error_response(exc)
-
-
-async def show(request: Request) -> Response:
-    try:
-        provider, body = await _model(request)
-        return json_response(await provider.show(body["model"], verbose=bool(body.get("verbose"))))
-    except GatewayError as exc:
-        return error_response(exc)
-
-
-async def pull(request: Request) -> Response | StreamingResponse:
-    try:
-        require_pull()
-        provider, body = await _model(request)
-        progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
         first = await anext(progress)  # a refused pull still gets a proper status
     except StopAsyncIteration:
-        return error_response(GatewayError("The backend sent no pull progress.", status=502))
-    except GatewayError as exc:
-        return error_response(exc)
+        raise GatewayError("The backend sent no pull progress.", status=502) from None
     if body.get("stream", True) is False:
-        seen = [first]
-        try:
-            seen += [obj async for obj in progress]
-        except GatewayError as exc:
-            return error_response(exc)
-        return json_response(seen[-1])  # Ollama's own non-streamed answer: the last object
-    return StreamingResponse(_lines(first, progress), media_type="application/x-ndjson")
+        seen = [first] + [obj async for obj in progress]
+        # Ollama's own non-streamed answer is the last object; turnout's keeps the whole object.
+        return json_response({"status": seen[-1].get("status")} if native else seen[-1])
+    return StreamingResponse(_lines(first, progress, native), media_type="application/x-ndjson")
 
 
 async def _lines(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]], native: bool
 ) -> AsyncIterator[bytes]:
     yield orjson.dumps(first) + b"\n"
     try:
         async for obj in rest:
             yield orjson.dumps(obj) + b"\n"
     except GatewayError as exc:
-        yield orjson.dumps(exc.to_openai()) + b"\n"
+        yield _error_line(exc, native)
 
 
-async def delete(request: Request) -> Response:
-    try:
-        require_pull()
-        provider, body = await _model(request)
-        await provider.delete(body["model"])
-    except GatewayError as exc:
-        return error_response(exc)
+async def _delete(request: Request, native: bool) -> Response:
+    check_admin(request)
+    require_pull()
+    provider, body = await _model(request)
+    await provider.delete(body["model"])
+    if native:
+        return Response(status_code=200)  # Ollama answers a delete with an empty 200
     return json_response({"status": "success", "model": body["model"], "deleted": True})
 
 
-routes = [
-    Route("/v1/ollama/{provider}/tags", tags, methods=["GET"]),
-    Route("/v1/ollama/{provider}/ps", ps, methods=["GET"]),
-    Route("/v1/ollama/{provider}/show", show, methods=["POST"]),
-    Route("/v1/ollama/{provider}/pull", pull, methods=["POST"]),
-    Route("/v1/ollama/{provider}/delete", delete, methods=["DELETE"]),
+_OPS: list[tuple[str, Handler, str]] = [
+    ("tags", _tags, "GET"),
+    ("ps", _ps, "GET"),
+    ("show", _show, "POST"),
+    ("pull", _pull, "POST"),
+    ("delete", _delete, "DELETE"),
 ]
+
+routes = [
+    *(Route(f"/v1/ollama/{{provider}}/{op}", _endpoint(handler, False), methods=[method])
+      for op, handler, method in _OPS),
+    *(Route(f"/v1/ollama/{{provider}}/api/{op}", _endpoint(handler, True), methods=[method])
+      for op, handler, method in _OPS),
+]  # fmt: skip

@@ -1,11 +1,15 @@
 """``GET /v1/providers``: every backend with its type, endpoint, health, latency of the last
-probe, models, and live load (in flight, queued, circuit, requests so far).
+probe, models, live load (in flight, queued, circuit, requests so far) and, for a backend that
+loads its models itself (the embedded engine), each model's lifecycle state.
 
 Health comes from the background monitor's snapshot (turnout/routing/health.py); a backend it has
 not probed yet (or every backend, with ``health.enabled: false``) is probed now, concurrently and
 bounded by ``health.timeout``. Load and counters come from the router and telemetry
 (`Gateway.stats`); clients such as ``turnout monitor`` turn successive ``requests`` counts into
-a rate.
+a rate. ``model_states`` comes from the provider's ``status()`` (the scheduler's in-memory
+table: loaded, loading with ``progress`` 0..1, queued, draining; ``waiting`` requests;
+``expires_at``, when an idle model unloads); it is ``null`` for a backend that manages loading
+on its own.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from starlette.routing import Route
 from ..gateway import Gateway
 from ..providers.base import Provider
 from ..routing.health import BackendHealth
+from .models import managed_providers
 from .responses import json_response
 
 __all__ = ["provider_list", "routes"]
@@ -46,6 +51,7 @@ async def provider_list(gateway: Gateway) -> list[dict[str, Any]]:
     health = {**snapshot, **{p.name: h for p, h in zip(missing, fresh, strict=True)}}
     stats = gateway.stats().get("backends", {})
     discovered = gateway.discovery.found if gateway.discovery is not None else {}
+    managed = managed_providers(gateway)
     out = []
     for provider in providers:
         probed = health[provider.name]
@@ -70,9 +76,22 @@ async def provider_list(gateway: Gateway) -> list[dict[str, Any]]:
                 "failures": live.get("failures", 0),
                 "discovered": found is not None,
                 "runtime": found.label if found is not None else None,
+                "model_states": _model_states(managed[provider.name])
+                if provider.name in managed
+                else None,
             }
         )
     return out
+
+
+_STATE_KEYS = ("name", "state", "progress", "active", "waiting", "expires_at", "keep_alive",
+               "loaded_at", "load_seconds", "engine")  # fmt: skip
+
+
+def _model_states(provider: Any) -> list[dict[str, Any]]:
+    """The provider's models in memory or on their way, as ``/v1/local/ps`` has them (an
+    in-memory read: nothing here waits on a load or on I/O)."""
+    return [{k: entry.get(k) for k in _STATE_KEYS} for entry in provider.status()]
 
 
 async def list_providers(request: Request) -> Response:

@@ -1,0 +1,123 @@
+"""The admin key: who may change the models a gateway holds (downloads, load, unload, Ollama
+pull and delete).
+
+With ``server.admin_key`` set (``TURNOUT_SERVER__ADMIN_KEY``), every model-changing endpoint asks
+for ``Authorization: Bearer <key>``, the header OpenAI's SDK sends for its API key and Ollama's
+Python client sends from ``OLLAMA_API_KEY``. A missing or wrong key is 401 (code
+``missing_admin_key`` / ``invalid_admin_key``, with ``WWW-Authenticate: Bearer``): the caller has
+not proven who it is, which is what 401 means to both SDKs (``AuthenticationError``,
+``ResponseError`` with ``status_code`` 401); 403 stays for a switch that is off for everyone
+(``LOCAL_LLM_ENABLE_PULL``). Keys are compared in constant time. Without an admin key the
+endpoints are open as before, and `warn_if_open` says so at start-up when the gateway listens
+beyond this machine.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+
+from ..config import ServerConfig
+from ..errors import GatewayError
+from .responses import error_response
+
+__all__ = ["AdminKeyError", "check_admin", "guarded", "warn_if_open"]
+
+log = logging.getLogger("turnout.server")
+
+#: methods that change state; a route answering one of them is guarded by `guarded`
+CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class AdminKeyError(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_admin_key"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="turnout admin"'}
+
+
+def check_admin(request: Request) -> None:
+    """Raise `AdminKeyError` unless the request carries the admin key (or none is set)."""
+    secret = request.app.state.gateway.config.server.admin_key
+    if secret is None:
+        return
+    key: str = secret.get_secret_value()
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        got = "no Authorization header" if not header else "an Authorization header that is not"
+        raise AdminKeyError(
+            f"{request.method} {request.url.path} changes the gateway's models and needs the "
+            f"admin key (server.admin_key) as 'Authorization: Bearer <key>'; the request has "
+            f"{got}{' Bearer <key>' if header else ''}.",
+            code="missing_admin_key",
+        )
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        raise AdminKeyError(
+            f"The bearer token of {request.method} {request.url.path} is not this gateway's "
+            "admin key (server.admin_key).",
+            code="invalid_admin_key",
+        )
+
+
+Endpoint = Callable[[Request], Awaitable[Any]]
+
+
+def _guard(endpoint: Endpoint) -> Endpoint:
+    async def guarded_endpoint(request: Request) -> Any:
+        if request.method in CHANGING:
+            try:
+                check_admin(request)
+            except AdminKeyError as exc:
+                return error_response(exc)
+        return await endpoint(request)
+
+    guarded_endpoint.__name__ = getattr(endpoint, "__name__", "endpoint")
+    guarded_endpoint.__doc__ = endpoint.__doc__
+    return guarded_endpoint
+
+
+def guarded(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """``routes`` with every one that takes POST, PUT, PATCH or DELETE behind the admin key
+    (OpenAI-shaped errors). For a module whose changing routes all change models
+    (turnout/server/models.py: downloads, load, unload)."""
+    out: list[BaseRoute] = []
+    for route in routes:
+        if isinstance(route, Route) and CHANGING & set(route.methods or ()):
+            methods = sorted(set(route.methods or ()) - {"HEAD"})
+            route = Route(route.path, _guard(route.endpoint), methods=methods, name=route.name)
+        out.append(route)
+    return out
+
+
+def _loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name that may resolve anywhere
+
+
+def warn_if_open(server: ServerConfig) -> bool:
+    """Log one warning when model-changing endpoints are open beyond this machine; whether it
+    did."""
+    if server.admin_key is not None or _loopback(server.host):
+        return False
+    log.warning(
+        "model-changing endpoints (downloads, load/unload, Ollama pull/delete) are open to "
+        "anyone who reaches %s:%d; set server.admin_key (TURNOUT_SERVER__ADMIN_KEY) to "
+        "require a key",
+        server.host,
+        server.port,
+    )
+    return True
