@@ -54,6 +54,45 @@ def gemma_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def hf_model_dir(gemma_path: Path) -> Path:
+    """The Gemma GGUF as a Hugging Face folder (bf16 safetensors, tokenizer, config), converted
+    by transformers once per machine into turnout's cache (``TURNOUT_CACHE``), keyed by the
+    GGUF's size and modification time; written atomically, so an interrupted run leaves none,
+    and under a lock, so that two sessions at once convert it once."""
+    import fcntl
+    import os
+
+    from turnout.models.convert import gguf_to_hf
+
+    stat = gemma_path.stat()
+    cache = Path(os.environ.get("TURNOUT_CACHE", "~/.cache/turnout")).expanduser()
+    folder = cache / "derived" / f"{stat.st_size}-{stat.st_mtime_ns}" / "gemma-3-270m-hf"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with (folder.parent / ".hf-convert.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "model.safetensors").is_file():
+            gguf_to_hf(gemma_path, folder, overwrite=folder.exists())
+    return folder
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(hf_model_dir: Path) -> Path:
+    """The Gemma GGUF as an onnxruntime-genai model (int4, CPU), built from ``hf_model_dir`` by
+    turnout's build_onnx (onnxruntime-genai's model builder) once per machine, beside it in the
+    cache; written atomically, and under a lock so that two sessions at once build it once."""
+    import fcntl
+
+    from turnout.models.onnx_build import build_onnx
+
+    folder = hf_model_dir.parent / "gemma-3-270m-onnx-int4"
+    with (hf_model_dir.parent / ".onnx-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "genai_config.json").is_file():
+            build_onnx(hf_model_dir, folder, "int4", force=folder.exists())
+    return folder
+
+
+@pytest.fixture(scope="session")
 def llama_server(gemma_path: Path) -> Iterator[str]:
     """A real llama-cpp-python server on the Gemma GGUF, shared by the whole session."""
     with run_llama_cpp_server(gemma_path) as url:

@@ -91,8 +91,10 @@ class ModelEntry(_Strict):
     use_mlock: bool = False
     max_memory_mb: int | None = Field(None, ge=1, description="refuse to load above this estimate")
     keep_alive: float | str | None = Field(None, description="idle time before unloading")
-    engine: Literal["auto", "llama-cpp", "llama-server"] = Field(
-        "auto", description="in-process llama.cpp, or a managed llama-server process"
+    engine: Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"] = Field(
+        "auto",
+        description="auto (by the model's format: gguf llama-cpp, safetensors transformers, "
+        "onnx onnx), in-process llama.cpp, a managed llama-server, transformers, onnxruntime-genai",
     )
 
     @field_validator("keep_alive")
@@ -161,7 +163,7 @@ class ProviderConfig(_Strict):
     swap_after_seconds: float = Field(
         5.0, ge=0, description="how long a waiting model lets a busy one keep taking requests"
     )
-    engine: Literal["auto", "llama-cpp", "llama-server"] = "auto"
+    engine: Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"] = "auto"
     llama_server: str | None = Field(
         None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
     )

@@ -58,6 +58,7 @@ def main() -> None:
 # Command modules register themselves on `app` when imported.
 from . import (  # noqa: E402
     bench as _bench,  # noqa: F401
+    convert as _convert,  # noqa: F401
     gateway as _gateway,  # noqa: F401
     local as _local,  # noqa: F401
     models as _models,  # noqa: F401

@@ -98,7 +98,9 @@ def _print_local(local: list[dict[str, Any]], root: Path) -> None:
 
 @app.command("bench-engines")
 def bench_engines_command(
-    model: Annotated[str, typer.Argument(help="GGUF file, or a model name in the models dir.")],
+    model: Annotated[
+        str, typer.Argument(help="GGUF file, model folder, or a model name in the models dir.")
+    ],
     directory: DirOption = None,
     config: ConfigOption = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per run.")] = 100,
@@ -107,26 +109,21 @@ def bench_engines_command(
     threads: Annotated[int | None, typer.Option(help="Threads (default: all cores).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Load time and tokens per second of MODEL on each engine that can run it (llama.cpp
-    in-process, a managed llama-server, llama-cpp-python's managed server)."""
+    """Load time and tokens per second of MODEL on each engine that can run it (a GGUF:
+    llama.cpp in-process, a managed llama-server, llama-cpp-python's managed server; a
+    safetensors folder: transformers; an ONNX folder: onnxruntime-genai)."""
     import asyncio
 
     from ..models.bench_engines import bench_engines
     from ..models.directory import find
 
     path = Path(model).expanduser()
-    if not path.is_file():
+    if not path.exists():
         found = find(models_dir(directory, config), model)
         if found is None:
             err_console.print(f"[red]no model file {model!r} (nor a model of that name)[/red]")
             raise typer.Exit(2)
         path = found.path
-    if path.suffix.lower() != ".gguf":
-        err_console.print(
-            f"[red]{path.name}: only GGUF models have engines here (llama.cpp); ONNX and "
-            "safetensors engines are not implemented[/red]"
-        )
-        raise typer.Exit(2)
     with console.status("Benchmarking...") as status:
         results = asyncio.run(
             bench_engines(

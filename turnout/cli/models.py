@@ -44,6 +44,7 @@ def list_models(
     """List the models in the models directory with size, format, architecture, parameters
     and quantization (read from the files' headers)."""
     from ..models.directory import scan
+    from ..providers.embedded import default_engine
 
     root = models_dir(directory, config)
     with console.status(f"Reading model headers in {root}..."):
@@ -51,19 +52,22 @@ def list_models(
     if json_out:
         import json
 
-        console.print_json(json.dumps([m.to_json() for m in found]))
+        listing = [{**m.to_json(), "engine": default_engine(m)} for m in found]
+        console.print_json(json.dumps(listing))
         return
     if not found:
         err_console.print(f"no models in {root} (.gguf, .safetensors, .onnx)")
         return
     table = Table(title=f"Models in {root}", title_justify="left")
-    for column in ("name", "format", "size", "architecture", "parameters", "quantization", "ctx"):
+    columns = ("name", "format", "engine", "size", "architecture", "parameters", "quantization")
+    for column in (*columns, "ctx"):
         table.add_column(column, justify="right" if column in ("size", "ctx") else "left")
     for model in found:
         h = model.header
         table.add_row(
             model.name,
             model.format,
+            default_engine(model) or "-",
             human_size(model.size),
             h.architecture or ("[red]unreadable[/red]" if model.error else "-"),
             h.parameter_label or "-",

@@ -38,6 +38,7 @@ from ..models.llama_engine import LlamaEngine, estimate_bytes
 from ..models.llama_wire import assemble, embed, generate, request_kwargs
 from ..models.scheduler import Lease, ModelTooLargeError, Scheduler
 from ..models.server_engine import ServerEngine, find_llama_server
+from ..models.thread_engine import ThreadEngine
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
@@ -94,7 +95,43 @@ def _keep_alive_param(value: Any) -> float | None:
         raise InvalidRequestError(str(exc), param="keep_alive", code="invalid_value") from None
 
 
-Engine = LlamaEngine | ServerEngine
+Engine = LlamaEngine | ServerEngine | ThreadEngine
+#: the engine ``engine: auto`` picks for each model format, and the engines that serve each
+ENGINE_BY_FORMAT = {"gguf": "llama-cpp", "safetensors": "transformers", "onnx": "onnx"}
+ENGINES_OF_FORMAT = {
+    "gguf": ("llama-cpp", "llama-server"),
+    "safetensors": ("transformers",),
+    "onnx": ("onnx",),
+}
+
+
+def model_format(path: Path) -> str:
+    """A model path's format: a Hugging Face folder is safetensors, an onnxruntime-genai folder
+    onnx, a file by its suffix (GGUF when unknown: llama.cpp then says what is wrong)."""
+    if path.is_dir():
+        return "onnx" if (path / "genai_config.json").is_file() else "safetensors"
+    return {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower(), "gguf")
+
+
+def default_engine(model: ModelFile) -> str | None:
+    """The engine ``engine: auto`` runs a directory model on; None when none can (a lone
+    safetensors or ONNX file without the folder around it)."""
+    if model.format != "gguf" and not model.path.is_dir():
+        return None
+    return ENGINE_BY_FORMAT.get(model.format)
+
+
+def thread_engine_class(kind: str) -> type[ThreadEngine]:
+    """The engine class of ``transformers`` or ``onnx`` (imported only when used)."""
+    if kind == "transformers":
+        from ..models.torch_engine import TransformersEngine
+
+        return TransformersEngine
+    try:
+        from ..models.onnx_engine import OnnxEngine
+    except ImportError as exc:
+        raise ConfigError(f"the onnx engine is not available here: {exc}") from None
+    return OnnxEngine
 
 
 def _fixed(path: Path) -> Callable[[], Path]:
@@ -155,12 +192,28 @@ class EmbeddedProvider(Provider):
 
     # Models: declared ones, loaded at start while they fit; the directory's, loaded on demand.
 
-    def _engine_for(self, entry: ModelEntry, resolve: Callable[[], Path]) -> Engine:
-        """In-process llama.cpp, unless the model or provider asks for a managed server."""
-        kind = entry.engine if entry.engine != "auto" else self.config.engine
-        if kind != "llama-server":
-            return LlamaEngine(entry, self.parallel, resolve)
-        return ServerEngine(entry, resolve, self._binary)
+    def _engine_for(
+        self, entry: ModelEntry, resolve: Callable[[], Path], fmt: str | None = None
+    ) -> Engine:
+        """The engine the model asks for; else the provider's, where it serves the model's
+        format; else the format's own (``ENGINE_BY_FORMAT``). A model forcing an engine that
+        cannot read its format is a configuration error."""
+        if fmt is None:
+            fmt = model_format(Path(entry.path).expanduser()) if entry.path else "gguf"
+        allowed = ENGINES_OF_FORMAT.get(fmt, ("llama-cpp",))
+        kind: str = entry.engine
+        if kind == "auto":
+            kind = self.config.engine if self.config.engine in allowed else ENGINE_BY_FORMAT[fmt]
+        elif kind not in allowed:
+            raise ConfigError(
+                f"providers.{self.name}.models[{entry.name}].engine: {kind!r} cannot serve a "
+                f"{fmt} model (allowed for {fmt}: {', '.join(allowed)}, or auto)"
+            )
+        if kind in ("transformers", "onnx"):
+            return thread_engine_class(kind)(entry, resolve)
+        if kind == "llama-server":
+            return ServerEngine(entry, resolve, self._binary)
+        return LlamaEngine(entry, self.parallel, resolve)
 
     def _resolver(self, entry: ModelEntry) -> Callable[[], Path]:
         def resolve() -> Path:
@@ -172,14 +225,17 @@ class EmbeddedProvider(Provider):
                 raise ConfigError(
                     f"embedded model {entry.name!r}: 'path' to a GGUF file is required"
                 )
-            if not path.is_file():
-                raise ConfigError(f"embedded model {entry.name!r}: no file at {path}")
+            if not path.exists():
+                raise ConfigError(f"embedded model {entry.name!r}: no file or folder at {path}")
             return path
 
         return resolve
 
     def _declared_estimate(self, entry: ModelEntry) -> int:
         path = self._resolver(entry)()
+        engine = self.engines.get(entry.name)
+        if isinstance(engine, ThreadEngine):
+            return engine.estimate_bytes(path)
         try:
             header = read_gguf(path)
         except (HeaderError, OSError):
@@ -204,18 +260,32 @@ class EmbeddedProvider(Provider):
         folder, declared = self.config.models_dir, {e.name for e in self.config.models}
         found = await asyncio.to_thread(lambda: [(m, str(m.path.resolve())) for m in scan(folder)])
         current: dict[str, ModelFile] = {}
+        measure: list[tuple[str, ThreadEngine, Path]] = []
         for model, real in found:
-            if model.format != "gguf" or model.error or model.name in declared:
+            # A GGUF file, or a folder (Hugging Face, onnxruntime-genai) a runtime can open.
+            servable = model.format == "gguf" or model.path.is_dir()
+            if not servable or model.error or model.name in declared:
                 continue
             if real in self._declared_paths:
                 continue
-            current[model.name] = model
             if model.name not in self.engines:
                 entry = _directory_entry(model)
-                self.engines[model.name] = self._engine_for(entry, _fixed(model.path))
-                self._estimates[model.name] = estimate_bytes(
-                    model.size, model.header, entry.n_ctx, self.parallel, entry.use_mmap
-                )
+                try:
+                    engine = self._engine_for(entry, _fixed(model.path), model.format)
+                except ConfigError:  # its engine is not available here: listed, not served
+                    continue
+                self.engines[model.name] = engine
+                if isinstance(engine, ThreadEngine):
+                    measure.append((model.name, engine, model.path))
+                else:
+                    self._estimates[model.name] = estimate_bytes(
+                        model.size, model.header, entry.n_ctx, self.parallel, entry.use_mmap
+                    )
+            current[model.name] = model
+        if measure:  # the runtimes' estimates read the models' configs: off the event loop
+            sizes = await asyncio.to_thread(lambda: [e.estimate_bytes(p) for _, e, p in measure])
+            for (name, _, _), size in zip(measure, sizes, strict=True):
+                self._estimates[name] = size
         for gone in set(self.files) - set(current):
             if not self.scheduler.is_loaded(gone):
                 self.engines.pop(gone, None)
@@ -231,11 +301,19 @@ class EmbeddedProvider(Provider):
         for name, engine in self.engines.items():
             file = self.files.get(name)
             path = getattr(engine, "path", None) or engine.entry.path
-            meta: JSON = {"path": str(path) if path else None, "format": "gguf"}
+            kind = getattr(engine, "kind", "llama-cpp")
+            fmt = next((f for f, kind_ in ENGINE_BY_FORMAT.items() if kind_ == kind), "gguf")
+            meta: JSON = {"path": str(path) if path else None, "format": fmt}
             meta.update(file.to_json() if file is not None else {})
-            meta["engine"] = getattr(engine, "kind", "llama-cpp")
+            meta["engine"] = kind
             out.append(ModelInfo(name, self.name, 0, meta))
         return out
+
+    def reported_capabilities(self, model: str) -> Capabilities:
+        engine = self.engines.get(model)
+        if isinstance(engine, ThreadEngine):
+            return engine.capabilities
+        return self.default_capabilities
 
     async def probe(self) -> Health:
         return Health(self._started, 0.0, "" if self._started else "not started")
@@ -295,9 +373,10 @@ class EmbeddedProvider(Provider):
         return out
 
     async def _relay(self, call: Call) -> AsyncGenerator[Chunk, None]:
-        """A stream from a model's managed server, its lease held until the stream ends."""
+        """A stream from a model's managed server or thread engine, its lease held until the
+        stream ends."""
         engine, lease = await self._lease(call)
-        assert isinstance(engine, ServerEngine)
+        assert isinstance(engine, ServerEngine | ThreadEngine)
         try:
             async with contextlib.aclosing(engine.stream(call)) as chunks:
                 async for chunk in chunks:
@@ -325,7 +404,7 @@ class EmbeddedProvider(Provider):
         return engine, await self.scheduler.acquire(call.model, keep_alive)
 
     async def complete(self, call: Call) -> JSON:
-        if isinstance(self.engines.get(call.model), ServerEngine):
+        if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             engine, lease = await self._lease(call)
             try:
                 return await engine.complete(call)  # type: ignore[union-attr]
@@ -383,7 +462,7 @@ class EmbeddedProvider(Provider):
             raise
 
     async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
-        if isinstance(self.engines.get(call.model), ServerEngine):
+        if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             async for chunk in self._relay(call):
                 yield chunk
             return

@@ -164,6 +164,8 @@ class Catalog:
                         "object": "model",
                         "created": info.created if info and info.created else now,
                         "owned_by": provider.name,
+                        # local models: the engine that runs them (llama-cpp, transformers...)
+                        **_engine(info),
                     }
                 )
         for alias, target in self.aliases.items():
@@ -171,6 +173,11 @@ class Catalog:
         for name in self.routes:
             out.append({"id": name, "object": "model", "created": now, "owned_by": "turnout"})
         return out
+
+
+def _engine(info: ModelInfo | None) -> dict[str, object]:
+    engine = info.meta.get("engine") if info is not None else None
+    return {"engine": engine} if engine else {}
 
 
 def _listing(names: list[str], limit: int = 12) -> str:

@@ -135,13 +135,18 @@ async def local_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     dirs = [gateway.config.models_dir]
     served: dict[Path, str] = {}  # file -> the provider/model id that serves it
+    engines: dict[str, str] = {}  # provider/model id -> the engine that runs it
     for name, provider in gateway.providers.items():
         folder = getattr(provider.config, "models_dir", None)
         if folder:
             dirs.append(folder)
             for model in getattr(provider, "files", {}).values():
                 served[model.path] = f"{name}/{model.name}"
+                engine = getattr(provider, "engines", {}).get(model.name)
+                engines[served[model.path]] = getattr(engine, "kind", "llama-cpp")
     data = await asyncio.to_thread(_listing, dirs, served)
+    for item in data:
+        item["engine"] = engines.get(item["served_as"])
     return json_response({"object": "list", "models_dir": gateway.config.models_dir, "data": data})
 
 
