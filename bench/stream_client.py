@@ -6,7 +6,8 @@ connection and, for every chunk
 bench/stream_upstream.py sent (content `tok<k>@<ns>;`, ns = the upstream's monotonic clock at
 send), records when it arrived and which socket read brought it. From that:
 
-- time to first token: request written -> first chunk read (connection set-up excluded);
+- time to first token: request about to be written -> first chunk read (connection set-up
+  excluded);
 - per-chunk delay: arrival - send, on the machine-wide monotonic clock (so the gateway's share is
   this figure through it less the same figure direct);
 - held back: chunks that arrived in the same socket read as the chunk before them although the
@@ -55,9 +56,13 @@ async def timed_stream(
         + "\r\n"
     ).encode()
     reader, writer = await conn.open()
+    # The clock starts before the write: on loopback the write itself can run the receiver (the
+    # kernel delivers the bytes in the sender's system call, and a woken server may take the CPU
+    # before the client gets it back), so starting it after the write would leave out a
+    # varying share of the server's own work.
+    start = time.monotonic_ns()
     writer.write(head + payload)
     await writer.drain()
-    start = time.monotonic_ns()
     arrivals: list[tuple[int, int, int]] = []  # (k, sent ns, arrived ns)
     reads: list[int] = []  # index of the socket read each chunk came in
     status_line = b""

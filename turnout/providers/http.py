@@ -99,23 +99,29 @@ class HttpProvider(Provider):
 
     async def sse_events(self, path: str, payload: Any) -> AsyncGenerator[SSEEvent, None]:
         """POST a stream request and yield its server-sent events as they arrive (the last one
-        even without its blank line); a reply that is not an event stream is an error."""
-        async with self.request("POST", path, payload) as resp:
-            kind = resp.headers.get("Content-Type", "")
-            if "text/event-stream" not in kind:
-                body = await resp.read()
-                raise BackendProtocolError(
-                    f"backend '{self.name}' answered a stream request with "
-                    f"{kind or 'no content type'} instead of text/event-stream: "
-                    f"{clean_upstream_message(error_message(body))[:200]}",
-                    backend=self.name,
-                )
-            decoder = SSEDecoder()
-            async for block in resp.content.iter_any():
-                for event in decoder.feed(block):
+        even without its blank line); a reply that is not an event stream is an error. What
+        `request` does, written out: this runs before every stream's first token."""
+        with self.transport_errors():
+            async with self.session.request(
+                "POST", self.base_url + path, data=orjson.dumps(payload)
+            ) as resp:
+                if resp.status >= 400:
+                    raise self.error_from_reply(resp.status, await resp.read(), resp.headers)
+                kind = resp.headers.get("Content-Type", "")
+                if "text/event-stream" not in kind:
+                    body = await resp.read()
+                    raise BackendProtocolError(
+                        f"backend '{self.name}' answered a stream request with "
+                        f"{kind or 'no content type'} instead of text/event-stream: "
+                        f"{clean_upstream_message(error_message(body))[:200]}",
+                        backend=self.name,
+                    )
+                decoder = SSEDecoder()
+                async for block in resp.content.iter_any():
+                    for event in decoder.feed(block):
+                        yield event
+                for event in decoder.close():
                     yield event
-            for event in decoder.close():
-                yield event
 
     async def call_json(self, method: str, path: str, payload: Any = None, **kw: Any) -> Any:
         async with self.request(method, path, payload, **kw) as resp:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..errors import (
     GatewayError,
@@ -24,11 +25,19 @@ from ..errors import (
     ModelNotFoundError,
     RequestTooLargeError,
 )
-from ..gateway import Gateway, StreamReply
+from ..gateway import Gateway
 from ..providers.base import Chunk
-from ..wire.sse import DONE, comment, encode_json
+from ..wire.sse import DONE, encode_json
 from ..wire.validate import validate_chat, validate_completion, validate_embedding
-from .responses import EventStream, disconnected, error_response, json_response
+from .responses import (
+    Guard,
+    KeepAlive,
+    disconnected,
+    error_response,
+    json_response,
+    server_error,
+    sse_headers,
+)
 
 __all__ = ["INFERENCE", "routes"]
 
@@ -37,7 +46,9 @@ T = TypeVar("T")
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
+    """The request's body, parsed once: read straight from ``receive`` (what Starlette's
+    ``Request.stream`` does, without its generator: every token's request passes here)."""
+    declared = _content_length(request.scope["headers"])
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestTooLargeError(
             f"Request body of {int(declared)} bytes exceeds the limit of {limit} bytes "
@@ -45,14 +56,22 @@ async def read_json(request: Request, limit: int) -> Any:
         )
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise RequestTooLargeError(
-                f"Request body exceeds the limit of {limit} bytes (server.max_body_bytes)."
-            )
-        parts.append(part)
-    raw = b"".join(parts)
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()  # as Starlette raises it
+        part = message.get("body", b"")
+        if part:
+            size += len(part)
+            if size > limit:
+                raise RequestTooLargeError(
+                    f"Request body exceeds the limit of {limit} bytes (server.max_body_bytes)."
+                )
+            parts.append(part)
+        if not message.get("more_body", False):
+            break
+    raw = parts[0] if len(parts) == 1 else b"".join(parts)
     if not raw.strip():
         raise InvalidRequestError(
             "The request body is empty; expected a JSON object.", code="invalid_json"
@@ -65,17 +84,24 @@ async def read_json(request: Request, limit: int) -> Any:
         ) from None
 
 
+def _content_length(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.decode("latin-1")
+    return None
+
+
 class _ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
 def _endpoint(kind: str, validate: Validator) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response | EventStream:
+    async def endpoint(request: Request) -> Response | _Stream:
         gateway: Gateway = request.app.state.gateway
         try:
             body = validate(await read_json(request, gateway.config.server.max_body_bytes))
             if body.get("stream") and kind != "embedding":
-                return await _stream(request, gateway, kind, body)
+                return _Stream(gateway, kind, body)
             reply = await _while_connected(request, gateway.complete(kind, body))
         except GatewayError as exc:
             return error_response(exc)
@@ -119,56 +145,106 @@ def _backend_headers(name: str) -> dict[str, str]:
     return {"X-Turnout-Backend": name}
 
 
-async def _stream(
-    request: Request, gateway: Gateway, kind: str, body: dict[str, Any]
-) -> Response | EventStream:
-    """Wait briefly for the first chunk, so that an early failure still gets a proper status."""
-    opening = asyncio.ensure_future(gateway.open_stream(kind, body))
-    keepalive = gateway.config.server.sse_keepalive_seconds
-    if not await _race(request, opening, keepalive):
-        return EventStream(_late(opening, keepalive))
-    reply = opening.result()  # raises the GatewayError of a failed opening
-    return EventStream(_frames(reply.chunks), _backend_headers(reply.target.provider.name))
+_STARTS: dict[str, list[tuple[bytes, bytes]]] = {}
 
 
-async def _late(opening: asyncio.Future[StreamReply], keepalive: float) -> AsyncIterator[bytes]:
-    try:
-        while True:
-            done, _ = await asyncio.wait({opening}, timeout=keepalive)
-            if done:
-                break
-            yield comment()
+def _sse_start(backend: str) -> list[tuple[bytes, bytes]]:
+    """A committed stream's response headers (naming its backend), built once per backend."""
+    headers = _STARTS.get(backend)
+    if headers is None:
+        headers = _STARTS[backend] = sse_headers(_backend_headers(backend))
+    return headers
+
+
+class _Stream:
+    """A streamed completion, served in the request's own task from the backend call to the last
+    chunk: the first chunk goes out in the same step that receives it, each later one in the step
+    that reads it (the benchmark found every hand-over between tasks on the time to first token).
+
+    The response commits to 200 with the first chunk, so that a failure before it still gets its
+    proper status (and the router could retry or fall back); when the first chunk is slower than
+    ``server.sse_keepalive_seconds``, it commits early and sends SSE comments until it comes, and
+    a failure then ends the stream with an OpenAI error event. A client that goes away cancels
+    the request wherever it waits, and with it the backend call."""
+
+    __slots__ = ("body", "gateway", "kind")
+
+    def __init__(self, gateway: Gateway, kind: str, body: dict[str, Any]) -> None:
+        self.gateway, self.kind, self.body = gateway, kind, body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = Guard(receive)
         try:
-            reply = opening.result()
-        except GatewayError as exc:
-            yield encode_json(exc.to_openai())
-            return
-        frames = _frames(reply.chunks)
-        try:
-            async for frame in frames:
-                yield frame
+            await self._serve(scope, receive, send, guard)
+        except asyncio.CancelledError:
+            if not guard.gone:
+                raise
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()  # the client left: the request ends here, quietly
         finally:
-            await frames.aclose()
-    finally:
-        if not opening.done():
-            opening.cancel()
-            with contextlib.suppress(BaseException):
-                await opening
+            guard.close()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, guard: Guard) -> None:
+        every = self.gateway.config.server.sse_keepalive_seconds
+        keepalive = KeepAlive(send, every)
+        try:
+            reply = await self.gateway.open_stream(self.kind, self.body)
+        except asyncio.CancelledError:
+            keepalive.cancel()
+            if guard.gone and not keepalive.started:
+                await Response(status_code=499)(scope, receive, send)  # as a plain request
+            raise
+        except Exception as exc:
+            committed = await keepalive.stop()
+            guard.close()  # the reply below is the last: its end is no disconnect
+            if not committed:
+                if isinstance(exc, GatewayError):
+                    await error_response(exc)(scope, receive, send)
+                else:
+                    await server_error(scope["method"], scope["path"])(scope, receive, send)
+            elif isinstance(exc, GatewayError):
+                await send({"type": "http.response.body", "body": encode_json(exc.to_openai())})
+            else:
+                raise  # after the commit: the ASGI server logs it and closes the connection
+            return
+        start = None
+        if not await keepalive.stop():
+            start = _sse_start(reply.target.provider.name)
+        await _forward(reply.chunks, send, guard, start)
 
 
-async def _frames(chunks: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
+async def _forward(
+    chunks: AsyncIterator[Chunk], send: Send, guard: Guard, start: list[tuple[bytes, bytes]] | None
+) -> None:
+    """Start the response (unless the keep-alives did), send every chunk as an SSE event as it
+    arrives, then ``[DONE]``, or an error event if the stream fails: OpenAI's framing, the
+    backend's bytes whenever they need no change."""
     try:
-        async for chunk in chunks:
-            raw = chunk.raw if chunk.raw is not None else orjson.dumps(chunk.data)
-            yield b"data: " + raw + b"\n\n"
+        try:
+            if start is not None:
+                await send({"type": "http.response.start", "status": 200, "headers": start})
+            async for chunk in chunks:
+                raw = chunk.raw if chunk.raw is not None else orjson.dumps(chunk.data)
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + raw + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+        finally:  # a client gone early: end the backend call and free its slot now, not at GC
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
     except GatewayError as exc:
-        yield encode_json(exc.to_openai())
-        return
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    yield DONE
+        last = encode_json(exc.to_openai())
+    except OSError:
+        return  # the connection broke under the write: nobody to tell
+    else:
+        last = DONE
+    guard.close()
+    await send({"type": "http.response.body", "body": last, "more_body": False})
 
 
 async def list_models(request: Request) -> Response:
