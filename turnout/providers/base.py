@@ -20,6 +20,8 @@ __all__ = ["Call", "Capabilities", "Chunk", "Health", "ModelInfo", "Provider", "
 
 JSON = dict[str, Any]
 
+_CAPABILITIES_KEPT = 1024  # models whose capabilities a provider keeps (see `capabilities`)
+
 
 @dataclass(slots=True)
 class Call:
@@ -83,10 +85,13 @@ class Capabilities:
         return sorted(name for name in required if not getattr(self, name))
 
 
+_KIND_NEEDS = {"chat": "chat", "completion": "completion"}
+
+
 def needs(kind: str, body: JSON) -> frozenset[str]:
     """The capabilities a validated request needs: ``chat``/``completion``/``embeddings``, plus
     ``streaming``, ``tools``, ``vision`` and ``json_schema`` when the request uses them."""
-    required = {{"chat": "chat", "completion": "completion"}.get(kind, "embeddings")}
+    required = {_KIND_NEEDS.get(kind, "embeddings")}
     if body.get("stream"):
         required.add("streaming")
     if body.get("tools") and body.get("tool_choice") != "none":
@@ -126,6 +131,8 @@ class Provider(ABC):
         self.name = name
         self.config = config
         self._slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
+        #: model -> (reported, config, capabilities) of the last `capabilities` answer
+        self._capabilities: dict[str, tuple[Capabilities, ProviderConfig, Capabilities]] = {}
 
     @property
     def declared_models(self) -> list[ModelEntry]:
@@ -163,8 +170,25 @@ class Provider(ABC):
 
     def capabilities(self, model: str) -> Capabilities:
         """What the backend reports (or the dialect's defaults), overridden by what the
-        configuration declares for the model."""
-        caps = self.reported_capabilities(model)
+        configuration declares for the model (`configured_capabilities`).
+
+        Asked on every attempt (and by strategies), so the answer is kept per model and reused
+        while the reported capabilities and the configuration are the same objects: a refresh
+        that learns new ones (Ollama's ``/api/show``, an engine loaded) replaces them."""
+        reported = self.reported_capabilities(model)
+        config = self.config
+        cached = self._capabilities.get(model)
+        if cached is not None and cached[0] is reported and cached[1] is config:
+            return cached[2]
+        caps = self.configured_capabilities(model, reported)
+        if len(self._capabilities) >= _CAPABILITIES_KEPT:  # model names a client made up
+            self._capabilities.clear()
+        self._capabilities[model] = (reported, config, caps)
+        return caps
+
+    def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
+        """``reported`` overridden by what the configuration declares for ``model``."""
+        caps = reported
         updates: dict[str, object] = {}
         if self.config.streaming is not None:
             updates["streaming"] = self.config.streaming

@@ -123,10 +123,22 @@ class HttpProvider(Provider):
                 for event in decoder.close():
                     yield event
 
-    async def call_json(self, method: str, path: str, payload: Any = None, **kw: Any) -> Any:
-        async with self.request(method, path, payload, **kw) as resp:
-            with self.transport_errors():
+    async def call_json(
+        self, method: str, path: str, payload: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """A request whose 2xx reply is JSON, parsed. What `request` does, written out without
+        its generator-based context manager: every non-streamed call passes here."""
+        data = None if payload is None else orjson.dumps(payload)
+        kwargs: dict[str, Any] = {"data": data}
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=timeout, connect=min(timeout, self.config.connect_timeout)
+            )
+        with self.transport_errors():
+            async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
+                if resp.status >= 400:
+                    raise self.error_from_reply(resp.status, body, resp.headers)
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:

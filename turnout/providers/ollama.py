@@ -382,19 +382,27 @@ class OllamaProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self._shown: dict[str, frozenset[str]] = {}  # model -> /api/show "capabilities"
+        # model -> (the "capabilities" it was made from, the answer): one object per refresh,
+        # so that `Provider.capabilities` can keep its answer until a refresh changes it
+        self._reported: dict[str, tuple[frozenset[str], Capabilities]] = {}
 
     def reported_capabilities(self, model: str) -> Capabilities:
         shown = self._shown.get(model)
         if shown is None:
             return self.default_capabilities
+        made = self._reported.get(model)
+        if made is not None and made[0] is shown:
+            return made[1]
         # Embeddings stay Ollama's call: /api/embed serves generative models too in some versions.
         generates = "completion" in shown
-        return Capabilities(
+        caps = Capabilities(
             chat=generates,
             completion=generates,
             tools="tools" in shown,
             vision="vision" in shown,
         )
+        self._reported[model] = (shown, caps)
+        return caps
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:

@@ -261,8 +261,8 @@ class OpenAICompatProvider(HttpProvider):
             error.retry_after = rate_limit_wait(headers)
         return error
 
-    def capabilities(self, model: str) -> Capabilities:
-        caps = super().capabilities(model)
+    def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
+        caps = super().configured_capabilities(model, reported)
         declared = any(
             e.name == model and e.supports_vision is not None for e in self.config.models
         )

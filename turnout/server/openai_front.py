@@ -9,7 +9,6 @@ ends the stream with an OpenAI error event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,9 +29,9 @@ from ..providers.base import Chunk
 from ..wire.sse import DONE, encode_json
 from ..wire.validate import validate_chat, validate_completion, validate_embedding
 from .responses import (
+    BytesResponse,
     Guard,
     KeepAlive,
-    disconnected,
     error_response,
     json_response,
     server_error,
@@ -96,7 +95,7 @@ class _ClientGone(Exception):
 
 
 def _endpoint(kind: str, validate: Validator) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> Response | _Stream:
+    async def endpoint(request: Request) -> Response | BytesResponse | _Stream:
         gateway: Gateway = request.app.state.gateway
         try:
             body = validate(await read_json(request, gateway.config.server.max_body_bytes))
@@ -107,42 +106,46 @@ def _endpoint(kind: str, validate: Validator) -> Callable[[Request], Any]:
             return error_response(exc)
         except _ClientGone:
             return Response(status_code=499)  # nobody is listening; nginx's code for it
-        return json_response(reply.body, headers=_backend_headers(reply.target.provider.name))
+        return BytesResponse(orjson.dumps(reply.body), _json_start(reply.target.provider.name))
 
     return endpoint
 
 
-async def _race(request: Request, task: asyncio.Future[Any], timeout: float | None) -> bool:
-    """Wait for ``task``, the client's disconnect or ``timeout``; True if the task is done.
-    A client gone first cancels the task (and with it the backend call)."""
-    watch = asyncio.ensure_future(disconnected(request.receive))
-    try:
-        done, _ = await asyncio.wait(
-            {task, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task in done:
-        return True
-    if watch in done:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise _ClientGone
-    return False
-
-
 async def _while_connected(request: Request, work: Awaitable[T]) -> T:
-    task = asyncio.ensure_future(work)
-    await _race(request, task, None)
-    return task.result()
+    """Await ``work`` in the request's own task; a client gone first cancels it (and with it the
+    backend call) and raises `_ClientGone`. One watcher task per request (`Guard`), where
+    running the work in a task of its own and racing it against a watcher with `asyncio.wait`
+    cost two tasks, the wait's callbacks and a hand-over between tasks per request."""
+    guard = Guard(request.receive)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not guard.gone:
+            raise
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()  # the client left: answer 499 (to nobody), quietly
+        raise _ClientGone from None
+    finally:
+        guard.close()
 
 
 def _backend_headers(name: str) -> dict[str, str]:
     return {"X-Turnout-Backend": name}
+
+
+_JSON_STARTS: dict[str, list[tuple[bytes, bytes]]] = {}
+
+
+def _json_start(backend: str) -> list[tuple[bytes, bytes]]:
+    """A JSON reply's response headers (naming its backend), built once per backend."""
+    headers = _JSON_STARTS.get(backend)
+    if headers is None:
+        headers = _JSON_STARTS[backend] = [
+            (b"content-type", b"application/json"),
+            (b"x-turnout-backend", backend.encode("latin-1")),
+        ]
+    return headers
 
 
 _STARTS: dict[str, list[tuple[bytes, bytes]]] = {}

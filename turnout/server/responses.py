@@ -11,13 +11,14 @@ from collections.abc import Mapping
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import GatewayError
 from ..wire.sse import comment
 
 __all__ = [
     "SSE_HEADERS",
+    "BytesResponse",
     "Guard",
     "KeepAlive",
     "disconnected",
@@ -43,6 +44,25 @@ def json_response(
     obj: object, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     return Response(orjson.dumps(obj), status, headers, media_type="application/json")
+
+
+class BytesResponse:
+    """A whole response from body bytes and raw headers built beforehand (the content length is
+    added): what Starlette's `Response` sends, without turning a mapping of headers into raw ones
+    for every reply. The non-streamed replies of the inference endpoints use it."""
+
+    __slots__ = ("body", "raw_headers", "status_code")
+
+    def __init__(self, body: bytes, raw_headers: list[tuple[bytes, bytes]], status: int = 200):
+        self.body = body
+        self.status_code = status
+        self.raw_headers = [(b"content-length", b"%d" % len(body)), *raw_headers]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def error_response(exc: GatewayError) -> Response:
@@ -78,10 +98,10 @@ async def disconnected(receive: Receive) -> None:
 
 
 class Guard:
-    """One per streamed request: a watcher task that cancels the request's own task when the
-    client goes away, wherever that task then waits (opening the backend stream, reading the next
-    chunk, writing one). Call `close` before the response's last message: a finished response
-    also reads as a disconnect."""
+    """One per inference request: a watcher task that cancels the request's own task when the
+    client goes away, wherever that task then waits (the backend call, opening the backend
+    stream, reading the next chunk, writing one). Call `close` before the response's last
+    message: a finished response also reads as a disconnect."""
 
     __slots__ = ("_receive", "_task", "_watch", "finished", "gone")
 
@@ -111,8 +131,13 @@ class Guard:
 
     def close(self) -> None:
         self.finished = True
-        if self._watch is not None:
-            self._watch.cancel()
+        # Let go of the watcher as it is cancelled: a cancelled task keeps its CancelledError,
+        # whose traceback holds `_wait`'s frame and with it this guard, so keeping it would make
+        # a reference cycle per request (the request's task, its uvicorn cycle and frames left
+        # to the cyclic garbage collector: found costing more than the watcher itself).
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
 
 
 class KeepAlive:

@@ -77,8 +77,19 @@ class Telemetry:
 
     def flush(self) -> None:
         batch, self._pending = self._pending, []
-        for trace in batch:
-            self._add(trace)
+        if batch:
+            touched: set[Series] = set()
+            for trace in batch:
+                self._add(trace, touched)
+            # The Prometheus counters follow the statistics' totals once per batch rather than
+            # once per request: each `inc` takes a lock, and a busy drain holds thousands.
+            self.metrics.publish_outcomes(self.outcomes)
+            for series in touched:
+                children: Any = series.children
+                children.publish(
+                    series.successes, series.failures, series.tokens_in, series.tokens_out,
+                    series.cost,
+                )  # fmt: skip
         if self.dropped > self._dropped_counted:
             self.metrics.dropped.inc(self.dropped - self._dropped_counted)
             self._dropped_counted = self.dropped
@@ -95,20 +106,21 @@ class Telemetry:
                 series.children = self.metrics.children(*key)
         return series
 
-    def _add(self, trace: Trace) -> None:
+    def _add(self, trace: Trace, touched: set[Series]) -> None:
+        """Count one request into the statistics and the histograms; the counters it moves are
+        published by `flush` for the whole batch (``touched``: the series it changed)."""
         metrics = self.metrics
         self.outcomes[trace.outcome] += 1
-        metrics.outcome(trace.outcome).inc()
         if trace.overhead_s is not None:
             self.overhead.add(trace.overhead_s)
             metrics.overhead.observe(trace.overhead_s)
         for backend, model, ok, code, seconds, ttft in trace.attempts:
             series = self._series_for(backend, model)
+            touched.add(series)
             children: Any = series.children
             series.requests += 1
             if ok:
                 series.successes += 1
-                children.success.inc()
                 series.latency.add(seconds)
                 children.latency.observe(seconds)
                 if ttft is not None:
@@ -116,12 +128,13 @@ class Telemetry:
                     children.ttft.observe(ttft)
             else:
                 series.failures += 1
-                children.failure.inc()
                 code = code or "error"
                 series.errors[code] = series.errors.get(code, 0) + 1
                 metrics.error(children, backend, model, code).inc()
         if trace.backend is not None:
-            self._tokens(trace, self._series_for(trace.backend, trace.served))
+            series = self._series_for(trace.backend, trace.served)
+            touched.add(series)
+            self._tokens(trace, series)
 
     def _tokens(self, trace: Trace, series: Series) -> None:
         tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
@@ -133,17 +146,13 @@ class Telemetry:
                     text = self._prompt_text(trace.kind, trace.body)
                 tokens_in = (len(text) + 3) // 4
             tokens_out = tokens_out or 0
-        children: Any = series.children
         series.tokens_in += tokens_in
         series.tokens_out += tokens_out
-        children.tokens_in.inc(tokens_in)
-        children.tokens_out.inc(tokens_out)
         cost = tokens_in / 1000 * (trace.price_in or 0.0) + tokens_out / 1000 * (
             trace.price_out or 0.0
         )
         if cost:
             series.cost += cost
-            children.cost.inc(cost)
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, per backend and model, with each backend's live state."""

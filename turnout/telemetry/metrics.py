@@ -1,9 +1,10 @@
 """Prometheus metrics through prometheus-client, in a registry of the gateway's own.
 
 Counters and histograms are updated by the telemetry drain (never by a request), through label
-children made once per backend and model and kept on the series. Live values (health, circuit
-state, requests in flight and queued) are read at scrape time by a collector, so nothing updates
-them on the request path either.
+children made once per backend and model and kept on the series; the counters once per drained
+batch, from the statistics' running totals. Live values (health, circuit state, requests in
+flight and queued) are read at scrape time by a collector, so nothing updates them on the request
+path either.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Children:
         "errors",
         "failure",
         "latency",
+        "published",
         "success",
         "tokens_in",
         "tokens_out",
@@ -50,6 +52,24 @@ class Children:
         self.tokens_out = metrics.tokens.labels(backend, model, "output")
         self.cost = metrics.cost.labels(backend, model)
         self.errors: dict[str, Counter] = {}
+        #: successes, failures, tokens in, tokens out and cost the counters show so far
+        self.published: tuple[int, int, int, int, float] = (0, 0, 0, 0, 0.0)
+
+    def publish(
+        self, successes: int, failures: int, tokens_in: int, tokens_out: int, cost: float
+    ) -> None:
+        """Bring the counters up to these running totals (the drain's, once per batch)."""
+        done = self.published
+        for counter, now, before in (
+            (self.success, successes, done[0]),
+            (self.failure, failures, done[1]),
+            (self.tokens_in, tokens_in, done[2]),
+            (self.tokens_out, tokens_out, done[3]),
+            (self.cost, cost, done[4]),
+        ):
+            if now > before:
+                counter.inc(now - before)
+        self.published = (successes, failures, tokens_in, tokens_out, cost)
 
 
 class Metrics:
@@ -94,11 +114,17 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self._outcomes = {o: self.requests.labels(o) for o in ("ok", "error", "cancelled")}
+        self._published_outcomes = dict.fromkeys(self._outcomes, 0)
         if live is not None:
             r.register(_LiveCollector(live))
 
-    def outcome(self, name: str) -> Counter:
-        return self._outcomes[name]
+    def publish_outcomes(self, totals: Mapping[str, int]) -> None:
+        """Bring the request counters up to these running totals (once per drained batch)."""
+        published = self._published_outcomes
+        for name, total in totals.items():
+            if total > published[name]:
+                self._outcomes[name].inc(total - published[name])
+                published[name] = total
 
     def children(self, backend: str, model: str) -> Children:
         return Children(self, backend, model)
