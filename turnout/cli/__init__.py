@@ -14,7 +14,16 @@ from rich.markup import escape
 from ..config import Config, load_config
 from ..errors import ConfigError
 
-__all__ = ["ConfigOption", "UrlOption", "app", "console", "err_console", "load", "main"]
+__all__ = [
+    "ConfigOption",
+    "UrlOption",
+    "app",
+    "console",
+    "err_console",
+    "load",
+    "main",
+    "progress_bar",
+]
 
 app = typer.Typer(
     name="turnout",
@@ -29,6 +38,27 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
 ]
 UrlOption = Annotated[str, typer.Option("--url", help="Address of a running gateway.")]
+
+
+def progress_bar(*, count: bool = False) -> Any:
+    """The progress bar of every long command: description, bar, percentage (or done/total with
+    ``count``), time elapsed; it disappears once the work is done."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn() if count else TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def load(config: Path | None, host: str | None = None, port: int | None = None) -> Config:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import console, err_console
+from . import console, err_console, progress_bar
 from .models import human_size, models_app
 
 _TARGETS = ("safetensors", "onnx")
@@ -22,16 +22,7 @@ _TARGETS = ("safetensors", "onnx")
 
 def _run(work: Callable[[Callable[[str, float], None]], Any], title: str) -> Any:
     """Run ``work(progress)`` in a thread under a Rich progress bar (steps 0..1)."""
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(title, total=1.0)
 
         def progress(step: str, fraction: float) -> None:

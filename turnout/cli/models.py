@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import ConfigOption, UrlOption, app, console, err_console, load
+from . import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
 
 models_app = typer.Typer(help="Local models: list, quantize, load, unload, download.")
 app.add_typer(models_app, name="models", no_args_is_help=True)
@@ -93,18 +93,9 @@ def quantize_command(
     """Quantize a GGUF file with llama.cpp, showing per-tensor progress and the size change."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from ..models.quantize import QuantizeError, quantize
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar(count=True) as bar:
         task = bar.add_task(f"Quantizing {source.name} to {type_.upper()}", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -178,20 +169,11 @@ def load_command(
 
 
 async def _load(base: str, model: str, keep_alive: str | None, admin_key: str | None) -> None:
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
-
     body = {"keep_alive": keep_alive} if keep_alive is not None else {}
     request = asyncio.ensure_future(
         _http("POST", f"{base}/v1/models/{model}/load", body, admin_key)
     )
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"Loading {model}", total=1.0)
         while not request.done():
             await asyncio.wait({request}, timeout=0.2)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, InvalidRequestError
+from ..errors import ConfigError
 from ..providers.base import JSON
 from .llama_engine import LoadCancelled
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
@@ -82,13 +82,7 @@ class _Adjust:
 
         self.bias: Any = None
         if sampling.logit_bias:
-            outside = [t for t in sampling.logit_bias if not 0 <= t < vocab]
-            if outside:
-                raise InvalidRequestError(
-                    f"token ids {outside[:5]} are outside the model's vocabulary (0..{vocab - 1})",
-                    param="logit_bias",
-                    code="invalid_value",
-                )
+            sampling.check_vocabulary(vocab)
             self.bias = np.zeros(vocab, dtype=np.float32)
             for token, value in sampling.logit_bias.items():
                 self.bias[token] = value

@@ -64,6 +64,16 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 
+    def check_vocabulary(self, vocab: int) -> None:
+        """Refuse a ``logit_bias`` naming token ids the model does not have."""
+        outside = [t for t in self.logit_bias or () if not 0 <= t < vocab]
+        if outside:
+            raise InvalidRequestError(
+                f"token ids {outside[:5]} are outside the model's vocabulary (0..{vocab - 1})",
+                param="logit_bias",
+                code="invalid_value",
+            )
+
 
 def require_packages(packages: tuple[str, ...], engine: str, extra: str = "engines") -> None:
     """Raise a clear error naming the packages of ``engine`` that are not installed and the pip

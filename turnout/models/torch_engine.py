@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import ModelEntry
-from ..errors import BackendError, InvalidRequestError
+from ..errors import BackendError
 from ..providers.base import JSON
 from .llama_engine import LoadCancelled
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
@@ -260,13 +260,7 @@ class _Adjust:
 
         self.bias = None
         if sampling.logit_bias:
-            outside = [t for t in sampling.logit_bias if not 0 <= t < vocab]
-            if outside:
-                raise InvalidRequestError(
-                    f"token ids {outside[:5]} are outside the model's vocabulary (0..{vocab - 1})",
-                    param="logit_bias",
-                    code="invalid_value",
-                )
+            sampling.check_vocabulary(vocab)
             self.bias = torch.zeros(vocab)
             for token, value in sampling.logit_bias.items():
                 self.bias[token] = value

@@ -78,18 +78,22 @@ class HttpProvider(Provider):
             raise RuntimeError(f"provider {self.name!r} used before start()")
         return self._session
 
+    def _request_options(self, payload: Any, timeout: float | None) -> dict[str, Any]:
+        """The body (JSON) and, when the call sets one, its own timeout."""
+        kwargs: dict[str, Any] = {"data": None if payload is None else orjson.dumps(payload)}
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=timeout, connect=min(timeout, self.config.connect_timeout)
+            )
+        return kwargs
+
     @asynccontextmanager
     async def request(
         self, method: str, path: str, payload: Any = None, *, timeout: float | None = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Open a request; yield the response only if it succeeded (2xx), else raise."""
         url = self.base_url + path
-        data = None if payload is None else orjson.dumps(payload)
-        kwargs: dict[str, Any] = {"data": data}
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=timeout, connect=min(timeout, self.config.connect_timeout)
-            )
+        kwargs = self._request_options(payload, timeout)
         with self.transport_errors():
             async with self.session.request(method, url, **kwargs) as resp:
                 if resp.status >= 400:
@@ -128,12 +132,7 @@ class HttpProvider(Provider):
     ) -> Any:
         """A request whose 2xx reply is JSON, parsed. What `request` does, written out without
         its generator-based context manager: every non-streamed call passes here."""
-        data = None if payload is None else orjson.dumps(payload)
-        kwargs: dict[str, Any] = {"data": data}
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(
-                total=timeout, connect=min(timeout, self.config.connect_timeout)
-            )
+        kwargs = self._request_options(payload, timeout)
         with self.transport_errors():
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
