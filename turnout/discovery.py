@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
+from . import tasks
 from .config import ProviderConfig
 from .providers import build_provider
 from .providers.presets import DIALECT_PORTS, PRESETS
@@ -362,11 +363,8 @@ class AutoDiscovery:
         self._task = asyncio.create_task(self._loop(), name="turnout-discovery")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     def _known(self, host: str, port: int) -> bool:
         """Whether a provider (configured or found before) already lives at ``host:port``."""

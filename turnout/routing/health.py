@@ -10,13 +10,13 @@ any other request arrives) answers its probe without asking the backend.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .. import tasks
 from ..errors import GatewayError
 from ..providers.base import Provider
 
@@ -76,11 +76,8 @@ class HealthMonitor:
             self._task = asyncio.create_task(self._loop(), name="turnout-health")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def check(self) -> HealthSnapshot:
         """Probe every backend once and publish the result."""

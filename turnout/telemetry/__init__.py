@@ -9,12 +9,12 @@ and `Gateway.stats()` drain it first, so what they show includes every finished 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import tasks
 from ..providers.base import JSON
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, Trace
@@ -60,11 +60,8 @@ class Telemetry:
             self._task = asyncio.create_task(self._drain(), name="turnout-telemetry")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
         self.flush()
 
     async def _drain(self) -> None:
