@@ -161,3 +161,22 @@ def test_conversion_arguments_are_checked_first(
             folders["dir"] / call["gguf_path"], folders["dir"] / call["out_dir"], call["dtype"]
         )
     assert not (folders["dir"] / "new").exists()
+
+
+def test_a_gguf_transformers_cannot_read_is_a_conversion_error(tmp_path: Path) -> None:
+    """transformers' own refusal (an architecture it has no GGUF reader for) becomes a
+    ConvertError naming the file and the reason; nothing is left behind."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(tmp_path / "odd.gguf"), "notanarch")
+    writer.add_block_count(1)
+    writer.add_token_list([f"tok{i}" for i in range(8)])
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ConvertError, match=r"transformers cannot read odd\.gguf: .*notanarch"):
+        gguf_to_hf(tmp_path / "odd.gguf", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.gguf"]
