@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -66,6 +67,20 @@ class ServerConfig(_Strict):
     )
 
 
+def _keep_alive(value: float | str | None) -> float | str | None:
+    from .models.durations import parse_keep_alive
+
+    if value is not None:
+        parse_keep_alive(value)  # raises ValueError saying what is allowed
+    return value
+
+
+#: idle time before a local model unloads: seconds, a duration like "10m", or -1 (never)
+KeepAlive = Annotated[float | str | None, AfterValidator(_keep_alive)]
+#: how a local model runs (turnout/providers/embedded.py); auto picks by the model's format
+Engine = Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"]
+
+
 class ModelEntry(_Strict):
     """A model a provider serves, with what the configuration knows about it.
 
@@ -90,21 +105,12 @@ class ModelEntry(_Strict):
     use_mmap: bool = True
     use_mlock: bool = False
     max_memory_mb: int | None = Field(None, ge=1, description="refuse to load above this estimate")
-    keep_alive: float | str | None = Field(None, description="idle time before unloading")
-    engine: Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"] = Field(
+    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
+    engine: Engine = Field(
         "auto",
         description="auto (by the model's format: gguf llama-cpp, safetensors transformers, "
         "onnx onnx), in-process llama.cpp, a managed llama-server, transformers, onnxruntime-genai",
     )
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, v: float | str | None) -> float | str | None:
-        from .models.durations import parse_keep_alive
-
-        if v is not None:
-            parse_keep_alive(v)
-        return v
 
 
 class PathsConfig(_Strict):
@@ -159,11 +165,11 @@ class ProviderConfig(_Strict):
     models_dir: str | None = Field(None, description="serve every model file found here")
     max_models_loaded: int | None = Field(None, ge=1)
     max_memory_mb: int | None = Field(None, ge=1, description="budget for all loaded models")
-    keep_alive: float | str | None = Field(None, description="idle time before unloading")
+    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
     swap_after_seconds: float = Field(
         5.0, ge=0, description="how long a waiting model lets a busy one keep taking requests"
     )
-    engine: Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"] = "auto"
+    engine: Engine = "auto"
     llama_server: str | None = Field(
         None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
     )
@@ -178,15 +184,6 @@ class ProviderConfig(_Strict):
     )
     first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
     total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, v: float | str | None) -> float | str | None:
-        from .models.durations import parse_keep_alive
-
-        if v is not None:
-            parse_keep_alive(v)
-        return v
 
     @model_validator(mode="before")
     @classmethod
