@@ -1,10 +1,19 @@
 """Configuration: one YAML file plus environment variables, validated once at start-up.
 
 Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then
-``OPENAI_COMPATIBLE_DATA`` and ``OLLAMA_BASE_URL`` (providers added by environment, as the web app
-of source document 003 does), then ``TURNOUT_<SECTION>__<KEY>`` overrides, e.g.
-``TURNOUT_SERVER__PORT=9000`` or ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as
-YAML scalars). Any invalid setting raises `ConfigError` naming the key and what is allowed.
+``OPENAI_COMPATIBLE_DATA`` and the variables provider types declare (``OLLAMA_BASE_URL``: providers
+added by environment, as the web app of source document 003 does), then
+``TURNOUT_<SECTION>__<KEY>`` overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or
+``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as YAML scalars). Any invalid setting
+raises `ConfigError` naming the key and what is allowed.
+
+This module knows no provider type by name. `turnout.providers` registers each one
+(`register_provider_type`): its dialect, its settings model (a `ProviderConfig` subclass adding the
+dialect's own options, with a `ModelEntry` subclass for its models' options), whether it needs an
+``api_key`` and the environment variable that adds one. A provider's mapping is validated by its
+type's model, so an option another dialect reads is an unknown setting here, named with the keys
+allowed. ``import turnout`` registers them all (the package imports the gateway, which imports the
+providers), so `load_config` validates everything at start-up.
 """
 
 from __future__ import annotations
@@ -12,24 +21,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SecretStr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from .errors import ConfigError
-from .providers.presets import API_KEY_REQUIRED, DIALECTS, PRESETS
 
 __all__ = [
     "Config",
@@ -38,14 +48,16 @@ __all__ = [
     "ModelEntry",
     "PathsConfig",
     "ProviderConfig",
+    "ProviderType",
     "RouteConfig",
     "ServerConfig",
     "load_config",
+    "provider_types",
+    "register_provider_type",
 ]
 
 _ENV_PREFIX = "TURNOUT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-PROVIDER_TYPES = tuple(sorted(set(DIALECTS) | set(PRESETS)))
 
 
 class _Strict(BaseModel):
@@ -67,26 +79,13 @@ class ServerConfig(_Strict):
     )
 
 
-def _keep_alive(value: float | str | None) -> float | str | None:
-    from .wire.durations import parse_keep_alive
-
-    if value is not None:
-        parse_keep_alive(value)  # raises ValueError saying what is allowed
-    return value
-
-
-#: idle time before a local model unloads: seconds, a duration like "10m", or -1 (never)
-KeepAlive = Annotated[float | str | None, AfterValidator(_keep_alive)]
-#: how a local model runs (turnout/providers/embedded/provider.py); auto picks by the model's format
-Engine = Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"]
-
-
 class ModelEntry(_Strict):
     """A model a provider serves, with what the configuration knows about it.
 
     Accepts source document 003's ``{"apiName", "uiName", "supportsTools"}`` spelling too.
-    Engine settings (``path``, ``chat_format``, ``n_ctx``, ``n_threads``...) are read by the
-    embedded engine; HTTP providers ignore them.
+    These are what every dialect reads; a dialect with options of its own per model (an engine's
+    context size, a prompt template) declares a subclass in turnout/providers/ and names it in
+    its `ProviderConfig` subclass's ``models``.
     """
 
     name: str = Field(alias="apiName", min_length=1)
@@ -94,23 +93,6 @@ class ModelEntry(_Strict):
     supports_tools: bool | None = Field(None, alias="supportsTools")
     supports_vision: bool | None = Field(None, alias="supportsVision")
     context_length: int | None = Field(None, ge=1)
-    path: str | None = None
-    chat_format: str | None = None
-    n_ctx: int = Field(2048, ge=64)
-    n_threads: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
-    embedding: bool = False
-    # Local model lifecycle and resources (embedded engine; see turnout/models/).
-    use_mmap: bool = True
-    use_mlock: bool = False
-    max_memory_mb: int | None = Field(None, ge=1, description="refuse to load above this estimate")
-    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
-    engine: Engine = Field(
-        "auto",
-        description="auto (by the model's format: gguf llama-cpp, safetensors transformers, "
-        "onnx onnx), in-process llama.cpp, a managed llama-server, transformers, onnxruntime-genai",
-    )
 
 
 class PathsConfig(_Strict):
@@ -143,11 +125,44 @@ class BreakerConfig(_Strict):
     max_cooldown: float = Field(60.0, gt=0)
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderType:
+    """One value ``providers.<name>.type`` may take, as turnout/providers registers it."""
+
+    name: str
+    dialect: str  # the provider class that speaks to it (a preset names an existing dialect)
+    #: the type's settings model: `ProviderConfig` or a subclass adding the dialect's options;
+    #: called when a provider of the type is validated (it may import the dialect's module)
+    settings: Callable[[], type[ProviderConfig]]
+    api_key_required: bool = False  # start-up fails without providers.<name>.api_key ...
+    key_headers: frozenset[str] = frozenset()  # ... unless one of these headers carries it
+    #: an environment variable whose URL adds a provider of this type, named after the type
+    env_endpoint: str | None = None
+    env_suffix: str = ""  # dropped from the end of that URL (an API path some clients append)
+
+
+_TYPES: dict[str, ProviderType] = {}
+
+
+def register_provider_type(spec: ProviderType) -> None:
+    """Make ``spec.name`` a provider type (turnout/providers registers each dialect and preset)."""
+    _TYPES[spec.name] = spec
+
+
+def provider_types() -> tuple[str, ...]:
+    """Every registered provider type, sorted."""
+    return tuple(sorted(_TYPES))
+
+
 class ProviderConfig(_Strict):
+    """One provider: the settings every dialect reads. A type whose dialect reads more registers
+    a subclass; validating a mapping, or calling ``ProviderConfig(type=...)``, gives an instance
+    of the registered model for that type."""
+
     type: str
     endpoint: str | None = None
     api_key: str | None = None
-    models: list[ModelEntry] = Field(default_factory=list)
+    models: Sequence[ModelEntry] = Field(default_factory=list)
     enabled: bool = True
     timeout: float = Field(300.0, gt=0, description="seconds to the first byte and between chunks")
     connect_timeout: float = Field(5.0, gt=0)
@@ -156,23 +171,6 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     streaming: bool | None = None
-    default_max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="output token limit sent when a request gives none (Anthropic requires one)",
-    )
-    # Local model lifecycle (embedded engine; see turnout/models/ and turnout/providers/embedded).
-    models_dir: str | None = Field(None, description="serve every model file found here")
-    max_models_loaded: int | None = Field(None, ge=1)
-    max_memory_mb: int | None = Field(None, ge=1, description="budget for all loaded models")
-    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
-    swap_after_seconds: float = Field(
-        5.0, ge=0, description="how long a waiting model lets a busy one keep taking requests"
-    )
-    engine: Engine = "auto"
-    llama_server: str | None = Field(
-        None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
-    )
     # Routing (turnout/routing): prices, circuit breaker, queue and timeouts of this backend.
     cost_per_1k_input: float | None = Field(
         None, ge=0, description="price of 1,000 prompt tokens; unset: 0 for a local backend"
@@ -184,6 +182,34 @@ class ProviderConfig(_Strict):
     )
     first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
     total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+
+    def __new__(cls, *args: Any, **data: Any) -> Self:
+        """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
+        spec = _TYPES.get(data.get("type", "")) if cls is ProviderConfig and data else None
+        model = spec.settings() if spec is not None else cls
+        return super().__new__(model)  # type: ignore[return-value]  # a subclass of cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_type(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """A mapping is validated by its type's model (errors keep their locations)."""
+        if cls is ProviderConfig and isinstance(data, Mapping):
+            spec = _TYPES.get(data.get("type"))  # type: ignore[arg-type]  # any value: no match
+            model = spec.settings() if spec is not None else cls
+            if model is not cls:
+                return model.model_validate(data)  # type: ignore[return-value]  # a subclass
+        return handler(data)
+
+    @classmethod
+    def of(cls, config: ProviderConfig) -> Self:
+        """``config`` as this model; a provider whose dialect has settings of its own takes its
+        configuration through this, so a mismatch fails at construction, naming both."""
+        if not isinstance(config, cls):
+            raise TypeError(
+                f"a {config.type!r} provider needs {cls.__name__} settings, "
+                f"got {type(config).__name__}"
+            )
+        return config
 
     @model_validator(mode="before")
     @classmethod
@@ -218,8 +244,9 @@ class ProviderConfig(_Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, v: str) -> str:
-        if v not in PROVIDER_TYPES:
-            raise ValueError(f"unknown provider type {v!r}; allowed: {', '.join(PROVIDER_TYPES)}")
+        if v not in _TYPES:
+            allowed = ", ".join(provider_types()) or "none registered (import turnout.providers)"
+            raise ValueError(f"unknown provider type {v!r}; allowed: {allowed}")
         return v
 
     @field_validator("endpoint")
@@ -233,7 +260,7 @@ class ProviderConfig(_Strict):
 
     @property
     def dialect(self) -> str:
-        return PRESETS[self.type].dialect if self.type in PRESETS else self.type
+        return _TYPES[self.type].dialect
 
 
 #: route strategies (turnout/routing/strategies.py implements one function per name)
@@ -311,7 +338,8 @@ class HealthConfig(_Strict):
 
 
 class DiscoveryConfig(_Strict):
-    """Finding local runtimes by their default ports (turnout/discovery.py); ``discovery: true``
+    """Finding local runtimes by their default ports (turnout/providers/discovery.py);
+    ``discovery: true``
     is short for ``discovery: {enabled: true}``."""
 
     enabled: bool = False
@@ -330,7 +358,8 @@ class DiscoveryConfig(_Strict):
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    #: SerializeAsAny: a provider is dumped with its type's own settings too
+    providers: dict[str, SerializeAsAny[ProviderConfig]] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     default_embedded: bool = Field(
         True, description="serve the embedded engine when no provider is configured"
@@ -370,11 +399,11 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _cloud_api_keys(self) -> Config:
         """A cloud provider without a key would fail every request with 401: fail at start-up."""
-        auth = {"authorization", "x-api-key", "x-goog-api-key"}
         for name, provider in self.providers.items():
-            if provider.type not in API_KEY_REQUIRED or not provider.enabled or provider.api_key:
+            spec = _TYPES[provider.type]
+            if not spec.api_key_required or not provider.enabled or provider.api_key:
                 continue
-            if auth & {key.lower() for key in provider.headers}:
+            if spec.key_headers & {key.lower() for key in provider.headers}:
                 continue  # the key travels in a configured header (e.g. through a proxy)
             raise ValueError(
                 f"providers.{name}.api_key: required for type '{provider.type}'; set it in the "
@@ -440,7 +469,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, data)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -472,11 +501,12 @@ def _add_env_providers(data: dict[str, Any], env: Mapping[str, str]) -> None:
         for i, entry in enumerate(entries):
             name, provider = _openai_compatible_entry(i, entry)
             providers[name] = provider
-    ollama = env.get("OLLAMA_BASE_URL")
-    if ollama:
-        url = ollama.rstrip("/")
-        providers.setdefault("ollama", {"type": "ollama"})
-        providers["ollama"] = {**providers["ollama"], "endpoint": url.removesuffix("/api")}
+    for spec in _TYPES.values():
+        url = env.get(spec.env_endpoint) if spec.env_endpoint else None
+        if url:
+            entry = providers.get(spec.name) or {"type": spec.name}
+            endpoint = url.rstrip("/").removesuffix(spec.env_suffix)
+            providers[spec.name] = {**entry, "endpoint": endpoint}
     if providers:
         data["providers"] = providers
 
@@ -529,8 +559,9 @@ def _existing_key(node: dict[str, Any], part: str) -> str:
     return next((k for k in node if isinstance(k, str) and k.lower() == part), part)
 
 
-def _allowed(loc: tuple[int | str, ...]) -> list[str]:
-    """The setting names allowed where ``loc`` points, found by walking the models down it."""
+def _allowed(loc: tuple[int | str, ...], data: Any) -> list[str]:
+    """The setting names allowed where ``loc`` points, found by walking the models down it (and
+    the data beside them: a provider's model is the one its ``type`` registered)."""
     node: Any = Config
     for part in loc[:-1]:
         if isinstance(node, type) and issubclass(node, BaseModel):
@@ -538,21 +569,35 @@ def _allowed(loc: tuple[int | str, ...]) -> list[str]:
             node = field.annotation if field is not None else None
         else:  # a dict or list: step into its values
             node = get_args(node)[-1] if get_args(node) else None
+        data = _step(data, part)
+        if get_origin(node) is Annotated:  # SerializeAsAny[X]
+            node = get_args(node)[0]
         present = [a for a in get_args(node) if a is not type(None)]
         if type(None) in get_args(node) and len(present) == 1:  # X | None
             node = present[0]
+        if node is ProviderConfig and isinstance(data, Mapping) and data.get("type") in _TYPES:
+            node = _TYPES[data["type"]].settings()
     if isinstance(node, type) and issubclass(node, BaseModel):
         return list(node.model_fields)
     return []
 
 
-def _describe(exc: ValidationError) -> str:
+def _step(data: Any, part: int | str) -> Any:
+    """``data[part]``, or None where the data has no such place."""
+    if isinstance(data, Mapping):
+        return data.get(part)
+    if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+        return data[part]
+    return None
+
+
+def _describe(exc: ValidationError, data: Any = None) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed(tuple(err["loc"]))
+            allowed = _allowed(tuple(err["loc"]), data)
             msg = "unknown setting" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "missing":
             msg = "required setting is missing"

@@ -17,8 +17,11 @@ __all__ = [
     "API_KEY_REQUIRED",
     "DIALECTS",
     "DIALECT_ENDPOINTS",
+    "DIALECT_ENV",
     "DIALECT_PORTS",
+    "KEY_HEADERS",
     "PRESETS",
+    "EnvEndpoint",
     "Preset",
 ]
 
@@ -49,6 +52,24 @@ ANSWER_TOKENS = 2048
 DIALECT_ENDPOINTS: dict[str, str] = {
     "anthropic": "https://api.anthropic.com",
     "gemini": "https://generativelanguage.googleapis.com",
+}
+
+#: headers that carry an API key (OpenAI's, Anthropic's, Gemini's): one configured under
+#: ``headers`` stands in for a required ``api_key`` (a key added by a proxy, say)
+KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class EnvEndpoint:
+    """An environment variable whose URL adds a provider of a type, named after the type."""
+
+    variable: str
+    suffix: str = ""  # dropped from the URL's end
+
+
+#: providers added by the environment (source document 003's web app): type -> its variable
+DIALECT_ENV: dict[str, EnvEndpoint] = {
+    "ollama": EnvEndpoint("OLLAMA_BASE_URL", suffix="/api"),  # clients often give .../api
 }
 
 
