@@ -1,24 +1,19 @@
 """Configuration: one YAML file plus environment variables, validated once at start-up.
 
-Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then
-``OPENAI_COMPATIBLE_DATA`` and the variables provider types declare (``OLLAMA_BASE_URL``: providers
-added by environment, as the web app of source document 003 does), then
+Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then providers
+added by environment, as the web app of source document 003 does (``OPENAI_COMPATIBLE_DATA``,
+``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then
 ``TURNOUT_<SECTION>__<KEY>`` overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or
 ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as YAML scalars). Any invalid setting
 raises `ConfigError` naming the key and what is allowed.
 
-This module knows no provider type by name. `turnout.providers` registers each one
-(`register_provider_type`): its dialect, its settings model (a `ProviderConfig` subclass adding the
-dialect's own options, with a `ModelEntry` subclass for its models' options), whether it needs an
-``api_key`` and the environment variable that adds one. A provider's mapping is validated by its
-type's model, so an option another dialect reads is an unknown setting here, named with the keys
-allowed. ``import turnout`` registers them all (the package imports the gateway, which imports the
-providers), so `load_config` validates everything at start-up.
+No provider type is named here: turnout/providers registers each (`register_provider_type`)
+with its dialect and settings model (a `ProviderConfig` subclass with the dialect's own options),
+and ``import turnout`` does so before anything is validated (docs/decisions.md, issue 10).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +48,7 @@ __all__ = [
     "ServerConfig",
     "load_config",
     "provider_types",
+    "register_env_source",
     "register_provider_type",
 ]
 
@@ -136,12 +132,12 @@ class ProviderType:
     settings: Callable[[], type[ProviderConfig]]
     api_key_required: bool = False  # start-up fails without providers.<name>.api_key ...
     key_headers: frozenset[str] = frozenset()  # ... unless one of these headers carries it
-    #: an environment variable whose URL adds a provider of this type, named after the type
-    env_endpoint: str | None = None
-    env_suffix: str = ""  # dropped from the end of that URL (an API path some clients append)
 
 
+#: providers the environment adds: (environment, providers so far) -> providers to set
+EnvSource = Callable[[Mapping[str, str], Mapping[str, Any]], Mapping[str, Any]]
 _TYPES: dict[str, ProviderType] = {}
+_ENV_SOURCES: list[EnvSource] = []
 
 
 def register_provider_type(spec: ProviderType) -> None:
@@ -149,9 +145,21 @@ def register_provider_type(spec: ProviderType) -> None:
     _TYPES[spec.name] = spec
 
 
+def register_env_source(source: EnvSource) -> None:
+    """Read providers from the environment too, after the file (turnout/providers registers
+    ``OPENAI_COMPATIBLE_DATA`` and the variables presets declare); it raises `ConfigError`."""
+    _ENV_SOURCES.append(source)
+
+
 def provider_types() -> tuple[str, ...]:
     """Every registered provider type, sorted."""
     return tuple(sorted(_TYPES))
+
+
+def _registered(type_: Any) -> type[ProviderConfig] | None:
+    """The settings model of a ``type`` value, None where no such type is registered."""
+    spec = _TYPES.get(type_) if isinstance(type_, str) else None
+    return spec.settings() if spec is not None else None
 
 
 class ProviderConfig(_Strict):
@@ -185,30 +193,25 @@ class ProviderConfig(_Strict):
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
-        spec = _TYPES.get(data.get("type", "")) if cls is ProviderConfig and data else None
-        model = spec.settings() if spec is not None else cls
-        return super().__new__(model)  # type: ignore[return-value]  # a subclass of cls
+        model = _registered(data.get("type")) if cls is ProviderConfig else None
+        return super().__new__(model or cls)  # type: ignore[return-value]  # a subclass of cls
 
     @model_validator(mode="wrap")
     @classmethod
     def _by_type(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         """A mapping is validated by its type's model (errors keep their locations)."""
         if cls is ProviderConfig and isinstance(data, Mapping):
-            spec = _TYPES.get(data.get("type"))  # type: ignore[arg-type]  # any value: no match
-            model = spec.settings() if spec is not None else cls
-            if model is not cls:
+            model = _registered(data.get("type"))
+            if model is not None and model is not cls:
                 return model.model_validate(data)  # type: ignore[return-value]  # a subclass
         return handler(data)
 
     @classmethod
     def of(cls, config: ProviderConfig) -> Self:
-        """``config`` as this model; a provider whose dialect has settings of its own takes its
-        configuration through this, so a mismatch fails at construction, naming both."""
+        """``config`` as this model (a provider's own settings), else TypeError naming both."""
         if not isinstance(config, cls):
-            raise TypeError(
-                f"a {config.type!r} provider needs {cls.__name__} settings, "
-                f"got {type(config).__name__}"
-            )
+            got = type(config).__name__
+            raise TypeError(f"a {config.type!r} provider needs {cls.__name__} settings, got {got}")
         return config
 
     @model_validator(mode="before")
@@ -490,41 +493,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _add_env_providers(data: dict[str, Any], env: Mapping[str, str]) -> None:
     providers = dict(data.get("providers") or {})
-    raw = env.get("OPENAI_COMPATIBLE_DATA")
-    if raw:
-        try:
-            entries = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"OPENAI_COMPATIBLE_DATA: not valid JSON ({exc.msg})") from None
-        if not isinstance(entries, list):
-            raise ConfigError("OPENAI_COMPATIBLE_DATA: must be a JSON array of providers")
-        for i, entry in enumerate(entries):
-            name, provider = _openai_compatible_entry(i, entry)
-            providers[name] = provider
-    for spec in _TYPES.values():
-        url = env.get(spec.env_endpoint) if spec.env_endpoint else None
-        if url:
-            entry = providers.get(spec.name) or {"type": spec.name}
-            endpoint = url.rstrip("/").removesuffix(spec.env_suffix)
-            providers[spec.name] = {**entry, "endpoint": endpoint}
+    for source in _ENV_SOURCES:
+        providers.update(source(env, providers))
     if providers:
         data["providers"] = providers
-
-
-def _openai_compatible_entry(i: int, entry: Any) -> tuple[str, dict[str, Any]]:
-    where = f"OPENAI_COMPATIBLE_DATA[{i}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: must be an object with provider, baseUrl and models")
-    for key in ("provider", "baseUrl"):
-        if not isinstance(entry.get(key), str) or not entry[key]:
-            raise ConfigError(f"{where}.{key}: required, a non-empty string")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry["provider"]).strip("-") or f"provider{i}"
-    provider: dict[str, Any] = {"type": "openai", "endpoint": entry["baseUrl"]}
-    if entry.get("apiKey"):
-        provider["api_key"] = entry["apiKey"]
-    if "models" in entry:
-        provider["models"] = entry["models"]
-    return name, provider
 
 
 def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -575,8 +547,8 @@ def _allowed(loc: tuple[int | str, ...], data: Any) -> list[str]:
         present = [a for a in get_args(node) if a is not type(None)]
         if type(None) in get_args(node) and len(present) == 1:  # X | None
             node = present[0]
-        if node is ProviderConfig and isinstance(data, Mapping) and data.get("type") in _TYPES:
-            node = _TYPES[data["type"]].settings()
+        if node is ProviderConfig and isinstance(data, Mapping):
+            node = _registered(data.get("type")) or node
     if isinstance(node, type) and issubclass(node, BaseModel):
         return list(node.model_fields)
     return []

@@ -603,3 +603,10 @@ def test_environment_providers_are_declared_by_their_type() -> None:
     (name, declared), *_ = DIALECT_ENV.items()
     cfg = load_config({}, environ={declared.variable: "http://h:1/"})
     assert cfg.providers[name].type == name and cfg.providers[name].endpoint == "http://h:1"
+
+
+def test_a_provider_refuses_another_dialects_settings() -> None:
+    from turnout.providers.embedded import EmbeddedProvider
+
+    with pytest.raises(TypeError, match="'vllm' provider needs EmbeddedConfig settings"):
+        EmbeddedProvider("x", ProviderConfig(type="vllm"))

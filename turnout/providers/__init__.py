@@ -3,7 +3,8 @@
 Importing this package registers every provider type (each dialect and each runtime preset) with
 turnout/config.py: its dialect, its settings model (the dialect's provider class names it in
 ``settings``; its module is imported when a provider of the type is first validated), whether it
-needs an ``api_key`` and the environment variable that adds one. ``import turnout`` imports it.
+needs an ``api_key``; and the environment variables that add providers (environment.py).
+``import turnout`` imports it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import functools
 import importlib
 from typing import TYPE_CHECKING
 
-from ..config import ProviderConfig, ProviderType, register_provider_type
-from .presets import API_KEY_REQUIRED, DIALECT_ENV, DIALECTS, KEY_HEADERS, PRESETS, Preset
+from ..config import ProviderConfig, ProviderType, register_env_source, register_provider_type
+from .environment import declared_endpoints, openai_compatible_data
+from .presets import API_KEY_REQUIRED, DIALECTS, KEY_HEADERS, PRESETS, Preset
 
 if TYPE_CHECKING:
     from .base import Provider
@@ -43,7 +45,6 @@ def _settings(dialect: str) -> type[ProviderConfig]:
 def _register() -> None:
     dialects = {name: name for name in DIALECTS}
     for name, dialect in {**dialects, **{n: p.dialect for n, p in PRESETS.items()}}.items():
-        env = DIALECT_ENV.get(name)
         register_provider_type(
             ProviderType(
                 name,
@@ -51,10 +52,10 @@ def _register() -> None:
                 settings=functools.partial(_settings, dialect),
                 api_key_required=name in API_KEY_REQUIRED,
                 key_headers=KEY_HEADERS,
-                env_endpoint=env.variable if env is not None else None,
-                env_suffix=env.suffix if env is not None else "",
             )
         )
+    register_env_source(openai_compatible_data)  # source document 003's two variables,
+    register_env_source(declared_endpoints)  # in this order
 
 
 _register()
