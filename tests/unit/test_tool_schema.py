@@ -78,6 +78,8 @@ def test_reply_becomes_a_call_or_text() -> None:
     assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
     text = plan.reply(_reply('{"content": "Sunny."}'))["choices"][0]
     assert text["message"] == {"role": "assistant", "content": "Sunny."}
+    partial = plan.reply(_reply('{ "content": "Sunny \\"and', "length"))["choices"][0]
+    assert partial["message"]["content"] == 'Sunny "and'
     cut = plan.reply(_reply('{"name": "get_wea', "length"))["choices"][0]
     assert cut["message"]["content"] == '{"name": "get_wea' and cut["finish_reason"] == "length"
 

@@ -18,6 +18,7 @@ held until the answer is whole, then sent as a call's deltas or as text).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,8 +77,9 @@ class ToolPlan:
         """(a call, None) when ``text`` is a call of an offered tool, else (None, the text)."""
         try:
             answer = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return None, text  # cut short (max_tokens): passed on as it stands
+        except orjson.JSONDecodeError:  # cut short (max_tokens)
+            started = _PARTIAL_TEXT.match(text)
+            return None, _partial_string(started[1]) if started else text
         if isinstance(answer, dict) and answer.get("name") in self.names:
             arguments = answer.get("arguments")
             call = {
@@ -143,6 +145,21 @@ class ToolStream:
         )
         out.append(_piece(data, {}, "tool_calls"))
         return out
+
+
+#: an answer without a call, cut short: {"content": "the text so fa
+_PARTIAL_TEXT = re.compile(r'\A\s*\{\s*"content"\s*:\s*"(.*)\Z', re.DOTALL)
+
+
+def _partial_string(body: str) -> str:
+    """The text of a JSON string cut short (its closing quote, or an escape, missing)."""
+    for end in range(len(body), max(len(body) - 7, -1), -1):
+        try:
+            text = orjson.loads(f'"{body[:end]}"')
+        except orjson.JSONDecodeError:
+            continue
+        return text if isinstance(text, str) else body
+    return body
 
 
 def _piece(data: JSON, delta: JSON, finish: str | None) -> JSON:
