@@ -8,28 +8,16 @@ import uuid
 from typing import Any
 
 from ..errors import CapabilityError
+from ..wire.openai import chunk_object
 from .base import JSON, Kind
 
 __all__ = [
     "chunks_from_response",
     "cut_at_stop",
-    "lacking",
     "refuse_unsupported",
     "single_prompt",
     "unsupported",
 ]
-
-_CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
-#: the request field that asks for each capability
-_PARAM = {
-    "tools": "tools",
-    "vision": "messages",
-    "json_schema": "response_format",
-    "streaming": "stream",
-    "embeddings": "model",
-    "completion": "model",
-    "chat": "model",
-}
 
 
 def unsupported(message: str, param: str) -> CapabilityError:
@@ -38,26 +26,6 @@ def unsupported(message: str, param: str) -> CapabilityError:
     error = CapabilityError(message, param=param)
     error.fallback = True
     return error
-
-
-def lacking(backend: str, missing: list[str], body: JSON) -> CapabilityError:
-    """The refusal of a request needing capabilities (names of `Capabilities` fields) that the
-    backend is declared to lack; the configuration can declare them (``supports_tools`` ...)."""
-    param = _PARAM.get(missing[0], "model")
-    if missing[0] == "vision":  # name the first image part
-        for i, message in enumerate(body.get("messages") or ()):
-            content = message.get("content") if isinstance(message, dict) else None
-            for j, part in enumerate(content if isinstance(content, list) else ()):
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    param = f"messages[{i}].content[{j}]"
-                    break
-            if param != "messages":
-                break
-    return unsupported(
-        f"Backend '{backend}' cannot serve this request: it lacks {', '.join(missing)} "
-        f"(declare it in the configuration if the model can).",
-        param,
-    )
 
 
 def refuse_unsupported(body: JSON, runtime: str) -> None:
@@ -96,7 +64,7 @@ def chunks_from_response(result: JSON, kind: Kind) -> list[JSON]:
     with it) and a finish chunk, then the ``choices: []`` usage chunk."""
     head = {
         "id": result.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
+        "object": chunk_object(kind),
         "created": result.get("created") or int(time.time()),
         "model": result.get("model", ""),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -48,6 +49,8 @@ DEFAULT_CHAT_FORMAT = "gemma"
 #: how long a model found in models_dir stays loaded after its last request (Ollama's default)
 DIRECTORY_KEEP_ALIVE = 300.0
 _MB = 1024 * 1024
+#: the capabilities a model entry (or the provider's ``streaming``) may declare
+_SWITCHES = ("streaming", "tools", "vision")
 #: llama-cpp-python chat formats for GGUFs that carry no chat template, by architecture
 _FORMAT_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
@@ -314,6 +317,16 @@ class EmbeddedProvider(Provider):
         if isinstance(engine, ThreadEngine):
             return engine.capabilities
         return self.default_capabilities
+
+    def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
+        """The configuration may narrow what a token-by-token engine can do, never widen it:
+        the router sends it nothing its engine lacks (a ``supports_vision`` would not make it
+        read images)."""
+        caps = super().configured_capabilities(model, reported)
+        if not isinstance(self.engines.get(model), ThreadEngine):
+            return caps
+        beyond = {f: False for f in _SWITCHES if getattr(caps, f) and not getattr(reported, f)}
+        return dataclasses.replace(caps, **beyond) if beyond else caps
 
     async def probe(self) -> Health:
         return Health(self._started, 0.0, "" if self._started else "not started")
