@@ -3,12 +3,10 @@ stop strings applied to a reply, and a clear refusal of what cannot be emulated.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from ..errors import CapabilityError
-from ..wire.openai import chunk_object
+from ..wire.openai import ChunkMaker
 from .base import JSON, Kind
 
 __all__ = [
@@ -62,27 +60,18 @@ def cut_at_stop(text: str, stop: Any) -> tuple[str, bool]:
 def chunks_from_response(result: JSON, kind: Kind) -> list[JSON]:
     """A whole reply as the stream OpenAI would have sent: per choice one content chunk (the role
     with it) and a finish chunk, then the ``choices: []`` usage chunk."""
-    head = {
-        "id": result.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": chunk_object(kind),
-        "created": result.get("created") or int(time.time()),
-        "model": result.get("model", ""),
-    }
+    chunks = ChunkMaker(kind, result.get("model", ""), result.get("id"), result.get("created"))
     out: list[JSON] = []
     for choice in result.get("choices") or ():
         index = choice.get("index", 0)
-        body: JSON
-        end: JSON
-        if kind == "chat":
-            message = choice.get("message") or {}
-            body = {"delta": {"role": "assistant", "content": message.get("content") or ""}}
-            end = {"delta": {}}
-        else:
-            body, end = {"text": choice.get("text") or ""}, {"text": ""}
         finish = choice.get("finish_reason") or "stop"
-        for part, reason in ((body, None), (end, finish)):
-            piece = {"index": index, **part, "logprobs": None, "finish_reason": reason}
-            out.append({**head, "choices": [piece]})
+        if kind == "chat":
+            content = (choice.get("message") or {}).get("content") or ""
+            out.append(chunks.choice({"role": "assistant", "content": content}, None, index))
+            out.append(chunks.choice({}, finish, index))
+        else:
+            out.append(chunks.text(choice.get("text") or "", None, index))
+            out.append(chunks.text("", finish, index))
     if isinstance(result.get("usage"), dict):
-        out.append({**head, "choices": [], "usage": result["usage"]})
+        out.append(chunks.usage(result["usage"]))
     return out

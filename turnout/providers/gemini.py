@@ -25,6 +25,7 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
+from ..wire.openai import embedding_list, embedding_usage
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .gemini_translate import GeminiStream, from_gemini, to_gemini
 from .http import HttpProvider, error_message, json_or_none
@@ -83,9 +84,7 @@ def from_gemini_embed(obj: JSON, model: str, body: JSON) -> JSON:
     vectors = [(e or {}).get("values") or [] for e in found or ()]
     value = body["input"]
     tokens = sum((len(t) + 3) // 4 for t in ([value] if isinstance(value, str) else value))
-    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return {"object": "list", "data": data, "model": model, "usage": usage}
+    return embedding_list(vectors, model, embedding_usage(tokens))
 
 
 class GeminiProvider(HttpProvider):

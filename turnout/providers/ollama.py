@@ -39,7 +39,7 @@ from ..wire.openai import (
     embedding_usage,
     reply_body,
     reply_id,
-    usage,
+    usage_dict,
 )
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .http import HttpProvider
@@ -244,7 +244,7 @@ def _finish(done_reason: Any, tool_calls: bool) -> str:
 
 def _usage(obj: JSON) -> JSON:
     prompt, completion = (int(obj.get(k) or 0) for k in ("prompt_eval_count", "eval_count"))
-    return usage(prompt, completion)
+    return usage_dict(prompt, completion)
 
 
 def _openai_calls(calls: Any) -> list[JSON]:

@@ -3,7 +3,7 @@ gateway adds to them, and which request field asks for each capability.
 
 - object names: `chunk_object`, `reply_object`, and a reply's id (`reply_id`);
 - replies and chunks: `reply`, `ChunkMaker` (one stream's chunks), `usage_chunk`;
-- token usage: `usage` (the dict), `embedding_usage`, `count_usage` (counted by the backend's
+- token usage: `usage_dict`, `embedding_usage`, `count_usage` (counted by the backend's
   tokenizer, else estimated at four characters a token);
 - texts: `prompt_text` (what a request sends), `reply_text` (what a reply generated),
   `choice_texts` (what a stream chunk carries);
@@ -12,6 +12,7 @@ gateway adds to them, and which request field asks for each capability.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import time
@@ -37,8 +38,8 @@ __all__ = [
     "reply_id",
     "reply_object",
     "reply_text",
-    "usage",
     "usage_chunk",
+    "usage_dict",
 ]
 
 _CHUNK_OBJECT: dict[str, str] = {"chat": "chat.completion.chunk", "completion": "text_completion"}
@@ -63,7 +64,7 @@ def reply_id(kind: Kind) -> str:
 # Usage.
 
 
-def usage(
+def usage_dict(
     prompt: int,
     completion: int,
     *,
@@ -99,25 +100,32 @@ async def count_usage(
     model: str,
     prompt: str,
     completion: str,
+    *,
+    at_once: bool = False,
 ) -> JSON:
     """The usage of a reply whose backend reported none (or a made-up one), counted by
-    ``count_tokens(model, text)`` (a provider's tokenizer); a text it cannot count is estimated at
-    four characters a token. Counting is best effort: an estimate beats no usage."""
-    counts: list[int] = []
-    for text in (prompt, completion):
+    ``count_tokens(model, text)`` (a provider's tokenizer), one text after the other or both
+    ``at_once``; a text it cannot count is estimated at four characters a token. Counting is best
+    effort: an estimate beats no usage."""
+
+    async def tokens(text: str) -> int:
         try:
             n = await count_tokens(model, text) if text else 0
         except Exception:
             n = None
-        counts.append(n if n is not None else (len(text) + 3) // 4)
-    return usage(counts[0], counts[1])
+        return n if n is not None else (len(text) + 3) // 4
+
+    if at_once:
+        counts = await asyncio.gather(tokens(prompt), tokens(completion))
+        return usage_dict(counts[0], counts[1])
+    return usage_dict(await tokens(prompt), await tokens(completion))
 
 
 # Replies and chunks.
 
 
 def reply_body(
-    kind: Kind, ident: str, created: int, model: str, choices: list[JSON], used: JSON
+    kind: Kind, ident: str | None, created: int, model: str, choices: list[JSON], used: JSON | None
 ) -> JSON:
     """A whole ``chat.completion`` or ``text_completion``."""
     return {

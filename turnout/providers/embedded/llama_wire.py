@@ -10,6 +10,7 @@ from typing import Any
 
 from ...config import ModelEntry
 from ...errors import CapabilityError
+from ...wire.openai import chunk_object, reply_body, usage_dict
 from ..base import JSON, Call
 
 __all__ = ["assemble", "embed", "generate", "prompt_text", "request_kwargs"]
@@ -49,15 +50,11 @@ def generate(llm: Any, entry: ModelEntry, call: Call, kwargs: JSON) -> Iterator[
     prompt = _prompt_tokens(llm, entry, call)
     yield {
         "id": last.get("id", f"cmpl-{uuid.uuid4()}"),
-        "object": last.get("object", "chat.completion.chunk"),
+        "object": last.get("object", chunk_object(call.kind)),
         "created": last.get("created", int(time.time())),
         "model": call.model,
         "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": usage_dict(prompt, completion),
     }
 
 
@@ -115,18 +112,10 @@ def assemble(call: Call, chunks: list[JSON]) -> JSON:
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         choice: JSON = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        kind = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        kind = "text_completion"
-    return {
-        "id": first.get("id"),
-        "object": kind,
-        "created": first.get("created", int(time.time())),
-        "model": call.model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    created = first.get("created", int(time.time()))
+    return reply_body(call.kind, first.get("id"), created, call.model, [choice], usage)
 
 
 def _reject_images(provider: str, model: str, messages: list[JSON]) -> None:
