@@ -335,8 +335,8 @@ async def test_what_the_engine_lacks_is_refused_before_it_is_asked(
     with pytest.raises(CapabilityError) as err:
         await router.complete(kind, body)
     assert err.value.param == param
-    assert err.value.message.startswith(
-        f"Backend 'local' cannot serve this request: it lacks {words}"
+    assert err.value.message == (
+        f"The scripted engine of model 'm' cannot serve this request: it lacks {words}."
     )
     assert engine.samplings == [] and engine.prompts == []  # never reached the engine
 

@@ -127,12 +127,15 @@ class GeminiProvider(HttpProvider):
         result = self._object(await self.call_json("POST", path, self._payload(call)))
         return from_gemini(result, call.model)
 
-    def _payload(self, call: Call) -> JSON:
-        if call.kind != "chat":
-            raise CapabilityError(
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        if "completion" in missing:
+            return CapabilityError(
                 "Gemini has no text completion; use /v1/chat/completions.", param="prompt"
             )
-        return to_gemini(call.body)
+        return super().refusal(model, missing, body)
+
+    def _payload(self, call: Call) -> JSON:
+        return to_gemini(call.body)  # chat only: the router sends no completion (`refusal`)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         path = self.path(call.model, "streamGenerateContent") + "?alt=sse"

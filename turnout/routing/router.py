@@ -26,7 +26,7 @@ from typing import TypeVar
 from ..errors import CapabilityError, GatewayError, NoBackendAvailableError
 from ..providers.base import Kind, Provider
 from ..telemetry.record import Trace
-from ..wire.openai import CAPABILITY_PARAM, lacking
+from ..wire.openai import CAPABILITY_PARAM
 from ..wire.types import JSON, Call, Chunk
 from .attempt import Attempts, Backend, Expired, failure_class, request_timeout
 from .breaker import Admission
@@ -210,7 +210,7 @@ class Router:
         missing = provider.capabilities(option.target.model).lacks(run.pick.needs())
         if missing:  # the one place fitness is decided: a provider is never sent what it lacks
             run.tried = True
-            run.unable = run.unable or lacking(provider.name, missing, run.body)
+            run.unable = run.unable or provider.refusal(option.target.model, missing, run.body)
             return None
         backend = self.backend(provider)
         if backend.limiter.full():

@@ -36,6 +36,7 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...wire.durations import FOREVER, parse_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..emulation import unsupported
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Scheduler
@@ -317,6 +318,17 @@ class EmbeddedProvider(Provider):
         if isinstance(engine, ThreadEngine):
             return engine.capabilities
         return self.default_capabilities
+
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        engine = self.engines.get(model)
+        if not isinstance(engine, ThreadEngine):
+            return super().refusal(model, missing, body)
+        param = super().refusal(model, missing, body).param or "model"  # the field at fault
+        return unsupported(
+            f"The {engine.kind} engine of model '{model}' cannot serve this request: it "
+            f"lacks {', '.join(missing)}.",
+            param,
+        )
 
     def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
         """The configuration may narrow what a token-by-token engine can do, never widen it:
