@@ -328,6 +328,44 @@ class DiscoveryConfig(_Strict):
         return {"enabled": data} if isinstance(data, bool) else data
 
 
+ImageScheme = Literal["https", "http", "data", "file"]
+
+
+class SecurityConfig(_Strict):
+    """What a request may make a backend do (turnout/wire/screen.py, docs/security.md)."""
+
+    image_url_schemes: list[ImageScheme] = Field(
+        default_factory=lambda: list[ImageScheme](["https", "data"]),
+        description="schemes of image URLs passed to vision backends (which fetch them)",
+    )
+    image_private_hosts: bool = Field(
+        False, description="allow image URLs whose host is a private, loopback or link-local IP"
+    )
+    request_keep_alive_min: KeepAlive = Field(
+        "1m", description="the least keep_alive a request may set (0 would unload the model)"
+    )
+    request_keep_alive_max: KeepAlive = Field(
+        "1h", description="the most keep_alive a request may set (-1 would pin the model)"
+    )
+    pull_registries: list[str] = Field(
+        default_factory=lambda: ["registry.ollama.ai"],
+        description="registries model pulls may name; a name without a registry uses the first",
+    )
+
+    @model_validator(mode="after")
+    def _keep_alive_range(self) -> SecurityConfig:
+        from .wire.durations import parse_keep_alive
+
+        low = parse_keep_alive(self.request_keep_alive_min)
+        high = parse_keep_alive(self.request_keep_alive_max)
+        if low <= 0 or high == float("inf") or low > high:
+            raise ValueError(
+                "request_keep_alive_min must be positive and at most request_keep_alive_max, "
+                "which must be finite (requests may neither unload nor pin a model)"
+            )
+        return self
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
@@ -339,6 +377,7 @@ class Config(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
+    security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
 
     @field_validator("providers", mode="before")
     @classmethod

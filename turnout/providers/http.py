@@ -25,6 +25,7 @@ from ..errors import (
     GatewayError,
     ModelNotFoundError,
     clean_upstream_message,
+    redact,
 )
 from ..wire.sse import SSEDecoder, SSEEvent
 from .base import JSON, Health, Provider
@@ -200,7 +201,7 @@ class HttpProvider(Provider):
             async with self.request("GET", path, timeout=self.config.connect_timeout):
                 pass
         except GatewayError as exc:
-            return Health(False, None, exc.message)
+            return Health(False, None, exc.detail)
         return Health(True, (time.perf_counter() - start) * 1000.0)
 
 
@@ -220,25 +221,25 @@ class _TransportErrors:
     ) -> None:
         if exc is None or isinstance(exc, GatewayError | asyncio.CancelledError):
             return
-        who = f"backend '{self._p.name}' at {self._p.base_url}"
+        name = self._p.name
+        who = f"backend '{name}'"  # clients learn the backend's name, operators its address too
         mapped: GatewayError
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            mapped = BackendTimeoutError(
-                f"{who} did not answer within {self._p.config.timeout:g}s", backend=self._p.name
-            )
+            why = f"did not answer within {self._p.config.timeout:g}s"
+            mapped = BackendTimeoutError(f"{who} {why}", backend=name)
         elif isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
-            mapped = BackendUnavailableError(
-                f"{who} is unreachable: {reason}", backend=self._p.name
-            )
+            why = f"is unreachable: {reason}"
+            mapped = BackendUnavailableError(f"{who} is unreachable", backend=name)
         elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-            mapped = BackendUnavailableError(
-                f"{who} closed the connection mid-reply", backend=self._p.name
-            )
+            why = "closed the connection mid-reply"
+            mapped = BackendUnavailableError(f"{who} {why}", backend=name)
         elif isinstance(exc, aiohttp.ClientError | OSError):
-            mapped = BackendUnavailableError(f"{who} failed: {exc}", backend=self._p.name)
+            why = f"failed: {exc}"
+            mapped = BackendUnavailableError(f"{who} failed ({type(exc).__name__})", backend=name)
         else:
             return
+        mapped.detail = redact(f"backend '{name}' at {self._p.base_url} {why}")
         raise mapped from exc
 
 
