@@ -227,7 +227,7 @@ _secret_pattern: re.Pattern[str] | None = None
 _CREDENTIALS = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"
     r"|((?:x-api-key|api[-_]key|authorization|x-goog-api-key|password|secret|token)"
-    r"[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\])[^\s\"',;}]{6,}"
+    r"[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\]|bearer\s)[^\s\"',;}]{6,}"
     r"|(://[^/\s:@]+:)[^/\s@]+(@)"
 )
 

@@ -28,6 +28,7 @@ from ..errors import (
     redact,
 )
 from ..wire.sse import SSEDecoder, SSEEvent
+from ..wire.validate import encode_body
 from .base import JSON, Health, Provider
 
 __all__ = ["HttpProvider", "error_fields", "error_message", "parse_retry_after"]
@@ -81,7 +82,7 @@ class HttpProvider(Provider):
 
     def _request_options(self, payload: Any, timeout: float | None) -> dict[str, Any]:
         """The body (JSON) and, when the call sets one, its own timeout."""
-        kwargs: dict[str, Any] = {"data": None if payload is None else orjson.dumps(payload)}
+        kwargs: dict[str, Any] = {"data": None if payload is None else encode_body(payload)}
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=timeout, connect=min(timeout, self.config.connect_timeout)
@@ -108,7 +109,7 @@ class HttpProvider(Provider):
         `request` does, written out: this runs before every stream's first token."""
         with self.transport_errors():
             async with self.session.request(
-                "POST", self.base_url + path, data=orjson.dumps(payload)
+                "POST", self.base_url + path, data=encode_body(payload)
             ) as resp:
                 if resp.status >= 400:
                     raise self.error_from_reply(resp.status, await resp.read(), resp.headers)
@@ -154,8 +155,20 @@ class HttpProvider(Provider):
     def error_from_reply(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> GatewayError:
-        """Turn an error reply of the backend into the error the client sees."""
+        """Turn an error reply of the backend into the error the client sees. A client is told
+        the backend's own words where they concern its request (4xx), never its address; a
+        failure of the backend itself (5xx) is told by status, its text kept for the operator
+        (``detail``: logs, /stats). Configured secrets are redacted from both."""
         text = clean_upstream_message(error_message(body)) or f"HTTP {status}"
+        text = text.replace(self.base_url.split("://", 1)[-1], f"<{self.name}>")
+        error = self._error_for(status, text, body, headers)
+        if error.detail == error.message:
+            error.detail = f"{error.message} (at {self.base_url}: {text})"
+        return error
+
+    def _error_for(
+        self, status: int, text: str, body: bytes, headers: Mapping[str, str]
+    ) -> GatewayError:
         who = f"backend '{self.name}'"
         if status == 429:
             return BackendRateLimitedError(
@@ -185,13 +198,13 @@ class HttpProvider(Provider):
             )
         if status == 503:
             return BackendUnavailableError(
-                f"{who} is unavailable (HTTP 503): {text}",
+                f"{who} is unavailable (HTTP 503)",
                 retry_after=parse_retry_after(headers.get("Retry-After")),
                 backend=self.name,
             )
         if status == 504:
             return BackendTimeoutError(f"{who} timed out (HTTP 504)", backend=self.name)
-        err = BackendError(f"{who} failed (HTTP {status}): {text}", backend=self.name)
+        err = BackendError(f"{who} failed (HTTP {status})", backend=self.name)
         err.retryable = status >= 500
         return err
 

@@ -30,7 +30,7 @@ from ..errors import InvalidRequestError
 from .durations import parse_keep_alive
 from .types import JSON, Kind
 
-__all__ = ["REDIRECTING_FIELDS", "Screen"]
+__all__ = ["REDIRECTING_FIELDS", "Screen", "check_pull", "pull_registry"]
 
 #: body fields that would let a client choose a backend's address, credentials or headers
 REDIRECTING_FIELDS = frozenset(
@@ -134,3 +134,31 @@ def _internal(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return not address.is_global
+
+
+def check_pull(model: str, insecure: bool, registries: list[str]) -> None:
+    """Refuse a model pull that names a registry outside ``registries`` (configuration
+    ``security.pull_registries``) or asks to skip TLS verification: a pull makes the backend
+    download from wherever the name points, and ``insecure`` lets anyone on the path swap the
+    weights."""
+    if insecure:
+        raise _refuse(
+            "insecure", "insecure pulls are not accepted: they skip the registry's TLS check"
+        )
+    registry = pull_registry(model)
+    if registry is not None and registry.lower() not in {r.lower() for r in registries}:
+        allowed = ", ".join(registries) or "none"
+        raise _refuse(
+            "model",
+            f"pulls from registry '{registry}' are not allowed (allowed: {allowed}); set "
+            "security.pull_registries to allow it",
+        )
+
+
+def pull_registry(model: str) -> str | None:
+    """The registry host a model name names (``host[:port]/namespace/model:tag``), or None for a
+    name that uses the default registry (``model``, ``namespace/model``)."""
+    parts = model.split("/")
+    if len(parts) >= 3 or (len(parts) == 2 and ("." in parts[0] or ":" in parts[0])):
+        return parts[0]
+    return None

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidRequestError
 
 __all__ = [
@@ -306,6 +308,25 @@ def too_deep(value: Any, limit: int, where: str = "") -> str | None:
         elif isinstance(node, list):
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
     return None
+
+
+#: how deeply orjson nests when it encodes (it parses 1,024 levels but writes at most 254)
+_ENCODE_DEPTH = 254
+
+
+def encode_body(payload: Any) -> bytes:
+    """``payload`` as JSON bytes for a backend. A body the client nested deeper than JSON
+    encoders go (it parsed, so it is under 1,024 levels) is the client's error: a 400 naming
+    the place, found only when encoding fails so that ordinary requests pay nothing."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        where = too_deep(payload, _ENCODE_DEPTH - 1)
+        if where is None:
+            raise InvalidRequestError(
+                f"The request body cannot be encoded as JSON: {exc}", code="invalid_value"
+            ) from None
+        raise _fail(where, f"nested deeper than {_ENCODE_DEPTH - 1} levels") from None
 
 
 def validate_completion(raw: Any) -> JSON:
