@@ -34,7 +34,8 @@ from ...errors import (
 from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...wire.durations import FOREVER, parse_keep_alive
-from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider, needs
+from ..emulation import lacking
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Scheduler
@@ -398,6 +399,10 @@ class EmbeddedProvider(Provider):
         engine = self.engines.get(call.model)
         if engine is None:
             raise BackendError(f"embedded provider '{self.name}' has no model {call.model!r}")
+        if isinstance(engine, LlamaEngine):  # the other engines refuse or relay on their own
+            missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
+            if missing:  # declared lacking (a GGUF's chat format has no tools): never run
+                raise lacking(self.name, missing, call.body)
         keep_alive = _keep_alive_param(call.body.get("keep_alive"))
         if not self._started:
             await self.start()
