@@ -60,6 +60,7 @@ class Runtime:
     model: str  # as the provider serves it
     caps: Capabilities  # what turnout must declare for `model`
     failure: Failure
+    real: bool = False  # a real model (its text is noise), not a fake
     embedder: str | None = None  # the model for embeddings, where it is another one
     #: a gateway kept up across the cases (the embedded engine: loading the model is most of a
     #: case's time); None: each case starts its own on `config`
@@ -160,7 +161,8 @@ def _llama_cpp_python(request: pytest.FixtureRequest) -> Iterator[Runtime]:
         param="messages",
     )
     provider: JSON = {"type": "llama-cpp-python", "endpoint": url}
-    yield Runtime("llama-cpp-python", provider, GEMMA, Capabilities(tools=False), failure)
+    caps = Capabilities()  # tools held to a JSON schema by turnout
+    yield Runtime("llama-cpp-python", provider, GEMMA, caps, failure, real=True)
 
 
 @register("llama-server", covers=("llamacpp",), slow=True)
@@ -169,13 +171,10 @@ def _llama_server(request: pytest.FixtureRequest) -> Iterator[Runtime]:
     url = request.getfixturevalue("llamacpp_server")
     # llama-server rejects it with its own type, exceed_context_size_error (code: an int)
     failure = Failure("invalid_request_error", "backend_rejected", "context", messages=TOO_LONG)
-    # --no-jinja (needed for this GGUF) leaves tool calling off: declared, so refused
-    provider = {
-        "type": "llamacpp",
-        "endpoint": url,
-        "models": [{"name": GEMMA, "supports_tools": False}],
-    }
-    yield Runtime("llama-server", provider, GEMMA, Capabilities(tools=False), failure)
+    # --no-jinja (needed for this GGUF) leaves its own tool calling off: turnout learns that
+    # from its refusal and holds tools to a JSON schema itself
+    provider = {"type": "llamacpp", "endpoint": url}
+    yield Runtime("llama-server", provider, GEMMA, Capabilities(), failure, real=True)
 
 
 # Dialects of their own.
@@ -298,7 +297,8 @@ def _embedded(request: pytest.FixtureRequest) -> Iterator[Runtime]:
         "embedded",
         EMBEDDED,
         GEMMA,
-        Capabilities(tools=False, vision=False),  # a GGUF alone has neither
+        Capabilities(vision=False),  # a GGUF alone has no vision; tools by grammar
         failure,
+        real=True,
         gateway=request.getfixturevalue("contract_embedded_gateway"),
     )
