@@ -83,6 +83,14 @@ def _directory_entry(model: ModelFile) -> EmbeddedModel:
     return EmbeddedModel(name=model.name, path=str(model.path), chat_format=fmt)
 
 
+def _accelerator_defaults(entry: EmbeddedModel, config: EmbeddedConfig) -> EmbeddedModel:
+    """The provider's ``device`` and ``dtype`` for a model that sets none of its own."""
+    update = {
+        key: getattr(config, key) for key in ("device", "dtype") if getattr(entry, key) is None
+    }
+    return entry.model_copy(update=update) if update else entry
+
+
 def _default_budget() -> int | None:
     """Nine tenths of physical memory: room for the system and the gateway itself."""
     try:
@@ -169,6 +177,7 @@ class EmbeddedProvider(Provider):
             else m
             for m in config.models or default
         ]
+        models = [_accelerator_defaults(m, config) for m in models]
         config = config.model_copy(update={"models": models})
         # The engine pools queue requests themselves; no provider-wide semaphore.
         self.parallel = config.max_concurrency or 1
@@ -279,7 +288,7 @@ class EmbeddedProvider(Provider):
             if real in self._declared_paths:
                 continue
             if model.name not in self.engines:
-                entry = _directory_entry(model)
+                entry = _accelerator_defaults(_directory_entry(model), self.config)
                 try:
                     engine = self._engine_for(entry, _fixed(model.path), model.format)
                 except ConfigError:  # its engine is not available here: listed, not served
