@@ -408,6 +408,14 @@ class EmbeddedProvider(Provider):
             engine = self.engines.get(entry["name"])
             server = getattr(engine, "server", None)
             entry["engine"] = getattr(engine, "kind", "llama-cpp")
+            batcher = getattr(engine, "batcher", None)
+            if getattr(engine, "device", None):
+                entry["device"] = engine.device  # type: ignore[union-attr]
+            if batcher is not None:
+                entry["batch"] = {
+                    "slots": batcher.slots, "busy": batcher.busy(), "mode": batcher.mode,
+                    "steps": batcher.steps, "warm_up_seconds": round(batcher.warm_up_seconds, 2),
+                }  # fmt: skip
             if server is not None:
                 entry.update(pid=server.pid, url=server.url)
         return out
