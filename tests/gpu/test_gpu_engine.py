@@ -110,7 +110,7 @@ def test_graph_decoding_matches_generate(gpu_model: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from turnout.providers.embedded.torch_batch import Batcher, Job
+    from turnout.providers.embedded.torch_batch import Batcher
 
     model = AutoModelForCausalLM.from_pretrained(
         gpu_model, dtype=torch.float32, attn_implementation="sdpa"
@@ -169,4 +169,3 @@ def test_devices_report_free_memory() -> None:
     assert first.device == "cuda:0"
     assert 0 < first.free <= first.total
     assert first.source in ("nvml", "torch")
-

@@ -34,13 +34,14 @@ from ...errors import (
 )
 from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
+from ...models.hardware import gpu_memory
 from ...wire.durations import FOREVER, parse_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
 from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
-from .scheduler import Lease, ModelTooLargeError, Scheduler
+from .scheduler import Lease, ModelTooLargeError, Need, Scheduler
 from .server_engine import ServerEngine, find_llama_server
 from .settings import EmbeddedConfig, EmbeddedModel
 from .thread_engine import ThreadEngine
@@ -184,7 +185,7 @@ class EmbeddedProvider(Provider):
         super().__init__(name, config.model_copy(update={"max_concurrency": None}))
         self.engines: dict[str, Engine] = {}
         self.files: dict[str, ModelFile] = {}  # directory models, by name
-        self._estimates: dict[str, int] = {}
+        self._estimates: dict[str, int | Need] = {}
         self._binary: str | None = None  # the llama-server to run; None: llama-cpp-python's
         if config.engine == "llama-server" or any(m.engine == "llama-server" for m in models):
             try:  # checked now: a wrong path is a configuration error, reported at start-up
@@ -203,6 +204,7 @@ class EmbeddedProvider(Provider):
             budget=budget,
             swap_after=config.swap_after_seconds,
             owner=name,
+            devices=gpu_memory,
         )
         self._declared_paths = {
             str(Path(e.path).expanduser().resolve()) for e in models if e.path
@@ -250,11 +252,11 @@ class EmbeddedProvider(Provider):
 
         return resolve
 
-    def _declared_estimate(self, entry: EmbeddedModel) -> int:
+    def _declared_estimate(self, entry: EmbeddedModel) -> int | Need:
         path = self._resolver(entry)()
         engine = self.engines.get(entry.name)
         if isinstance(engine, ThreadEngine):
-            return engine.estimate_bytes(path)
+            return engine.placement(path)
         try:
             header = read_gguf(path)
         except (HeaderError, OSError):
@@ -302,7 +304,7 @@ class EmbeddedProvider(Provider):
                     )
             current[model.name] = model
         if measure:  # the runtimes' estimates read the models' configs: off the event loop
-            sizes = await asyncio.to_thread(lambda: [e.estimate_bytes(p) for _, e, p in measure])
+            sizes = await asyncio.to_thread(lambda: [e.placement(p) for _, e, p in measure])
             for (name, _, _), size in zip(measure, sizes, strict=True):
                 self._estimates[name] = size
         for gone in set(self.files) - set(current):
@@ -360,17 +362,18 @@ class EmbeddedProvider(Provider):
 
     # Lifecycle, for the scheduler and the admin API.
 
-    def _estimate(self, name: str) -> int:
+    def _estimate(self, name: str) -> int | Need:
         engine = self.engines.get(name)
         if engine is None:
             raise ModelNotFoundError(
                 f"embedded provider '{self.name}' has no model {name!r}", param="model"
             )
         need = self._estimates.get(name, 0)
+        total = need.host + need.device if isinstance(need, Need) else need
         limit = engine.entry.max_memory_mb
-        if limit is not None and need > limit * _MB:
+        if limit is not None and total > limit * _MB:
             raise ModelTooLargeError(
-                f"model '{name}' of provider '{self.name}' needs about {need // _MB} MB, more "
+                f"model '{name}' of provider '{self.name}' needs about {total // _MB} MB, more "
                 f"than its max_memory_mb ({limit} MB)",
                 backend=self.name,
             )
@@ -387,6 +390,8 @@ class EmbeddedProvider(Provider):
 
     async def _load(self, name: str, progress: Callable[[float], None], cancel: Any) -> Any:
         engine = self.engines[name]
+        if isinstance(engine, ThreadEngine):
+            engine.placed = self.scheduler.device_of(name)  # the GPU the scheduler chose
         await engine.load(progress, cancel)
         return engine
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import json
 import os
 import tempfile
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 from ...errors import BackendError, InvalidRequestError
 from ..base import JSON, Call, Chunk
 from .llama_engine import LoadCancelled
+from .scheduler import Need
 from .settings import EmbeddedModel
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
 from .token_text import Chunks, StopScanner
@@ -165,6 +167,52 @@ class TransformersEngine(ThreadEngine):
         kv = layers * heads * head_dim * 2 * self.entry.n_ctx * _BYTES.get(computed, 4)
         return int(weights * 1.6 + kv + 128 * _MB)
 
+    def placement(self, path: Path) -> int | Need:
+        """Host bytes on the CPU (and on Apple's unified memory); on CUDA a `Need` of GPU
+        memory (`device_bytes`) on the device asked for, or any GPU for ``auto``/``cuda``."""
+        asked = self.entry.device or "auto"
+        if asked == "cpu" or importlib.util.find_spec("torch") is None:
+            return self.estimate_bytes(path)
+        device = resolve_device(asked, self.entry.name)
+        if not device.startswith("cuda"):
+            return self.estimate_bytes(path)
+        where = None if asked in ("auto", "cuda") else device
+        return Need(host=256 * _MB, device=self.device_bytes(path), where=where)
+
+    def device_bytes(self, path: Path) -> int:
+        """GPU memory of the model: weights at their computed type (a byte a weight in 8-bit,
+        half in 4-bit), the static KV cache of ``max_batch`` rows of ``n_ctx`` positions (a
+        sliding-window layer keeps its window), the batch's logits and bias rows (three float
+        rows of the vocabulary per slot), and 512 MiB for CUDA's context and the graph pool."""
+        folder = self.folder_of(path)
+        cfg = _config(folder)
+        files = [path] if path.is_file() else sorted(folder.glob("*.safetensors"))
+        on_disk = sum(p.stat().st_size for p in files if p.is_file())
+        stored = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+        asked = self.entry.dtype or "auto"
+        width = _BYTES.get(asked, 2)  # auto on a GPU: bfloat16 or float16
+        params = on_disk // _BYTES.get(stored, 4)
+        weights = params * width
+        if self.entry.load_in_8bit or self.entry.load_in_4bit:
+            weights = params if self.entry.load_in_8bit else params // 2
+        batch = self.entry.max_batch or GPU_BATCH
+        layers = int(cfg.get("num_hidden_layers") or 0)
+        heads = int(cfg.get("num_key_value_heads") or cfg.get("num_attention_heads") or 0)
+        head_dim = int(cfg.get("head_dim") or 0) or int(cfg.get("hidden_size") or 0) // max(
+            int(cfg.get("num_attention_heads") or 1), 1
+        )
+        window = cfg.get("sliding_window")
+        types = cfg.get("layer_types") or []
+        positions = sum(
+            min(self.entry.n_ctx, int(window))
+            if window and (t == "sliding_attention" or (not types and window))
+            else self.entry.n_ctx
+            for t in (types[:layers] if types else ["full_attention"] * layers)
+        )
+        kv = positions * heads * head_dim * 2 * width * batch
+        vocab = int(cfg.get("vocab_size") or 0)
+        return int(weights + kv + 3 * batch * vocab * 4 + 512 * _MB)
+
     # Loading.
 
     def _load_blocking(
@@ -194,7 +242,7 @@ class TransformersEngine(ThreadEngine):
 
         # torch's thread pool is process-wide: the last model loaded sets it.
         torch.set_num_threads(self.entry.n_threads or os.cpu_count() or 1)
-        self.device = resolve_device(self.entry.device or "auto", self.entry.name)
+        self.device = self.placed or resolve_device(self.entry.device or "auto", self.entry.name)
         quantization = _quantization(self.entry)
         step(0.1)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
