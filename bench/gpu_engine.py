@@ -139,6 +139,11 @@ async def bench_turnout(
         out[f"turnout_{streams}_tokens_per_s"] = out[f"turnout_{streams}_measured_tokens_per_s"]
         async with session.get(url + "/v1/local/ps") as resp:
             out["status"] = await resp.json() if resp.status == 200 else resp.status
+        query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv"]
+        with contextlib.suppress(OSError):
+            out["gpu_memory_by_process"] = subprocess.run(
+                query, capture_output=True, text=True, check=False
+            ).stdout
     return out
 
 
@@ -200,6 +205,16 @@ def main() -> None:
         proc.wait(30)
         results["gateway_log_tail"] = Path(log.name).read_text()[-3000:]
     n = args.streams
+    rows = (
+        results.get("status", {}).get("data", []) if isinstance(results.get("status"), dict) else []
+    )
+    for row in rows:
+        print(
+            "engine:",
+            json.dumps(
+                {k: row.get(k) for k in ("device", "device_bytes", "batch", "load_seconds")}
+            ),
+        )
     if "generate_1_tokens_per_s" in results:
         results["one_stream_ratio"] = (
             results["turnout_1_tokens_per_s"] / results["generate_1_tokens_per_s"]

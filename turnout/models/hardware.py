@@ -28,6 +28,7 @@ from typing import Any
 
 __all__ = [
     "BITS_PER_WEIGHT", "DeviceMemory", "Gpu", "Hardware", "advise", "detect", "fit_gpu_layers",
+    "gpu_advice",
     "gpu_memory", "parse_cpuinfo", "parse_meminfo", "recommend_quantization",
     "recommend_settings", "size_recommendations",
 ]  # fmt: skip
@@ -344,3 +345,30 @@ def fit_gpu_layers(
         f"{count} of {len(per)} layers fit in {free // mib} MiB free (about {average} MiB a "
         f"layer with the KV cache for n_ctx {n_ctx}, {reserve // mib} MiB kept for buffers)"
     )
+
+
+def gpu_advice(parameters: float, gpu: Gpu) -> dict[str, Any]:
+    """For a model of ``parameters`` on ``gpu`` (its free memory, else its total): the
+    transformers engine's settings (dtype: bfloat16 from compute capability 8.0, else float16;
+    8-bit or 4-bit weights when 16-bit ones leave no room for a batch's KV cache) and
+    llama.cpp's (all layers offloaded when the Q4_K_M GGUF fits, else auto)."""
+    room = int(0.9 * (gpu.free or gpu.memory or 0))
+    major = int((gpu.compute_capability or "0").split(".")[0] or 0)
+    dtype = "bfloat16" if major >= 8 else "float16"
+    # a batch of 64 at 2,048 tokens: about 0.1 GB of KV cache a billion parameters (GQA)
+    kv = 0.1 * GB * parameters / 1e9 + 0.5 * GB
+    options = (("16-bit", 2.0, {"dtype": dtype}), ("8-bit", 1.0, {"load_in_8bit": True}),
+               ("4-bit", 0.5, {"load_in_4bit": True}))  # fmt: skip
+    transformers: dict[str, Any] = {"fits": False}
+    for label, width, settings in options:
+        need = int(parameters * width + kv)
+        if need <= room:
+            transformers = {"fits": True, "weights": label, "memory_bytes": need, **settings,
+                            "max_batch": 64}  # fmt: skip
+            break
+    gguf = model_bytes(parameters, "Q4_K_M", 4096)
+    return {
+        "parameters_b": round(parameters / 1e9, 2),
+        "transformers": transformers,
+        "llama_cpp": {"n_gpu_layers": -1 if gguf <= room else "auto", "gguf_q4_k_m_bytes": gguf},
+    }
