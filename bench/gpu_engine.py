@@ -141,9 +141,10 @@ async def bench_turnout(
             out["status"] = await resp.json() if resp.status == 200 else resp.status
         query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv"]
         with contextlib.suppress(OSError):
-            out["gpu_memory_by_process"] = subprocess.run(
-                query, capture_output=True, text=True, check=False
-            ).stdout
+            done = await asyncio.to_thread(
+                subprocess.run, query, capture_output=True, text=True, check=False
+            )
+            out["gpu_memory_by_process"] = done.stdout
     return out
 
 

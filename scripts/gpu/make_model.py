@@ -30,7 +30,7 @@ def main() -> None:
         if (src / name).is_file():
             shutil.copy(src / name, dst / name)
     params = sum(p.numel() for p in model.parameters())
-    print(f"{dst}: {config.model_type}, {params / 1e6:.0f}M parameters, random bf16 weights")
+    print(f"{dst}: {config.model_type}, {params / 1e6:.0f}M parameters, random bf16 weights")  # noqa: T201
 
 
 if __name__ == "__main__":
