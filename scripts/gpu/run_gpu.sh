@@ -20,7 +20,7 @@ export PYTHONPATH=$G/src:/tmp/site
     nproc
 } 2>&1 | tee "$OUT/env.txt"
 python3 "$G/src/scripts/gpu/make_model.py" "$G/hf" /tmp/gpu-model 2>&1 | tee "$OUT/model.txt"
-export TURNOUT_GPU_MODEL=/tmp/gpu-model
+export GPU_TEST_MODEL=/tmp/gpu-model
 cd "$G/src" || exit 1
 echo "== bench: python bench/gpu_engine.py /tmp/gpu-model --tokens 128 --streams 64"
 timeout "${BENCH_TIMEOUT:-260}" python3 bench/gpu_engine.py /tmp/gpu-model --tokens 128 --streams 64 \

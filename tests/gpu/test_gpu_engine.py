@@ -1,6 +1,6 @@
 """The transformers engine on a real CUDA GPU (marked ``gpu``; skipped, saying why, without one).
 
-The model is ``TURNOUT_GPU_MODEL`` (a Hugging Face folder: on the H200 machine, Gemma 3 270M's
+The model is ``GPU_TEST_MODEL`` (a Hugging Face folder: on the H200 machine, Gemma 3 270M's
 configuration with random bf16 weights and the real tokenizer, built by
 ``scripts/gpu/make_model.py``), else the Gemma 3 270M converted from its GGUF (``hf_model_dir``).
 
@@ -44,7 +44,7 @@ def gpu_model(request: pytest.FixtureRequest) -> Path:
     if reason is not None:
         print(f"gpu tests skipped: {reason}")
         pytest.skip(reason)
-    configured = os.environ.get("TURNOUT_GPU_MODEL")
+    configured = os.environ.get("GPU_TEST_MODEL")
     if configured:
         return Path(configured)
     return Path(request.getfixturevalue("hf_model_dir"))

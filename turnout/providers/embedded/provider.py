@@ -153,6 +153,17 @@ def _fixed(path: Path) -> Callable[[], Path]:
     return lambda: path
 
 
+def _placements(measure: list[tuple[str, ThreadEngine, Path]]) -> list[int | Need | BackendError]:
+    """What each model asks of the scheduler, or why it cannot say (a device not here)."""
+    out: list[int | Need | BackendError] = []
+    for _, engine, path in measure:
+        try:
+            out.append(engine.placement(path))
+        except BackendError as exc:
+            out.append(exc)
+    return out
+
+
 def _give_back(engine: LlamaEngine, llm: Any, lease: Lease) -> None:
     engine.pool.put_nowait(llm)
     lease.release()
@@ -186,6 +197,7 @@ class EmbeddedProvider(Provider):
         self.engines: dict[str, Engine] = {}
         self.files: dict[str, ModelFile] = {}  # directory models, by name
         self._estimates: dict[str, int | Need] = {}
+        self._estimate_errors: dict[str, BackendError] = {}
         self._binary: str | None = None  # the llama-server to run; None: llama-cpp-python's
         if config.engine == "llama-server" or any(m.engine == "llama-server" for m in models):
             try:  # checked now: a wrong path is a configuration error, reported at start-up
@@ -268,12 +280,23 @@ class EmbeddedProvider(Provider):
         if self._started:
             return
         for entry in self.config.models:
-            self._estimates[entry.name] = await asyncio.to_thread(self._declared_estimate, entry)
+            try:
+                self._estimates[entry.name] = await asyncio.to_thread(
+                    self._declared_estimate, entry
+                )
+            except BackendError as exc:  # e.g. a device that is not here: its requests say so
+                self._estimate_errors[entry.name] = exc
         await self._scan()
         self._started = True
         for entry in self.config.models:  # preload, in order, what fits without evicting
             if self.scheduler.fits(entry.name):
                 await self.scheduler.load(entry.name)
+
+    def _record(self, name: str, need: int | Need | BackendError) -> None:
+        if isinstance(need, BackendError):
+            self._estimate_errors[name] = need
+        else:
+            self._estimates[name] = need
 
     async def _scan(self) -> None:
         if not self.config.models_dir:
@@ -304,9 +327,9 @@ class EmbeddedProvider(Provider):
                     )
             current[model.name] = model
         if measure:  # the runtimes' estimates read the models' configs: off the event loop
-            sizes = await asyncio.to_thread(lambda: [e.placement(p) for _, e, p in measure])
+            sizes = await asyncio.to_thread(_placements, measure)
             for (name, _, _), size in zip(measure, sizes, strict=True):
-                self._estimates[name] = size
+                self._record(name, size)
         for gone in set(self.files) - set(current):
             if not self.scheduler.is_loaded(gone):
                 self.engines.pop(gone, None)
@@ -368,6 +391,8 @@ class EmbeddedProvider(Provider):
             raise ModelNotFoundError(
                 f"embedded provider '{self.name}' has no model {name!r}", param="model"
             )
+        if name in self._estimate_errors:
+            raise self._estimate_errors[name]
         need = self._estimates.get(name, 0)
         total = need.host + need.device if isinstance(need, Need) else need
         limit = engine.entry.max_memory_mb
