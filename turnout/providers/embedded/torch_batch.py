@@ -441,19 +441,19 @@ class Batcher:
         self._deliver(active, {job.slot: picked[job.slot] for job in active})
 
     def _deliver(self, jobs: list[Job], tokens: dict[int, int]) -> None:
-        for job in jobs:
+        for job in jobs:  # a slot is free before its request hears that it ended
             token = tokens[job.slot]
             if token in self.eos:
+                self._free(job)
                 job.end("stop")
-            elif not job.emit(token):
-                pass  # a stop string ended it, or its client left
-            elif job.count + 1 >= job.limit:
-                job.count += 1
-                job.end("length")
-            else:
-                job.count, job.last = job.count + 1, token
                 continue
-            self._free(job)
+            going = job.emit(token)  # False: a stop string ended it, or its client left
+            job.count, job.last = job.count + 1, token
+            if not going:
+                self._free(job)
+            elif job.count >= job.limit:
+                self._free(job)
+                job.end("length")
         if self.after_step is not None:
             self.after_step(jobs)
 
