@@ -67,8 +67,10 @@ async def test_concurrent_chats_in_a_batch_answer_as_one_at_a_time(
 
 async def test_stream_with_a_stop_string_and_logit_bias(gateway: tuple[Gateway, str]) -> None:
     _, url = gateway
-    body = {"model": "batch", "prompt": "One, two, three,", "max_tokens": 20, "temperature": 0,
-            "stop": [" six"], "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "model": "batch", "prompt": "One, two, three,", "max_tokens": 20, "temperature": 0,
+        "stop": [" six"], "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
     stream = await client.stream(url + "/v1/completions", body)
     assert stream.status == 200 and stream.done
     text = "".join(c["choices"][0]["text"] for c in stream.chunks)
