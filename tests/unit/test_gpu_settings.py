@@ -15,18 +15,19 @@ import pytest
 from typer.testing import CliRunner
 
 from turnout.cli import app
-from turnout.config import ModelEntry, ProviderConfig, load_config
+from turnout.config import load_config
 from turnout.errors import BackendError, ConfigError
 from turnout.models import hardware
 from turnout.models.formats import read_gguf
 from turnout.models.hardware import GB, DeviceMemory, Gpu, fit_gpu_layers, gpu_advice
 from turnout.providers.embedded.llama_engine import resolve_gpu_layers
+from turnout.providers.embedded.settings import EmbeddedConfig, EmbeddedModel
 
 MB = 1024 * 1024
 
 
 def test_accelerator_keys_are_validated_naming_the_key() -> None:
-    entry = ModelEntry(name="m", device="cuda:1", dtype="bfloat16", n_gpu_layers="auto")
+    entry = EmbeddedModel(name="m", device="cuda:1", dtype="bfloat16", n_gpu_layers="auto")
     assert entry.device == "cuda:1" and entry.n_gpu_layers == "auto"
     for bad, key in (
         ({"device": "gpu"}, "device"), ({"dtype": "int8"}, "dtype"),
@@ -44,17 +45,17 @@ def test_accelerator_keys_are_validated_naming_the_key() -> None:
             environ={},
         )  # fmt: skip
     assert "load_in_8bit and load_in_4bit" in str(caught.value)
-    provider = ProviderConfig(type="embedded", device="cuda", dtype="float16")
+    provider = EmbeddedConfig(type="embedded", device="cuda", dtype="float16")
     assert (provider.device, provider.dtype) == ("cuda", "float16")
 
 
 def test_a_model_takes_the_providers_device_unless_it_sets_its_own() -> None:
     from turnout.providers.embedded.provider import EmbeddedProvider
 
-    config = ProviderConfig(
+    config = EmbeddedConfig(
         type="embedded", device="cpu", dtype="float32",
-        models=[ModelEntry(name="a", path="/x/a.gguf"),
-                ModelEntry(name="b", path="/x/b.gguf", device="auto", dtype="bfloat16")],
+        models=[EmbeddedModel(name="a", path="/x/a.gguf"),
+                EmbeddedModel(name="b", path="/x/b.gguf", device="auto", dtype="bfloat16")],
     )  # fmt: skip
     provider = EmbeddedProvider("local", config)
     a, b = provider.engines["a"].entry, provider.engines["b"].entry
@@ -91,10 +92,10 @@ def test_quantized_weights_without_bitsandbytes_name_the_key(key: str) -> None:
     from turnout.providers.embedded.torch_engine import _quantization
 
     with pytest.raises(BackendError) as caught:
-        _quantization(ModelEntry(name="m", **{key: True}))
+        _quantization(EmbeddedModel(name="m", **{key: True}))
     text = caught.value.message
     assert "model 'm'" in text and key in text and "pip install bitsandbytes" in text
-    assert _quantization(ModelEntry(name="m")) is None
+    assert _quantization(EmbeddedModel(name="m")) is None
 
 
 @torch_only
@@ -105,7 +106,7 @@ async def test_loading_a_quantized_model_without_bitsandbytes_fails_naming_the_k
         pytest.skip("bitsandbytes is installed")
     from turnout.providers.embedded.torch_engine import TransformersEngine
 
-    entry = ModelEntry(name="q", path=str(hf_model_dir), device="cpu", load_in_4bit=True)
+    entry = EmbeddedModel(name="q", path=str(hf_model_dir), device="cpu", load_in_4bit=True)
     engine = TransformersEngine(entry, lambda: hf_model_dir)
     with pytest.raises(BackendError) as caught:
         await engine.load(lambda _: None, threading.Event())
@@ -125,13 +126,13 @@ def test_gguf_layers_are_read_from_the_tensor_table(gemma_path: Path) -> None:
 def test_n_gpu_layers_auto_is_zero_on_a_machine_without_a_gpu_and_says_why(
     gemma_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = ModelEntry(name="g", path=str(gemma_path), n_gpu_layers="auto")
+    entry = EmbeddedModel(name="g", path=str(gemma_path), n_gpu_layers="auto")
     layers, why = resolve_gpu_layers(entry, gemma_path, offloads=False)
     assert layers == 0 and "cannot offload to a GPU" in why and "CPU build" in why
     monkeypatch.setattr("turnout.providers.embedded.llama_engine.gpu_memory", list, raising=True)
     layers, why = resolve_gpu_layers(entry, gemma_path, offloads=True)
     assert layers == 0 and "no CUDA GPU found" in why
-    configured = ModelEntry(name="g", path=str(gemma_path), n_gpu_layers=7)
+    configured = EmbeddedModel(name="g", path=str(gemma_path), n_gpu_layers=7)
     assert resolve_gpu_layers(configured, gemma_path) == (7, "configured")
 
 
@@ -139,7 +140,7 @@ def test_n_gpu_layers_auto_counts_the_layers_that_fit_in_free_gpu_memory(
     gemma_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     header = read_gguf(gemma_path)
-    entry = ModelEntry(name="g", path=str(gemma_path), n_gpu_layers="auto", n_ctx=2048)
+    entry = EmbeddedModel(name="g", path=str(gemma_path), n_gpu_layers="auto", n_ctx=2048)
     kv = 2048 * header.kv_heads * (header.key_length + header.value_length) * 2
     per_layer = max(header.layer_bytes) + kv
     free = hardware.GPU_RESERVE + 5 * per_layer + per_layer // 2  # room for five layers
@@ -176,7 +177,7 @@ def test_the_gpu_estimate_counts_weights_kv_cache_and_batch(hf_model_dir: Path) 
     from turnout.providers.embedded.torch_engine import TransformersEngine
 
     def estimate(**kw: Any) -> int:
-        entry = ModelEntry(name="g", path=str(hf_model_dir), n_ctx=512, **kw)
+        entry = EmbeddedModel(name="g", path=str(hf_model_dir), n_ctx=512, **kw)
         return TransformersEngine(entry, lambda: hf_model_dir).device_bytes(hf_model_dir)
 
     base = estimate(max_batch=64)

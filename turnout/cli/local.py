@@ -83,10 +83,10 @@ def _gpu_layers(model: Any) -> dict[str, Any]:
     """What ``n_gpu_layers: auto`` would choose for a GGUF here now, and why."""
     if model.format != "gguf":
         return {}
-    from ..config import ModelEntry
     from ..providers.embedded.llama_engine import llama_offloads, resolve_gpu_layers
+    from ..providers.embedded.settings import EmbeddedModel
 
-    entry = ModelEntry(name=model.name, path=str(model.path), n_gpu_layers="auto")
+    entry = EmbeddedModel(name=model.name, path=str(model.path), n_gpu_layers="auto")
     layers, why = resolve_gpu_layers(entry, model.path, llama_offloads())
     return {"n_gpu_layers_auto": layers, "n_gpu_layers_why": why}
 

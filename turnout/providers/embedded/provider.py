@@ -43,7 +43,7 @@ from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Need, Scheduler
 from .server_engine import ServerEngine, find_llama_server
-from .settings import EmbeddedConfig, EmbeddedModel
+from .settings import EmbeddedConfig, EmbeddedModel, accelerator_defaults
 from .thread_engine import ThreadEngine
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
@@ -82,14 +82,6 @@ def _directory_entry(model: ModelFile) -> EmbeddedModel:
     template = model.header.metadata.get("tokenizer.chat_template")
     fmt = None if template else _FORMAT_BY_ARCH.get(model.header.architecture or "")
     return EmbeddedModel(name=model.name, path=str(model.path), chat_format=fmt)
-
-
-def _accelerator_defaults(entry: EmbeddedModel, config: EmbeddedConfig) -> EmbeddedModel:
-    """The provider's ``device`` and ``dtype`` for a model that sets none of its own."""
-    update = {
-        key: getattr(config, key) for key in ("device", "dtype") if getattr(entry, key) is None
-    }
-    return entry.model_copy(update=update) if update else entry
 
 
 def _default_budget() -> int | None:
@@ -189,7 +181,7 @@ class EmbeddedProvider(Provider):
             else m
             for m in config.models or default
         ]
-        models = [_accelerator_defaults(m, config) for m in models]
+        models = [accelerator_defaults(m, config) for m in models]
         config = config.model_copy(update={"models": models})
         # The engine pools queue requests themselves; no provider-wide semaphore.
         self.parallel = config.max_concurrency or 1
@@ -313,7 +305,7 @@ class EmbeddedProvider(Provider):
             if real in self._declared_paths:
                 continue
             if model.name not in self.engines:
-                entry = _accelerator_defaults(_directory_entry(model), self.config)
+                entry = accelerator_defaults(_directory_entry(model), self.config)
                 try:
                     engine = self._engine_for(entry, _fixed(model.path), model.format)
                 except ConfigError:  # its engine is not available here: listed, not served

@@ -17,7 +17,16 @@ from pydantic import AfterValidator, Field, model_validator
 from ...config import ModelEntry, ProviderConfig
 from ...wire.durations import parse_keep_alive
 
-__all__ = ["Device", "Dtype", "EmbeddedConfig", "EmbeddedModel", "Engine", "GpuLayers", "KeepAlive"]
+__all__ = [
+    "Device",
+    "Dtype",
+    "EmbeddedConfig",
+    "EmbeddedModel",
+    "Engine",
+    "GpuLayers",
+    "KeepAlive",
+    "accelerator_defaults",
+]
 
 
 def _keep_alive(value: float | str | None) -> float | str | None:
@@ -106,3 +115,11 @@ class EmbeddedConfig(ProviderConfig):
     llama_server: str | None = Field(
         None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
     )
+
+
+def accelerator_defaults(entry: EmbeddedModel, config: EmbeddedConfig) -> EmbeddedModel:
+    """The provider's ``device`` and ``dtype`` for a model that sets none of its own."""
+    update = {
+        key: getattr(config, key) for key in ("device", "dtype") if getattr(entry, key) is None
+    }
+    return entry.model_copy(update=update) if update else entry
