@@ -61,7 +61,8 @@ def find_llama_server(configured: str | None = None) -> str | None:
         preferred = _CACHE / version("llama-cpp-python") / "llama-server"
     except Exception:  # the package is not installed: any cached build will do
         preferred = _CACHE / "none"
-    candidates = [preferred, *sorted(_CACHE.glob("*/llama-server"), reverse=True)]
+    cuda = preferred.parent.with_name(preferred.parent.name + "-cuda") / "llama-server"
+    candidates = [cuda, preferred, *sorted(_CACHE.glob("*/llama-server"), reverse=True)]
     return next((str(p) for p in candidates if os.access(p, os.X_OK)), None)
 
 
