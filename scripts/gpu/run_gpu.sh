@@ -28,10 +28,14 @@ timeout "${BENCH_TIMEOUT:-260}" python3 bench/gpu_engine.py /tmp/gpu-model --tok
 echo "== doctor"
 mkdir -p /tmp/models && ln -sfn /tmp/gpu-model /tmp/models/gemma-random
 COLUMNS=200 timeout 60 python3 -m turnout doctor --dir /tmp/models 2>&1 | tee "$OUT/doctor.txt"
+echo "== bench-engines (the transformers engine picks cuda by itself: device auto)"
+COLUMNS=200 timeout 150 python3 -m turnout bench-engines /tmp/gpu-model --max-tokens 128 --runs 3 \
+    2>&1 | tee "$OUT/bench_engines.txt"
 echo "== gpu tests"
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout "${TEST_TIMEOUT:-150}" python3 -m pytest \
     -p pytest_asyncio.plugin -p pytest_timeout -m gpu tests/gpu -q -rs -p no:cacheprovider \
     2>&1 | tee "$OUT/pytest.txt"
 echo "== summary"
 tail -9 "$OUT/bench.txt"
+tail -6 "$OUT/bench_engines.txt"
 tail -3 "$OUT/pytest.txt"
