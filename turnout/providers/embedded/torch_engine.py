@@ -183,10 +183,11 @@ class TransformersEngine(ThreadEngine):
         """GPU memory of the model: weights at their computed type (a byte a weight in 8-bit,
         half in 4-bit), the static KV cache of ``max_batch`` rows of ``n_ctx`` positions (a
         sliding-window layer keeps its window), the batch's logits and bias rows (three float
-        rows of the vocabulary per slot), and 1 GiB for CUDA's context, the compiled graph's
-        memory pool and the allocator's slack. Gemma 3 270M in bf16 with 64 slots of 512
-        positions on the H200: this says 2,390 MB; nvidia-smi showed the gateway at 2,354 MiB
-        (2,468 MB) after 64 concurrent streams."""
+        rows of the vocabulary per slot), and 1,152 MiB for CUDA's context, the compiled
+        graph's memory pool and the allocator's slack. Gemma 3 270M in bf16 with 64 slots of 512
+        positions on the H200: nvidia-smi showed the gateway at 2,354 and 2,410 MiB after 64
+        concurrent streams (two runs); this says 2,431 MiB.
+        """
         folder = self.folder_of(path)
         cfg = _config(folder)
         files = [path] if path.is_file() else sorted(folder.glob("*.safetensors"))
@@ -214,7 +215,7 @@ class TransformersEngine(ThreadEngine):
         )
         kv = positions * heads * head_dim * 2 * width * batch
         vocab = int(cfg.get("vocab_size") or 0)
-        return int(weights + kv + 3 * batch * vocab * 4 + 1024 * _MB)
+        return int(weights + kv + 3 * batch * vocab * 4 + 1152 * _MB)
 
     # Loading.
 
