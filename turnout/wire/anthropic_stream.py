@@ -132,6 +132,10 @@ class MessageStream:
         out += event(b"message_delta", {"type": "message_delta", "delta": delta, "usage": usage})
         return out + _MESSAGE_STOP
 
+    def fail(self, exc: GatewayError) -> bytes:
+        """The stream broke after it began: Anthropic's ``error`` event."""
+        return error_event(exc)
+
     def _open(self, kind: str, block: JSON | None, call: Any = None) -> bytes:
         """Open a block of ``kind`` unless it is the one open (a tool call's block is its own)."""
         if self._kind == kind and (kind != "tool_use" or self._block == call):

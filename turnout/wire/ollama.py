@@ -460,6 +460,9 @@ class ChatStream:
         slot["function"]["name"] += fn.get("name") or ""
         slot["function"]["arguments"] += fn.get("arguments") or ""
 
+    def fail(self, exc: GatewayError) -> bytes:
+        return error_line(exc)
+
     def close(self) -> bytes:
         """The calls (whole), then the done line."""
         out = b""

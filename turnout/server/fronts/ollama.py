@@ -1,0 +1,224 @@
+"""The Ollama API front, at the root as Ollama serves it, over every backend:
+
+    GET/HEAD /              "Ollama is running" (also Claude Code's HEAD / probe)
+    GET  /api/version       the Ollama API level served
+    GET  /api/tags          every model turnout serves, as ``provider/model`` and by alias
+    POST /api/show          details and ``capabilities`` (completion, tools, vision, embedding)
+    GET  /api/ps            models in memory: the embedded engine's, and Ollama backends'
+    POST /api/chat          NDJSON stream by default, ``stream: false`` for one object
+    POST /api/generate      likewise; ``raw`` and ``suffix`` as text completions
+    POST /api/embed         and the older /api/embeddings
+    pull, delete, copy, create, push: refused in Ollama's error shape; model management of an
+                            Ollama backend is at /v1/ollama/{provider}/api/* (ollama_admin.py)
+
+Errors are Ollama's ``{"error": "..."}`` with the gateway's status; an error after a stream
+began is a last line ``{"error": "..."}``. Translation: turnout/wire/ollama.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from ...errors import GatewayError, InvalidRequestError
+from ...gateway import Gateway
+from ...wire.types import Kind
+from ...wire import ollama as wire
+from ...wire.validate import validate_chat, validate_completion, validate_embedding
+from ..models import managed_providers
+from ..responses import BytesResponse, json_response
+from .common import ClientGone, FrontStream, read_json, until_gone
+
+__all__ = ["INFERENCE", "render_error", "routes"]
+
+#: the Ollama API level this front implements (clients compare it to enable features)
+API_VERSION = "0.14.0"
+_NDJSON = b"application/x-ndjson"
+_VALIDATE = {"chat": validate_chat, "completion": validate_completion}
+
+
+def render_error(exc: GatewayError) -> Response:
+    status, body = wire.error_body(exc)
+    headers = exc.headers()
+    if exc.backend:
+        headers["X-Turnout-Backend"] = exc.backend
+    return json_response(body, status, headers)
+
+
+async def _generate(request: Request, mode: wire.Mode) -> Any:
+    gateway: Gateway = request.app.state.gateway
+    timing = wire.Timing(time.perf_counter_ns())
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        kind: Kind = "chat"
+        if mode == "chat":
+            body = wire.chat_to_internal(raw)
+        else:
+            kind, body = wire.generate_to_internal(raw)
+        model = body["model"]
+        if kind == "chat" and not body["messages"]:
+            await gateway.catalog.resolve(model)  # an unknown model is still a 404
+            return json_response(wire.load_reply(model, mode, raw.get("keep_alive") == 0))
+        body = _VALIDATE[kind](body)
+        if body.get("stream"):
+            encoder = wire.ChatStream(model, timing, mode)
+            return FrontStream(gateway, kind, body, encoder, render_error, _NDJSON, keepalive=False)
+        reply = await until_gone(request, gateway.complete(kind, body))
+    except GatewayError as exc:
+        return render_error(exc)
+    except ClientGone:
+        return Response(status_code=499)
+    timing.end = time.perf_counter_ns()
+    make = wire.chat_reply if mode == "chat" else wire.generate_reply
+    backend = reply.target.provider.name.encode("latin-1")
+    start = [(b"content-type", b"application/json"), (b"x-turnout-backend", backend)]
+    return BytesResponse(orjson.dumps(make(reply.body, model, timing)), start)
+
+
+async def chat(request: Request) -> Any:
+    return await _generate(request, "chat")
+
+
+async def generate(request: Request) -> Any:
+    return await _generate(request, "generate")
+
+
+async def _embed(request: Request, legacy: bool) -> Any:
+    gateway: Gateway = request.app.state.gateway
+    timing = wire.Timing(time.perf_counter_ns())
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        body = validate_embedding(wire.embed_to_internal(raw, legacy=legacy))
+        reply = await until_gone(request, gateway.complete("embedding", body))
+    except GatewayError as exc:
+        return render_error(exc)
+    except ClientGone:
+        return Response(status_code=499)
+    timing.end = time.perf_counter_ns()
+    out = wire.embed_reply(reply.body, body["model"], timing, legacy=legacy)
+    return BytesResponse(orjson.dumps(out), [(b"content-type", b"application/json")])
+
+
+async def embed(request: Request) -> Any:
+    return await _embed(request, legacy=False)
+
+
+async def embeddings(request: Request) -> Any:
+    return await _embed(request, legacy=True)
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": API_VERSION})
+
+
+def _entry(name: str, meta: dict[str, Any], modified: float) -> dict[str, Any]:
+    details = {
+        "parent_model": "",
+        "format": str(meta.get("format") or "gguf"),
+        "family": str(meta.get("family") or ""),
+        "families": meta.get("families") or None,
+        "parameter_size": str(meta.get("parameter_size") or ""),
+        "quantization_level": str(meta.get("quantization_level") or ""),
+    }
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified))
+    digest = orjson.dumps(name).hex()[:64].ljust(64, "0")
+    size = meta.get("size")
+    return {"name": name, "model": name, "modified_at": stamp,
+            "size": int(size) if isinstance(size, int) else 0, "digest": digest,
+            "details": details}  # fmt: skip
+
+
+async def tags(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    await gateway.start()
+    out = []
+    for model in await gateway.models():
+        name, owner = str(model["id"]), str(model.get("owned_by") or "")
+        meta = gateway.catalog.meta(owner, name.removeprefix(owner + "/"))
+        created = model.get("created")
+        out.append(_entry(name, meta, float(created) if isinstance(created, int) else time.time()))
+    return json_response({"models": out})
+
+
+async def show(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        name = raw.get("model") or raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError("model is required", param="model")
+        await gateway.start()
+        target = (await gateway.catalog.resolve(name))[0]
+    except GatewayError as exc:
+        return render_error(exc)
+    caps = target.provider.capabilities(target.model)
+    capabilities = [c for c, ok in (("completion", caps.chat or caps.completion),
+                    ("tools", caps.tools), ("vision", caps.vision),
+                    ("embedding", caps.embeddings and not caps.chat)) if ok]  # fmt: skip
+    info: dict[str, Any] = {"general.architecture": "", "general.name": target.model}
+    if caps.context_length:
+        info["general.context_length"] = caps.context_length
+    entry = _entry(name, {}, time.time())
+    return json_response(
+        {"modelfile": f"FROM {target.address}\n", "parameters": "", "template": "",
+         "details": entry["details"], "model_info": info, "capabilities": capabilities,
+         "modified_at": entry["modified_at"]}
+    )  # fmt: skip
+
+
+async def ps(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    out = []
+    for name, provider in managed_providers(gateway).items():
+        for loaded in provider.status():
+            if loaded.get("state") != "loaded":
+                continue
+            entry = _entry(f"{name}/{loaded['name']}", {}, loaded.get("loaded_at") or time.time())
+            expires = loaded.get("expires_at")
+            entry["expires_at"] = time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires if isinstance(expires, float) else 2**31)
+            )
+            entry["size"] = entry["size_vram"] = int(loaded.get("estimate_bytes") or 0)
+            out.append(entry)
+    return json_response({"models": out})
+
+
+async def refuse(request: Request) -> Response:
+    op = request.url.path.rsplit("/", 1)[-1]
+    return json_response(
+        {"error": f"/api/{op} changes what a backend holds, and turnout's Ollama front does not "
+         "do it for every backend; an Ollama backend's models are managed at "
+         f"/v1/ollama/<provider>/api/{op} (with LOCAL_LLM_ENABLE_PULL=true)"},
+        501,
+    )  # fmt: skip
+
+
+INFERENCE = {
+    "/api/chat": chat,
+    "/api/generate": generate,
+    "/api/embed": embed,
+    "/api/embeddings": embeddings,
+}
+
+routes = [
+    Route("/", root, methods=["GET", "HEAD"]),
+    Route("/api/version", version, methods=["GET", "HEAD"]),
+    Route("/api/tags", tags, methods=["GET", "HEAD"]),
+    Route("/api/ps", ps, methods=["GET"]),
+    Route("/api/show", show, methods=["POST"]),
+    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in INFERENCE.items()),
+    Route("/api/pull", refuse, methods=["POST"]),
+    Route("/api/push", refuse, methods=["POST"]),
+    Route("/api/copy", refuse, methods=["POST"]),
+    Route("/api/create", refuse, methods=["POST"]),
+    Route("/api/delete", refuse, methods=["DELETE"]),
+]
