@@ -21,6 +21,7 @@ from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
 from . import (
     admin,
+    fronts,
     models as local_models,
     ollama_admin,
     openai_front,
@@ -141,10 +142,11 @@ def create_app(gateway: Gateway) -> Front:
             *admin.guarded(local_models.routes),  # downloads, load, unload: the admin key
             *ollama_admin.routes,
             *provider_list.routes,
+            *fronts.routes,  # Anthropic Messages, the Ollama API (at the root), Responses
         ],
         middleware=[Middleware(ops.TraceMiddleware)],  # per-request trace: overrides, overhead
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    return Front(app, openai_front.INFERENCE)
+    return Front(app, {**openai_front.INFERENCE, **fronts.INFERENCE})

@@ -27,8 +27,8 @@ from starlette.routing import Route
 
 from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
-from ...wire.types import Kind
 from ...wire import ollama as wire
+from ...wire.types import Kind
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
 from ..models import managed_providers
 from ..responses import BytesResponse, json_response
