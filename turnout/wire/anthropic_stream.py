@@ -22,7 +22,7 @@ _STATUS_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
-    413: "request_too_large",
+    413: "invalid_request_error",  # the SDK raises RequestTooLargeError by the status
     429: "rate_limit_error",
     500: "api_error",
     502: "api_error",

@@ -113,6 +113,8 @@ def _sampling(raw: JSON, body: JSON) -> None:
 def _shell(raw: JSON, model: str) -> JSON:
     """What a response object repeats of its request, as the API does."""
     shell: JSON = {key: raw.get(key) for key in _ECHO}
+    if shell["user"] is None:
+        del shell["user"]  # a string when present
     shell["store"] = bool(raw.get("store", False))
     shell["truncation"] = raw.get("truncation") or "disabled"
     shell |= {
@@ -322,7 +324,8 @@ def response_object(
     if status == "incomplete":
         body["incomplete_details"] = {"reason": "max_output_tokens"}
     body["output"] = output
-    body["usage"] = usage
+    if usage is not None:  # the schema has no null usage (the docs' examples show one)
+        body["usage"] = usage
     return body
 
 
