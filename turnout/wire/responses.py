@@ -120,7 +120,7 @@ def _shell(raw: JSON, model: str) -> JSON:
     shell |= {
         "model": model,
         "instructions": raw.get("instructions"),
-        "tools": raw.get("tools") or [],
+        "tools": [{"strict": None, "parameters": None, **t} for t in raw.get("tools") or ()],
         "tool_choice": raw.get("tool_choice") or "auto",
         "parallel_tool_calls": raw.get("parallel_tool_calls", True),
         "metadata": raw.get("metadata") or {},
@@ -304,7 +304,7 @@ def usage_from_openai(usage: Any) -> JSON | None:
 def _message_item(item_id: str, text: str, status: str = "completed") -> JSON:
     part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [part] if status == "completed" else []}  # fmt: skip
+            "content": [] if status == "in_progress" else [part]}  # fmt: skip
 
 
 def _call_item(item_id: str, call: JSON, arguments: str, status: str = "completed") -> JSON:
@@ -468,7 +468,7 @@ class ResponseStream:
             )
         return out
 
-    def _close_item(self) -> bytes:
+    def _close_item(self, status: str = "completed") -> bytes:
         item, self._item = self._item, None
         if item is None:
             return b""
@@ -476,7 +476,7 @@ class ResponseStream:
         index = len(self._output)
         where = {"item_id": item["id"], "output_index": index}
         if item["type"] == "message":
-            done = _message_item(item["id"], text)
+            done = _message_item(item["id"], text, status)
             text_done = {**where, "content_index": 0, "text": text, "logprobs": []}
             out = self._emit("response.output_text.done", text_done)
             part = done["content"][0]
@@ -484,7 +484,7 @@ class ResponseStream:
                 "response.content_part.done", {**where, "content_index": 0, "part": part}
             )
         else:
-            done = {**item, "arguments": text, "status": "completed"}
+            done = {**item, "arguments": text, "status": status}
             args = {**where, "name": item["name"], "arguments": text}
             out = self._emit("response.function_call_arguments.done", args)
         self._output.append(done)
@@ -500,7 +500,7 @@ class ResponseStream:
 
     def fail(self, exc: GatewayError) -> bytes:
         """The stream broke: ``response.failed`` with the error (what is done so far kept)."""
-        out = b"" if self.started else self.start()
+        out = (b"" if self.started else self.start()) + self._close_item("incomplete")
         final = response_object(self.id, self.shell, "failed", self._output, None)
         final["error"] = {"code": error_code(exc), "message": exc.message}
         return out + self._emit("response.failed", {"response": final})
