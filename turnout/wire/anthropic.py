@@ -269,7 +269,8 @@ def _assistant_turn(blocks: list[Any], where: str, dropped: list[str]) -> list[J
                            f"blocks in an assistant turn, not {kind!r}")  # fmt: skip
     if not texts and not calls:
         return []
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
+    # "" rather than null beside tool calls: llama-cpp-python's server refuses a null content
+    message: JSON = {"role": "assistant", "content": "".join(texts)}
     if calls:
         message["tool_calls"] = calls
     return [message]

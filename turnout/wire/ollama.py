@@ -178,7 +178,6 @@ def _message(message: Any, where: str, names: dict[str, list[str]]) -> JSON:
         out["tool_calls"] = [
             _call(c, f"{where}.tool_calls[{k}]", names) for k, c in enumerate(calls)
         ]
-        out["content"] = out["content"] or None
     if role == "tool":
         out["tool_call_id"] = _answered(message, names)
     if isinstance(message.get("thinking"), str) and role == "assistant":

@@ -207,7 +207,8 @@ def _function_call(item: JSON, where: str, out: list[JSON]) -> None:
     elif last is not None and last["role"] == "assistant" and isinstance(last["content"], str):
         last["tool_calls"] = [call]  # the text the model said before its calls
     else:
-        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        # "" rather than null: llama-cpp-python's server refuses a null content
+        out.append({"role": "assistant", "content": "", "tool_calls": [call]})
 
 
 def _output_text(output: Any, where: str) -> str:
@@ -349,16 +350,17 @@ def from_chat(reply: JSON, shell: JSON) -> JSON:
 
 def output_messages(response: JSON) -> list[JSON]:
     """A response's output as chat messages: what ``previous_response_id`` continues from."""
-    message: JSON = {"role": "assistant", "content": None}
+    message: JSON = {"role": "assistant", "content": ""}
+    said = False
     for item in response.get("output") or ():
         if item.get("type") == "message":
-            text = "".join(p.get("text", "") for p in item.get("content") or ())
-            message["content"] = (message["content"] or "") + text
+            said = True
+            message["content"] += "".join(p.get("text", "") for p in item.get("content") or ())
         elif item.get("type") == "function_call":
             fn = {"name": item["name"], "arguments": item["arguments"]}
             call = {"id": item["call_id"], "type": "function", "function": fn}
             message.setdefault("tool_calls", []).append(call)
-    return [message] if message["content"] is not None or "tool_calls" in message else []
+    return [message] if said or "tool_calls" in message else []
 
 
 def error_code(exc: GatewayError) -> str:
