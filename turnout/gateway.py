@@ -26,10 +26,10 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
-from .discovery import AutoDiscovery
 from .errors import InvalidRequestError
 from .providers import build_provider
 from .providers.base import Kind, Provider
+from .providers.discovery import AutoDiscovery
 from .routing import Catalog, Router, Target
 from .routing.health import BackendHealth, HealthMonitor
 from .routing.strategies import prompt_text
@@ -96,7 +96,7 @@ class Gateway:
                 return
             await asyncio.gather(*(p.start() for p in self.providers.values()))
             if self.config.discovery.enabled:  # registers what answers now, looks again later
-                self.discovery = AutoDiscovery(self)
+                self.discovery = AutoDiscovery(self, self.config.discovery)
                 await self.discovery.start()
             await self.catalog.refresh()
             self._refresher = asyncio.create_task(
@@ -130,6 +130,12 @@ class Gateway:
         await self.telemetry.close()
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
+
+    async def add_providers(self, added: Mapping[str, Provider]) -> None:
+        """Serve ``added`` (started providers, by name) from now on: discovery registers what
+        it finds here; the catalog, router and health monitor share `providers`."""
+        self.providers.update(added)
+        await self.catalog.refresh()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from turnout.config import ModelEntry
 from turnout.errors import CapabilityError, ConfigError, InvalidRequestError
 from turnout.providers.embedded.llama_engine import LoadCancelled
+from turnout.providers.embedded.settings import EmbeddedModel
 from turnout.providers.embedded.thread_engine import (
     Sampling,
     StopScanner,
@@ -35,7 +35,7 @@ class Scripted(ThreadEngine):
     kind = "scripted"
 
     def __init__(self, pieces: list[str], delay: float = 0.0, **entry: Any) -> None:
-        super().__init__(ModelEntry(name="m", **entry), lambda: Path("/nonexistent/m"))
+        super().__init__(EmbeddedModel(name="m", **entry), lambda: Path("/nonexistent/m"))
         self.pieces, self.delay = pieces, delay
         self.architecture = "Gemma3ForCausalLM"
         self.prompts: list[str] = []

@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import ClassVar
 from urllib.parse import quote
 
+from pydantic import Field
+
 from ..config import ProviderConfig
 from ..errors import (
     BackendProtocolError,
@@ -29,7 +31,7 @@ from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
 from .presets import DIALECT_ENDPOINTS
 
-__all__ = ["VERSION", "AnthropicProvider", "reset_wait"]
+__all__ = ["VERSION", "AnthropicConfig", "AnthropicProvider", "reset_wait"]
 
 VERSION = "2023-06-01"
 
@@ -55,10 +57,23 @@ def reset_wait(headers: Mapping[str, str]) -> float | None:
     return max(waits) if waits else None
 
 
+class AnthropicConfig(ProviderConfig):
+    """A provider of type ``anthropic``."""
+
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (the Messages API requires "
+        "one; unset: DEFAULT_MAX_TOKENS)",
+    )
+
+
 class AnthropicProvider(HttpProvider):
     """Anthropic's Messages API (or anything that speaks it): chat, streamed or not."""
 
     dialect: ClassVar[str] = "anthropic"
+    settings: ClassVar[type[ProviderConfig]] = AnthropicConfig
+    config: AnthropicConfig
     default_port = 443
     stream_usage = True  # message_delta always carries the counters
     default_capabilities: ClassVar[Capabilities] = Capabilities(
@@ -69,7 +84,7 @@ class AnthropicProvider(HttpProvider):
         if config.endpoint is None:
             config = config.model_copy(update={"endpoint": DIALECT_ENDPOINTS["anthropic"]})
         super().__init__(name, config)
-        self.max_tokens = config.default_max_tokens or DEFAULT_MAX_TOKENS
+        self.max_tokens = self.config.default_max_tokens or DEFAULT_MAX_TOKENS
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:

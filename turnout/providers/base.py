@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -56,18 +56,21 @@ class Provider(ABC):
     """
 
     dialect: ClassVar[str]
+    #: the configuration model of this dialect's providers: `ProviderConfig`, or a subclass
+    #: declaring the dialect's own options (registered with turnout/config.py by __init__.py)
+    settings: ClassVar[type[ProviderConfig]] = ProviderConfig
     #: whether the backend reports usage in streams when asked
     stream_usage: bool = True
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
-        self.config = config
+        self.config = self.settings.of(config)
         self._slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         #: model -> (reported, config, capabilities) of the last `capabilities` answer
         self._capabilities: dict[str, tuple[Capabilities, ProviderConfig, Capabilities]] = {}
 
     @property
-    def declared_models(self) -> list[ModelEntry]:
+    def declared_models(self) -> Sequence[ModelEntry]:
         return self.config.models
 
     async def start(self) -> None:  # noqa: B027 - optional hook

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import ClassVar
 
 import orjson
+from pydantic import Field
 
-from ..config import ProviderConfig
+from ..config import ModelEntry, ProviderConfig
 from ..errors import (
     BackendError,
     BackendProtocolError,
@@ -44,7 +45,15 @@ from .emulation import (
 )
 from .http import HttpProvider
 
-__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "KoboldProvider", "Template", "to_kobold"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "TEMPLATES",
+    "KoboldConfig",
+    "KoboldModel",
+    "KoboldProvider",
+    "Template",
+    "to_kobold",
+]
 
 #: the most a Kobold API client may ask for (KoboldAI's documented max_length range is 1-512);
 #: KoboldCpp's own default is 180, too short for a chat answer
@@ -144,10 +153,29 @@ class _NoRoute(BackendError):
     retryable = False
 
 
+class KoboldModel(ModelEntry):
+    """A model a Kobold API server serves."""
+
+    chat_format: str | None = Field(
+        None, description="the template that turns a chat into its prompt (TEMPLATES); chatml"
+    )
+
+
+class KoboldConfig(ProviderConfig):
+    """A provider of type ``kobold`` (or ``koboldai``)."""
+
+    models: Sequence[KoboldModel] = Field(default_factory=list)
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="max_length sent when a request gives none (KOBOLD_MAX_LENGTH)"
+    )
+
+
 class KoboldProvider(HttpProvider):
     """KoboldCpp (or the original KoboldAI) through its native Kobold API."""
 
     dialect: ClassVar[str] = "kobold"
+    settings: ClassVar[type[ProviderConfig]] = KoboldConfig
+    config: KoboldConfig
     default_port = 5001
     # Usage is counted by the provider itself (on the rendered prompt) when the client asks.
     stream_usage = True
@@ -158,7 +186,7 @@ class KoboldProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self.templates: dict[str, Template] = {}
-        for i, entry in enumerate(config.models):
+        for i, entry in enumerate(self.config.models):
             chosen = entry.chat_format or DEFAULT_TEMPLATE
             if chosen not in TEMPLATES:
                 raise ConfigError(
@@ -167,7 +195,7 @@ class KoboldProvider(HttpProvider):
                     f"{', '.join(sorted(TEMPLATES))}"
                 )
             self.templates[entry.name] = TEMPLATES[chosen]
-        self.max_length = config.default_max_tokens or KOBOLD_MAX_LENGTH
+        self.max_length = self.config.default_max_tokens or KOBOLD_MAX_LENGTH
         self._native_stream = True  # until the backend says it has no stream endpoint
         self._can_count = True  # until it says it has no token counter
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from typing import ClassVar
 
 import orjson
+from pydantic import Field
 
 from ..config import ProviderConfig
 from ..errors import (
@@ -40,7 +41,7 @@ from .openai_quirks import (
 )
 from .presets import PRESETS, Preset
 
-__all__ = ["OpenAICompatProvider"]
+__all__ = ["OpenAICompatConfig", "OpenAICompatProvider"]
 
 
 class BackendBusyError(BackendUnavailableError):
@@ -77,8 +78,20 @@ _DEFAULT_PATHS = {
 }
 
 
+class OpenAICompatConfig(ProviderConfig):
+    """A provider of the OpenAI-compatible dialect (``openai`` or a runtime preset)."""
+
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (unset: the preset's)",
+    )
+
+
 class OpenAICompatProvider(HttpProvider):
     dialect: ClassVar[str] = "openai"
+    settings: ClassVar[type[ProviderConfig]] = OpenAICompatConfig
+    config: OpenAICompatConfig
     default_port = 8000
 
     def __init__(self, name: str, config: ProviderConfig) -> None:

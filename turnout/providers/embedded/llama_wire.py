@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ...config import ModelEntry
 from ...errors import CapabilityError
 from ..base import JSON, Call
+from .settings import EmbeddedModel
 
 __all__ = ["assemble", "embed", "generate", "prompt_text", "request_kwargs"]
 
@@ -27,7 +27,7 @@ _COMPLETION_ARGS = (
 )  # fmt: skip
 
 
-def generate(llm: Any, entry: ModelEntry, call: Call, kwargs: JSON) -> Iterator[JSON]:
+def generate(llm: Any, entry: EmbeddedModel, call: Call, kwargs: JSON) -> Iterator[JSON]:
     """Run one streamed generation in the worker thread; finish with a usage-only chunk."""
     create: Callable[..., Iterator[JSON]] = (
         llm.create_chat_completion if call.kind == "chat" else llm.create_completion
@@ -146,7 +146,7 @@ def _count(llm: Any, text: str) -> int:
     return len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
 
 
-def prompt_text(entry: ModelEntry, call: Call) -> tuple[str, bool, bool]:
+def prompt_text(entry: EmbeddedModel, call: Call) -> tuple[str, bool, bool]:
     """The prompt as the model reads it (the chat template applied, where llama-cpp-python knows
     it by name), whether that text already holds the special tokens (BOS), and whether it was
     templated (its special tokens are then parsed as such)."""
@@ -165,7 +165,7 @@ def prompt_text(entry: ModelEntry, call: Call) -> tuple[str, bool, bool]:
     return str(result.prompt), bool(result.added_special), True
 
 
-def _prompt_tokens(llm: Any, entry: ModelEntry, call: Call) -> int:
+def _prompt_tokens(llm: Any, entry: EmbeddedModel, call: Call) -> int:
     """Prompt tokens as llama-cpp-python counts them: the chat template applied, then tokenised."""
     text, has_bos, templated = prompt_text(entry, call)
     tokens = llm.tokenize(text.encode("utf-8"), add_bos=not has_bos, special=templated)

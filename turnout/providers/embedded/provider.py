@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...config import ModelEntry, ProviderConfig
+from ...config import ProviderConfig
 from ...errors import (
     BackendError,
     CapabilityError,
@@ -39,6 +39,7 @@ from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Scheduler
 from .server_engine import ServerEngine, find_llama_server
+from .settings import EmbeddedConfig, EmbeddedModel
 from .thread_engine import ThreadEngine
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
@@ -69,12 +70,12 @@ def default_model_path() -> Path:
     return Path(gemma.assemble())
 
 
-def _directory_entry(model: ModelFile) -> ModelEntry:
+def _directory_entry(model: ModelFile) -> EmbeddedModel:
     """Engine settings for a GGUF found in models_dir: the defaults, and a chat format when the
     file has no template of its own."""
     template = model.header.metadata.get("tokenizer.chat_template")
     fmt = None if template else _FORMAT_BY_ARCH.get(model.header.architecture or "")
-    return ModelEntry(name=model.name, path=str(model.path), chat_format=fmt)
+    return EmbeddedModel(name=model.name, path=str(model.path), chat_format=fmt)
 
 
 def _default_budget() -> int | None:
@@ -145,14 +146,17 @@ def _give_back(engine: LlamaEngine, llm: Any, lease: Lease) -> None:
 
 class EmbeddedProvider(Provider):
     dialect: ClassVar[str] = "embedded"
+    settings: ClassVar[type[ProviderConfig]] = EmbeddedConfig
+    config: EmbeddedConfig
     stream_usage = True
     # llama-cpp-python's template-based chat formats ignore tools; a GGUF alone has no vision.
     default_capabilities: ClassVar[Capabilities] = Capabilities(tools=False, vision=False)
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
+        config = EmbeddedConfig.of(config)
         # The packaged Gemma GGUF carries no chat template, and llama-cpp-python's fallback
         # (llama-2) makes it stop at once: give the default model its format unless one is set.
-        default = [] if config.models_dir else [ModelEntry(name=DEFAULT_MODEL)]
+        default = [] if config.models_dir else [EmbeddedModel(name=DEFAULT_MODEL)]
         models = [
             m.model_copy(update={"chat_format": DEFAULT_CHAT_FORMAT})
             if m.name == DEFAULT_MODEL and m.path is None and m.chat_format is None
@@ -193,7 +197,7 @@ class EmbeddedProvider(Provider):
     # Models: declared ones, loaded at start while they fit; the directory's, loaded on demand.
 
     def _engine_for(
-        self, entry: ModelEntry, resolve: Callable[[], Path], fmt: str | None = None
+        self, entry: EmbeddedModel, resolve: Callable[[], Path], fmt: str | None = None
     ) -> Engine:
         """The engine the model asks for; else the provider's, where it serves the model's
         format; else the format's own (``ENGINE_BY_FORMAT``). A model forcing an engine that
@@ -215,7 +219,7 @@ class EmbeddedProvider(Provider):
             return ServerEngine(entry, resolve, self._binary)
         return LlamaEngine(entry, self.parallel, resolve)
 
-    def _resolver(self, entry: ModelEntry) -> Callable[[], Path]:
+    def _resolver(self, entry: EmbeddedModel) -> Callable[[], Path]:
         def resolve() -> Path:
             if entry.path:
                 path = Path(entry.path).expanduser()
@@ -231,7 +235,7 @@ class EmbeddedProvider(Provider):
 
         return resolve
 
-    def _declared_estimate(self, entry: ModelEntry) -> int:
+    def _declared_estimate(self, entry: EmbeddedModel) -> int:
         path = self._resolver(entry)()
         engine = self.engines.get(entry.name)
         if isinstance(engine, ThreadEngine):
