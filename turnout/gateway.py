@@ -35,6 +35,7 @@ from .routing.health import BackendHealth, HealthMonitor
 from .routing.strategies import prompt_text
 from .telemetry import CURRENT, Telemetry, Trace
 from .wire.openai import embedding_base64
+from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
@@ -232,6 +233,8 @@ class Gateway:
             self._abandon(trace, exc)
             raise
         trace.ready()
+        if body.get("tools"):  # only a stream that may call tools pays for their mending
+            chunks = _tool_calls_mended(chunks)
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
 
     def _abandon(self, trace: Trace, exc: BaseException) -> None:
@@ -405,6 +408,8 @@ def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:
             message = choice.get("message")
             if kind == "chat" and isinstance(message, dict):
                 message.setdefault("refusal", None)
+                if message.get("tool_calls"):
+                    tidy_reply(result)
     elif kind == "embedding" and body.get("encoding_format") == "base64":
         for item in result.get("data") or ():
             vector = item.get("embedding")
@@ -417,13 +422,34 @@ def _finished(choices: list[JSON]) -> bool:
     return all(choice.get("finish_reason") for choice in choices)
 
 
+async def _tool_calls_mended(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """A stream's tool calls in OpenAI's contract (`ToolCallStream`), whatever the dialect; a
+    chunk that needed nothing keeps its raw bytes."""
+    mend = ToolCallStream()
+    try:
+        async for chunk in chunks:
+            data = mend(chunk.data)
+            yield chunk if data is chunk.data else Chunk(data)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _text_of(choices: list[JSON]) -> list[str]:
+    """The text of a stream chunk's choices, tool-call names and arguments included (they are
+    generated tokens too)."""
     out = []
     for choice in choices:
         delta = choice.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
         if isinstance(text, str):
             out.append(text)
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        for call in calls or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                out.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -36,6 +37,7 @@ from ..wire.ndjson import NDJSONDecoder
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo, Usage, needs
 from .emulation import lacking
 from .http import HttpProvider
+from .tool_schema import ToolPlan, plan_tools
 
 __all__ = [
     "OllamaProvider", "StreamTranslator", "from_ollama_chat", "from_ollama_embed",
@@ -95,8 +97,8 @@ def to_ollama_chat(body: JSON, model: str, *, stream: bool = False) -> JSON:
     for i, tool in enumerate(tools):
         if tool.get("type", "function") != "function":
             raise CapabilityError("Ollama takes function tools only.", param=f"tools[{i}].type")
-    # Ollama cannot force a call ("required" or a named function): offering the tools is the
-    # most it takes. "none" is honoured by not offering them.
+    # Ollama cannot force a call itself ("required" or a named function): the provider holds
+    # those to a JSON schema (`forced_tools`). "none" is honoured by not offering them.
     if tools and body.get("tool_choice") != "none":
         out["tools"] = tools
     fmt = body.get("response_format") or {}
@@ -369,6 +371,16 @@ class StreamTranslator:
         return {**head, "choices": choices}
 
 
+def forced_tools(call: Call) -> tuple[Call, ToolPlan | None]:
+    """A chat that must call a tool (``tool_choice`` ``required`` or a named function), which
+    Ollama cannot force, held to the JSON schema of a call through ``format`` instead."""
+    choice = call.body.get("tool_choice")
+    if call.kind != "chat" or not call.body.get("tools") or choice in (None, "auto", "none"):
+        return call, None
+    plan = plan_tools(call.body)
+    return dataclasses.replace(call, body=plan.body), plan
+
+
 class OllamaProvider(HttpProvider):
     """A server speaking Ollama's native API: chat, completions and embeddings, plus the model
     endpoints (`show`, `ps`, `version`) that later gateway endpoints will expose."""
@@ -420,6 +432,9 @@ class OllamaProvider(HttpProvider):
         return "/api/embed", to_ollama_embed(call.body, call.model)
 
     async def complete(self, call: Call) -> JSON:
+        call, plan = forced_tools(call)
+        if plan is not None:
+            return plan.reply(await self.complete(call))
         path, payload = self._plan(call, stream=False)
         obj = self._object(await self.call_json("POST", path, payload), path)
         if "error" in obj:
@@ -433,6 +448,14 @@ class OllamaProvider(HttpProvider):
         return from_ollama_embed(obj, call.model)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        call, plan = forced_tools(call)
+        if plan is not None:
+            held = plan.stream()
+            async with contextlib.aclosing(self.stream(call)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    for data in held(chunk.data):
+                        yield Chunk(data)
+            return
         path, payload = self._plan(call, stream=True)
         translator = StreamTranslator(call.kind, call.model, self.name)
         async with (

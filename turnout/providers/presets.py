@@ -175,11 +175,13 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # llama.cpp's own llama-server: /health answers 503 while loading; usage in streams when asked.
+    # Its tools need --jinja; told otherwise, turnout holds tools to a JSON schema itself.
     "llamacpp": Preset(
         "openai",
         8080,
         health_path="/health",
         tokenize_path="/tokenize",
+        quirks=frozenset({"jinja_tools"}),
         signature=Signature(
             "llama.cpp server",
             50,
@@ -196,11 +198,20 @@ PRESETS: dict[str, Preset] = {
         tokenize_path="/extras/tokenize",
         max_concurrency=1,
         stream_usage=False,
+        # Its template chat formats ignore tools (only functionary / chatml-function-calling
+        # call them), and it knows JSON schemas as {"type": "json_object", "schema": ...}:
+        # turnout holds tools to a schema itself and spells response_format its way.
         quirks=frozenset(
-            {"unknown_model_served", "traceback_errors", "tokenize_adds_bos", "interrupts_streams"}
+            {
+                "unknown_model_served",
+                "traceback_errors",
+                "tokenize_adds_bos",
+                "interrupts_streams",
+                "schema_tools",
+                "json_object_schema",
+            }
         ),
         default_max_tokens={"completion": ANSWER_TOKENS},  # chat: until the context is full
-        lacks=frozenset({"tools"}),  # only with chat_format functionary / chatml-function-calling
         signature=_is("llama-cpp-python server", 60, Listed(owned_by="me")),
     ),
     # vLLM marks max_tokens deprecated; stream_options without stream:true is a 400 (never sent).
@@ -324,6 +335,7 @@ PRESETS: dict[str, Preset] = {
         token_field="max_completion_tokens",
         api_key_required=True,
         vision=True,
+        quirks=frozenset({"developer_role"}),
     ),
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -35,6 +36,7 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...wire.durations import FOREVER, parse_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..tool_schema import has_tool_history, plan_tools
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Scheduler
@@ -149,8 +151,9 @@ class EmbeddedProvider(Provider):
     settings: ClassVar[type[ProviderConfig]] = EmbeddedConfig
     config: EmbeddedConfig
     stream_usage = True
-    # llama-cpp-python's template-based chat formats ignore tools; a GGUF alone has no vision.
-    default_capabilities: ClassVar[Capabilities] = Capabilities(tools=False, vision=False)
+    # Tools are held to a JSON schema by the engine's grammar (llama-cpp-python's template
+    # chat formats ignore tools themselves); a GGUF alone has no vision.
+    default_capabilities: ClassVar[Capabilities] = Capabilities(vision=False)
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         config = EmbeddedConfig.of(config)
@@ -424,6 +427,10 @@ class EmbeddedProvider(Provider):
         return engine, await self.scheduler.acquire(call.model, keep_alive)
 
     async def complete(self, call: Call) -> JSON:
+        if isinstance(self.engines.get(call.model), ServerEngine) and has_tool_history(call.body):
+            plan = plan_tools(call.body)  # a managed llama-server: tools held to a schema
+            reply: JSON = await self.complete(dataclasses.replace(call, body=plan.body))
+            return plan.reply(reply)
         if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             engine, lease = await self._lease(call)
             try:
@@ -432,8 +439,6 @@ class EmbeddedProvider(Provider):
                 lease.release()
         if call.kind == "embedding":
             return await self._embed(call)
-        if call.body.get("logprobs"):
-            return await self._complete_whole(call)
         # Served from the engine's own stream, so a client that goes away stops the generation
         # between two tokens, as it does for a stream.
         async with contextlib.aclosing(self.stream(call)) as chunks:
@@ -459,20 +464,6 @@ class EmbeddedProvider(Provider):
         work.add_done_callback(done)
         return await work
 
-    async def _complete_whole(self, call: Call) -> JSON:
-        """llama-cpp-python's own non-streaming call (logprobs are not rebuilt from chunks);
-        it runs to its end even if cancelled, and only then frees its instance."""
-        kwargs = request_kwargs(self.name, call)
-        create = "create_chat_completion" if call.kind == "chat" else "create_completion"
-        engine, lease = await self._lease(call)
-        assert isinstance(engine, LlamaEngine)
-        llm = await self._instance(engine, lease)
-        work = asyncio.get_running_loop().run_in_executor(
-            None, self._guarded, lambda: getattr(llm, create)(**kwargs)
-        )
-        work.add_done_callback(lambda _: _give_back(engine, llm, lease))
-        return await work
-
     @staticmethod
     async def _instance(engine: LlamaEngine, lease: Lease) -> Any:
         try:
@@ -481,12 +472,32 @@ class EmbeddedProvider(Provider):
             lease.release()
             raise
 
-    async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
+    def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        engine = self.engines.get(call.model)
+        if not isinstance(engine, ThreadEngine) and has_tool_history(call.body):
+            return self._held(call)
+        return self._stream(call)
+
+    async def _held(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        """Tools held to a JSON schema (`tool_schema`): the engine's grammar (llama-cpp-python)
+        or a managed llama-server's ``json_schema`` makes every call valid."""
+        plan = plan_tools(call.body)
+        held = plan.stream()
+        async with contextlib.aclosing(
+            self._stream(dataclasses.replace(call, body=plan.body))
+        ) as chunks:
+            async for chunk in chunks:
+                for data in held(chunk.data):
+                    yield Chunk(data)
+
+    async def _stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
         if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             async for chunk in self._relay(call):
                 yield chunk
             return
-        kwargs = request_kwargs(self.name, call)
+        engine = self.engines.get(call.model)
+        chat_format = engine.entry.chat_format if engine is not None else None
+        kwargs = request_kwargs(self.name, call, chat_format)
         engine, lease = await self._lease(call)
         assert isinstance(engine, LlamaEngine)
         loop = asyncio.get_running_loop()
