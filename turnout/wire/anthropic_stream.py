@@ -60,6 +60,16 @@ def event(name: bytes, obj: JSON) -> bytes:
 
 
 _PING = event(b"ping", {"type": "ping"})
+_DELTA_HEAD = {
+    kind: b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"' + kind.encode() + b'","' + field + b'":'
+    for kind, field in (
+        ("text_delta", b"text"),
+        ("thinking_delta", b"thinking"),
+        ("signature_delta", b"signature"),
+        ("input_json_delta", b"partial_json"),
+    )
+}
 _MESSAGE_STOP = event(b"message_stop", {"type": "message_stop"})
 
 
@@ -162,10 +172,8 @@ class MessageStream:
         return out + event(b"content_block_stop", stop)
 
     def _delta(self, kind: str, value: str) -> bytes:
-        name = {"text_delta": "text", "thinking_delta": "thinking", "signature_delta": "signature"}
-        delta = {"type": kind, name.get(kind, "partial_json"): value}
-        body = {"type": "content_block_delta", "index": self._index, "delta": delta}
-        return event(b"content_block_delta", body)
+        """A ``content_block_delta`` event, written straight as bytes (one per token)."""
+        return _DELTA_HEAD[kind] % self._index + orjson.dumps(value) + b"}}\n\n"
 
     def _call(self, call: JSON) -> bytes:
         position = call.get("index", 0)

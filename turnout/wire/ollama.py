@@ -287,11 +287,16 @@ def embed_to_internal(raw: Any, *, legacy: bool = False) -> JSON:
 # Replies.
 
 
+_SECOND: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def created_at() -> str:
-    """The time now as Ollama writes it: RFC 3339, UTC, nanoseconds."""
-    ns = time.time_ns()
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+    """The time now as Ollama writes it: RFC 3339, UTC, nanoseconds (the date and time part
+    formatted once a second: every streamed line carries one)."""
+    seconds, fraction = divmod(time.time_ns(), 1_000_000_000)
+    if seconds != _SECOND[0]:
+        _SECOND[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_SECOND[1]}.{fraction:09d}Z"
 
 
 @dataclass(slots=True)
@@ -408,7 +413,7 @@ class ChatStream:
     whole in one object (Ollama never splits one), and the ``done: true`` line with the counts
     and durations last."""
 
-    __slots__ = ("_calls", "_finish", "_mode", "_timing", "_usage", "model")
+    __slots__ = ("_calls", "_finish", "_head", "_mode", "_timing", "_usage", "model")
 
     def __init__(self, model: str, timing: Timing, mode: Mode = "chat") -> None:
         self.model = model
@@ -417,6 +422,15 @@ class ChatStream:
         self._calls: dict[Any, JSON] = {}
         self._finish: Any = None
         self._usage: Any = None
+        self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
+
+    def _text(self, text: str) -> bytes:
+        """A line of text, written straight as bytes (one per token)."""
+        if self._mode == "chat":
+            return (self._head + created_at().encode() + b'","message":{"role":"assistant",'
+                    b'"content":' + orjson.dumps(text) + b'},"done":false}\n')  # fmt: skip
+        return (self._head + created_at().encode() + b'","response":' + orjson.dumps(text)
+                + b',"done":false}\n')  # fmt: skip
 
     def _line(self, fields: JSON) -> bytes:
         obj: JSON = {"model": self.model, "created_at": created_at()}
@@ -443,7 +457,7 @@ class ChatStream:
             if thinking:
                 out += self._line({"thinking": thinking})
             if text:
-                out += self._line({"content": text})
+                out += self._text(text)
             for call in delta.get("tool_calls") or ():
                 self._collect(call)
             if choice.get("finish_reason"):

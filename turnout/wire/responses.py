@@ -22,8 +22,8 @@ which tests/unit/test_responses_wire.py validates every object and event.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,7 +279,7 @@ def _text_format(text: Any, body: JSON) -> None:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{os.urandom(16).hex()}"
 
 
 def usage_from_openai(usage: Any) -> JSON | None:
@@ -377,6 +377,12 @@ def _event(name: bytes, obj: JSON) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
+_TEXT_DELTA = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"item_id":"%s","output_index":%d,"content_index":0,"delta":'
+)
+
+
 class ResponseStream:
     """Internal chunks in, the Responses events out, each with its ``sequence_number``:
     ``response.created``, ``response.in_progress``; per output item ``output_item.added``, for a
@@ -441,11 +447,12 @@ class ResponseStream:
         return out + self._emit("response.content_part.added", {**where, "part": part})
 
     def _text_delta(self, text: str) -> bytes:
+        """An ``output_text.delta`` event, written straight as bytes (one per token)."""
         self._text.append(text)
         assert self._item is not None
-        where = {"item_id": self._item["id"], "output_index": len(self._output)}
-        where["content_index"] = 0
-        return self._emit("response.output_text.delta", {**where, "delta": text, "logprobs": []})
+        seq, self._seq = self._seq, self._seq + 1
+        head = _TEXT_DELTA % (self._item["id"].encode(), len(self._output))
+        return head + orjson.dumps(text) + b',"logprobs":[],"sequence_number":%d}\n\n' % seq
 
     def _call(self, call: JSON) -> bytes:
         position = call.get("index", 0)
