@@ -467,3 +467,27 @@ def test_webapp_endpoints(url: str, fakes: Any, monkeypatch: pytest.MonkeyPatch)
     assert pulled.status_code == 200 and pulled.json()["status"] == "success", pulled.text
     deleted = httpx.post(url + "/api/local-llm/ollama/delete", json={"model": f"ollama/{name}"})
     assert deleted.status_code == 200, deleted.text
+
+
+def test_ollama_pull_and_delete_reach_the_ollama_backend(
+    url: str, fakes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = ollama.Client(host=url, timeout=30)
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.pull("tinyllama")
+    assert refused.value.status_code == 403  # LOCAL_LLM_ENABLE_PULL is off
+    monkeypatch.setenv("LOCAL_LLM_ENABLE_PULL", "true")
+    name = next(iter(fakes[0].registry))
+    statuses = [p.status for p in client.pull(f"ollama/{name}", stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert client.pull(f"ollama/{name}").status == "success"
+    client.delete(f"ollama/{name}")
+    with pytest.raises(ollama.ResponseError) as gone:
+        client.delete(f"ollama/{name}")
+    assert gone.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.pull("ollama/no-such-model")
+    assert "file does not exist" in missing.value.error
+    with pytest.raises(ollama.ResponseError) as copy:
+        client.copy("a", "b")
+    assert copy.value.status_code == 501

@@ -8,8 +8,9 @@
     POST /api/chat          NDJSON stream by default, ``stream: false`` for one object
     POST /api/generate      likewise; ``raw`` and ``suffix`` as text completions
     POST /api/embed         and the older /api/embeddings
-    pull, delete, copy, create, push: refused in Ollama's error shape; model management of an
-                            Ollama backend is at /v1/ollama/{provider}/api/* (ollama_admin.py)
+    POST /api/pull          into an Ollama backend (``provider/model`` picks it, else the first
+    DELETE /api/delete      one): with LOCAL_LLM_ENABLE_PULL=true and the admin key, if set
+    copy, create, push: refused (501) in Ollama's error shape: no backend here does them
 
 Errors are Ollama's ``{"error": "..."}`` with the gateway's status; an error after a stream
 began is a last line ``{"error": "..."}``. Translation: turnout/wire/ollama.py.
@@ -22,15 +23,17 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ...errors import GatewayError, InvalidRequestError
+from ...errors import GatewayError, InvalidRequestError, NotFoundError
 from ...gateway import Gateway
+from ...providers.ollama import OllamaProvider
 from ...wire import ollama as wire
 from ...wire.types import Kind
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
-from ..models import managed_providers
+from ..admin import check_admin
+from ..models import managed_providers, require_pull
 from ..responses import BytesResponse, json_response
 from .common import ClientGone, FrontStream, read_json, until_gone
 
@@ -192,12 +195,71 @@ async def ps(request: Request) -> Response:
     return json_response({"models": out})
 
 
+def ollama_backend(gateway: Gateway, model: str | None) -> tuple[OllamaProvider, str | None]:
+    """The Ollama backend a model-management request means: the one ``provider/...`` names,
+    else the first configured; and the model name as that backend knows it."""
+    found = {n: p for n, p in gateway.providers.items() if isinstance(p, OllamaProvider)}
+    if not found:
+        raise NotFoundError("No Ollama backend is configured on this gateway.")
+    if model is not None:
+        name, _, rest = model.partition("/")
+        if rest and name in found:
+            return found[name], rest
+    return next(iter(found.values())), model
+
+
+async def _managed(request: Request) -> tuple[OllamaProvider, str, dict[str, Any]]:
+    check_admin(request)
+    require_pull()
+    gateway: Gateway = request.app.state.gateway
+    raw = await read_json(request, gateway.config.server.max_body_bytes)
+    name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError("model is required", param="model")
+    await gateway.start()
+    provider, model = ollama_backend(gateway, name)
+    assert model is not None
+    return provider, model, raw
+
+
+async def pull(request: Request) -> Response:
+    try:
+        provider, model, raw = await _managed(request)
+        progress = provider.pull(model, insecure=bool(raw.get("insecure")))
+        first = await anext(progress)  # a refused pull still gets its status
+        if raw.get("stream", True) is False:
+            last = [first, *[p async for p in progress]][-1]
+            return json_response({"status": last.get("status", "success")})
+    except StopAsyncIteration:
+        return render_error(GatewayError("The backend sent no pull progress.", status=502))
+    except GatewayError as exc:
+        return render_error(exc)
+    return StreamingResponse(_progress(first, progress), media_type="application/x-ndjson")
+
+
+async def _progress(first: dict[str, Any], rest: Any) -> Any:
+    yield orjson.dumps(first) + b"\n"
+    try:
+        async for obj in rest:
+            yield orjson.dumps(obj) + b"\n"
+    except GatewayError as exc:
+        yield wire.error_line(exc)
+
+
+async def delete(request: Request) -> Response:
+    try:
+        provider, model, _ = await _managed(request)
+        await provider.delete(model)
+    except GatewayError as exc:
+        return render_error(exc)
+    return Response(status_code=200)  # Ollama answers a delete with an empty 200
+
+
 async def refuse(request: Request) -> Response:
     op = request.url.path.rsplit("/", 1)[-1]
     return json_response(
-        {"error": f"/api/{op} changes what a backend holds, and turnout's Ollama front does not "
-         "do it for every backend; an Ollama backend's models are managed at "
-         f"/v1/ollama/<provider>/api/{op} (with LOCAL_LLM_ENABLE_PULL=true)"},
+        {"error": f"/api/{op} is not served by turnout: no backend behind it can {op} models "
+         "through the gateway (pull and delete are, for Ollama backends)"},
         501,
     )  # fmt: skip
 
@@ -216,9 +278,9 @@ routes = [
     Route("/api/ps", ps, methods=["GET"]),
     Route("/api/show", show, methods=["POST"]),
     *(Route(path, endpoint, methods=["POST"]) for path, endpoint in INFERENCE.items()),
-    Route("/api/pull", refuse, methods=["POST"]),
+    Route("/api/pull", pull, methods=["POST"]),
     Route("/api/push", refuse, methods=["POST"]),
     Route("/api/copy", refuse, methods=["POST"]),
     Route("/api/create", refuse, methods=["POST"]),
-    Route("/api/delete", refuse, methods=["DELETE"]),
+    Route("/api/delete", delete, methods=["DELETE"]),
 ]

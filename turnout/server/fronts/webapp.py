@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ...errors import GatewayError, InvalidRequestError, NotFoundError
+from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
 from ...providers.ollama import OllamaProvider
 from ...wire.validate import validate_chat
@@ -35,6 +35,7 @@ from ..openai_front import _Stream
 from ..providers import provider_list
 from ..responses import BytesResponse, json_response
 from .common import ClientGone, read_json, until_gone
+from .ollama import ollama_backend
 
 __all__ = ["routes"]
 
@@ -95,22 +96,11 @@ async def stream(request: Request) -> Any:
         return _error(exc)
 
 
-def _ollama(gateway: Gateway, model: str | None = None) -> tuple[OllamaProvider, str | None]:
-    found = {n: p for n, p in gateway.providers.items() if isinstance(p, OllamaProvider)}
-    if not found:
-        raise NotFoundError("No Ollama backend is configured on this gateway.")
-    if model is not None:
-        name, _, rest = model.partition("/")
-        if rest and name in found:
-            return found[name], rest
-    return next(iter(found.values())), model
-
-
 async def ollama_list(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     try:
         await gateway.start()
-        provider, _ = _ollama(gateway)
+        provider, _ = ollama_backend(gateway, None)
         return json_response(await provider.call_json("GET", "/api/tags"))
     except GatewayError as exc:
         return _error(exc)
@@ -124,7 +114,7 @@ async def _managed(request: Request) -> tuple[OllamaProvider, str]:
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
         raise InvalidRequestError("model required", param="model")
     await gateway.start()
-    provider, model = _ollama(gateway, raw["model"])
+    provider, model = ollama_backend(gateway, raw["model"])
     assert model is not None
     return provider, model
 
