@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,10 @@ from .providers import build_provider
 from .providers.base import Kind, Provider
 from .providers.discovery import AutoDiscovery
 from .routing import Catalog, Router, Target
+from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
-from .routing.strategies import prompt_text
 from .telemetry import CURRENT, Telemetry, Trace
-from .wire.openai import embedding_base64
+from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
 from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
@@ -48,8 +47,6 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
     "type": "embedded",
     "models": [{"name": "gemma-3-270m", "chat_format": "gemma", "n_ctx": 2048}],
 }
-
-_CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
 
 
 @dataclass(slots=True)
@@ -288,32 +285,19 @@ class Gateway:
                     if choices:
                         sent += 1
                         if collect:
-                            pieces.extend(_text_of(choices))
+                            pieces.extend(choice_texts(choices))
                             if count_early and _finished(choices):
                                 text = "".join(pieces)
-                                n = len(pieces)
-                                counted = (n, await self._count_usage(kind, body, target, text))
+                                counted = (len(pieces), await self._count(kind, body, target, text))
                     last = data
                     yield chunk
             finally:  # a client gone early: end the backend call and free its slot now, not at GC
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await close_stream(chunks)
             if usage is None and include_usage:
-                if counted is not None and counted[0] == len(pieces):
-                    usage = counted[1]
-                else:
-                    usage = await self._count_usage(kind, body, target, "".join(pieces))
-                yield Chunk(
-                    {
-                        "id": last.get("id", ""),
-                        "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
-                        "created": last.get("created", int(time.time())),
-                        "model": last.get("model", target.model),
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
+                if counted is None or counted[0] != len(pieces):
+                    counted = (0, await self._count(kind, body, target, "".join(pieces)))
+                usage = counted[1]
+                yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
             trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             raise
@@ -321,21 +305,12 @@ class Gateway:
             trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 
-    async def _count_usage(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
-        prompt = prompt_text(kind, body)
+    async def _count(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
+        """A stream's usage counted by the backend's tokenizer (estimated where it cannot)."""
         provider = target.provider
-        counts: list[int] = []
-        for text in (prompt, completion):
-            try:
-                n = await provider.count_tokens(target.model, text) if text else 0
-            except Exception:  # counting is best effort; an estimate beats no usage
-                n = None
-            counts.append(n if n is not None else (len(text) + 3) // 4)
-        return {
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": counts[0] + counts[1],
-        }
+        return await count_usage(
+            provider.count_tokens, target.model, prompt_text(kind, body), completion
+        )
 
     # The Python API.
 
@@ -434,23 +409,6 @@ async def _tool_calls_mended(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chun
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-def _text_of(choices: list[JSON]) -> list[str]:
-    """The text of a stream chunk's choices, tool-call names and arguments included (they are
-    generated tokens too)."""
-    out = []
-    for choice in choices:
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            out.append(text)
-        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
-        for call in calls or ():
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                out.extend(v for v in (fn.get("name"), fn.get("arguments")) if isinstance(v, str))
-    return out
 
 
 def _seconds(name: str, value: object) -> float:

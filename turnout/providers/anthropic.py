@@ -97,18 +97,22 @@ class AnthropicProvider(HttpProvider):
             headers["x-api-key"] = self.config.api_key
         return headers
 
-    def _payload(self, call: Call, stream: bool) -> JSON:
-        if call.kind == "embedding":
-            raise CapabilityError(
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        if "embeddings" in missing:
+            return CapabilityError(
                 f"Anthropic has no embeddings API; '{self.name}' cannot embed. Ask a backend "
                 "that can (OpenAI, Gemini, Ollama, llama.cpp).",
                 param="model",
             )
-        if call.kind != "chat":
-            raise CapabilityError(
+        if "completion" in missing:
+            return CapabilityError(
                 "Anthropic's Messages API has no text completion; use /v1/chat/completions.",
                 param="prompt",
             )
+        return super().refusal(model, missing, body)
+
+    def _payload(self, call: Call, stream: bool) -> JSON:
+        # Chat only: the router sends no embedding or completion here (see `refusal`).
         return to_anthropic(
             call.body, call.model, stream=stream, default_max_tokens=self.max_tokens
         )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config import ModelEntry, ProviderConfig
+from ..errors import CapabilityError
+from ..wire.openai import lacking
 from ..wire.types import JSON, Call, Capabilities, Chunk, Kind, Usage, needs
 
 __all__ = [
@@ -136,6 +138,12 @@ class Provider(ABC):
                 if entry.context_length is not None:
                     updates["context_length"] = entry.context_length
         return dataclasses.replace(caps, **updates) if updates else caps  # type: ignore[arg-type]
+
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        """The error for a request needing what ``model`` lacks (``missing``: names of
+        `Capabilities` fields). The router decides that, before it calls; a dialect only words it
+        (Anthropic has no embeddings API at all)."""
+        return lacking(self.name, missing, body)
 
     async def count_tokens(self, model: str, text: str) -> int | None:
         """Tokens in ``text`` by the model's tokenizer (no BOS), or None if it cannot say."""

@@ -27,17 +27,16 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
+from ..wire.openai import count_usage, prompt_text, reply_text
 from ..wire.sse import SSEEvent
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, needs
-from .emulation import lacking, unsupported
+from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
+from .emulation import unsupported
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
 from .openai_quirks import (
     StreamMender,
     fastchat_status,
     mend_response,
     pool_token_embeddings,
-    prompt_text,
-    reply_text,
 )
 from .presets import PRESETS, Preset
 from .tool_schema import ToolPlan, has_tool_history, plan_tools
@@ -122,9 +121,6 @@ class OpenAICompatProvider(HttpProvider):
         return endpoint.rstrip("/").removesuffix("/v1")
 
     def payload(self, call: Call) -> JSON:
-        missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
-        if missing:  # declared lacking (preset or configuration): never sent there
-            raise lacking(self.name, missing, call.body)
         body = dict(call.body)
         body["model"] = call.model
         if self.preset.token_field == "max_completion_tokens":
@@ -222,22 +218,10 @@ class OpenAICompatProvider(HttpProvider):
         if call.kind == "embedding":
             return pool_token_embeddings(result)
         if "fixed_usage" in self.preset.quirks:  # KoboldCpp: always 100/100/200
-            result["usage"] = await self._recount(call, result)
+            result["usage"] = await count_usage(  # an estimate beats a made-up figure
+                self.count_tokens, call.model, prompt_text(call.kind, call.body), reply_text(result)
+            )
         return plan.reply(result) if plan is not None else mend_response(result)
-
-    async def _recount(self, call: Call, result: JSON) -> JSON:
-        counts = []
-        for text in (prompt_text(call.kind, call.body), reply_text(result)):
-            try:
-                n = await self.count_tokens(call.model, text) if text else 0
-            except GatewayError:  # counting is best effort; an estimate beats a made-up figure
-                n = None
-            counts.append(n if n is not None else (len(text) + 3) // 4)
-        return {
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": counts[0] + counts[1],
-        }
 
     def stream(self, call: Call) -> AsyncIterator[Chunk]:
         if "jinja_tools" in self.preset.quirks and call.body.get("tools"):

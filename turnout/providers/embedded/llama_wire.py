@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from ...errors import CapabilityError, InvalidRequestError
+from ...wire.openai import chunk_object, reply_body, usage_dict
 from ...wire.tools import merge_deltas
 from ..base import JSON, Call
 from .settings import EmbeddedModel
@@ -56,15 +57,11 @@ def generate(llm: Any, entry: EmbeddedModel, call: Call, kwargs: JSON) -> Iterat
     prompt = _prompt_tokens(llm, entry, call)
     yield {
         "id": last.get("id", f"cmpl-{uuid.uuid4()}"),
-        "object": last.get("object", "chat.completion.chunk"),
+        "object": last.get("object", chunk_object(call.kind)),
         "created": last.get("created", int(time.time())),
         "model": call.model,
         "choices": [],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": usage_dict(prompt, completion),
     }
 
 
@@ -166,18 +163,10 @@ def assemble(call: Call, chunks: list[JSON]) -> JSON:
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         choice: JSON = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        kind = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        kind = "text_completion"
-    return {
-        "id": first.get("id"),
-        "object": kind,
-        "created": first.get("created", int(time.time())),
-        "model": call.model,
-        "choices": [choice],
-        "usage": usage,
-    }
+    created = first.get("created", int(time.time()))
+    return reply_body(call.kind, first.get("id"), created, call.model, [choice], usage)
 
 
 def _reject_images(provider: str, model: str, messages: list[JSON]) -> None:

@@ -36,6 +36,7 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...wire.durations import FOREVER, parse_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
@@ -51,6 +52,8 @@ DEFAULT_CHAT_FORMAT = "gemma"
 #: how long a model found in models_dir stays loaded after its last request (Ollama's default)
 DIRECTORY_KEEP_ALIVE = 300.0
 _MB = 1024 * 1024
+#: the capabilities a model entry (or the provider's ``streaming``) may declare
+_SWITCHES = ("streaming", "tools", "vision")
 #: llama-cpp-python chat formats for GGUFs that carry no chat template, by architecture
 _FORMAT_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
@@ -321,6 +324,27 @@ class EmbeddedProvider(Provider):
         if isinstance(engine, ThreadEngine):
             return engine.capabilities
         return self.default_capabilities
+
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        engine = self.engines.get(model)
+        if not isinstance(engine, ThreadEngine):
+            return super().refusal(model, missing, body)
+        param = super().refusal(model, missing, body).param or "model"  # the field at fault
+        return unsupported(
+            f"The {engine.kind} engine of model '{model}' cannot serve this request: it "
+            f"lacks {', '.join(missing)}.",
+            param,
+        )
+
+    def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
+        """The configuration may narrow what a token-by-token engine can do, never widen it:
+        the router sends it nothing its engine lacks (a ``supports_vision`` would not make it
+        read images)."""
+        caps = super().configured_capabilities(model, reported)
+        if not isinstance(self.engines.get(model), ThreadEngine):
+            return caps
+        beyond = {f: False for f in _SWITCHES if getattr(caps, f) and not getattr(reported, f)}
+        return dataclasses.replace(caps, **beyond) if beyond else caps
 
     async def probe(self) -> Health:
         return Health(self._started, 0.0, "" if self._started else "not started")

@@ -27,6 +27,7 @@ from typing import Any
 
 from ...config import ProviderConfig
 from ...errors import BackendError
+from ...wire.openai import ChunkMaker, usage_dict
 from ..base import JSON, Call, Chunk
 from .llama_engine import LoadCancelled
 from .settings import EmbeddedModel
@@ -250,10 +251,5 @@ class ServerEngine:
         for text in (prompt, completion):
             counts.append((await provider.count_tokens(call.model, text) or 0) if text else 0)
         counts[0] += 0 if has_bos else 1
-        return {
-            "id": f"usage-{call.model}", "object": "chat.completion.chunk"
-            if call.kind == "chat" else "text_completion", "created": int(time.time()),
-            "model": call.model, "choices": [],
-            "usage": {"prompt_tokens": counts[0], "completion_tokens": counts[1],
-                      "total_tokens": sum(counts)},
-        }  # fmt: skip
+        chunks = ChunkMaker(call.kind, call.model, f"usage-{call.model}")
+        return chunks.usage(usage_dict(counts[0], counts[1]))

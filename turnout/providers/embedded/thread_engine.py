@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
-from ..base import JSON, Call, Capabilities, Chunk, needs
+from ..base import JSON, Call, Capabilities, Chunk
 from ..chat_templates import TEMPLATES, Template
-from ..emulation import lacking, refuse_unsupported, single_prompt, unsupported
+from ..emulation import refuse_unsupported, single_prompt, unsupported
 from .llama_engine import LoadCancelled
 from .llama_wire import assemble
 from .settings import EmbeddedModel
@@ -207,15 +207,7 @@ class ThreadEngine(ABC):
     def _plan(self, call: Call) -> tuple[Sampling, list[str]]:
         """Refuse what this engine cannot do, before any waiting; the sampling asked and the
         request's own stop strings."""
-        body = call.body
-        missing = self.capabilities.lacks(needs(call.kind, body) - {"streaming"})
-        if missing:  # the field to name, as for any backend lacking it; the engine's own words
-            param = lacking(self.kind, missing, body).param or "model"
-            raise unsupported(
-                f"The {self.kind} engine of model '{call.model}' cannot serve this request: it "
-                f"lacks {', '.join(missing)}.",
-                param,
-            )
+        body = call.body  # what it lacks (`capabilities`) the router never sends it
         refuse_unsupported(body, f"The {self.kind} engine")
         if (body.get("n") or 1) > 1:
             raise CapabilityError(
