@@ -23,9 +23,9 @@ from starlette.routing import Route
 
 from ...errors import GatewayError
 from ...gateway import Gateway
-from ...routing.strategies import prompt_text
 from ...wire.anthropic import Translated, from_chat, to_chat
 from ...wire.anthropic_stream import MessageStream, error_body
+from ...wire.openai import prompt_text
 from ...wire.validate import validate_chat
 from ..responses import BytesResponse, json_response
 from .common import ClientGone, FrontStream, read_json, until_gone
