@@ -186,3 +186,10 @@ def test_errors_from_a_real_backend(target: tuple[str, str]) -> None:
             model=model, input="x", previous_response_id="resp_1"
         )
     assert bad.value.param == "previous_response_id"
+
+
+def test_ollama_tags_know_the_embedded_file(embedded_gateway: str) -> None:
+    models = ollama.Client(host=embedded_gateway).list().models
+    gemma = next(m for m in models if (m.model or "").endswith("gemma-3-270m"))
+    assert (gemma.size or 0) > 100_000_000  # the GGUF's own size on disk
+    assert gemma.digest and len(gemma.digest) == 64

@@ -18,6 +18,9 @@ began is a last line ``{"error": "..."}``. Translation: turnout/wire/ollama.py.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import time
 from typing import Any
 
@@ -124,19 +127,24 @@ async def version(request: Request) -> Response:
 
 
 def _entry(name: str, meta: dict[str, Any], modified: float) -> dict[str, Any]:
+    """One model as ``/api/tags`` lists it, from what its backend reported: Ollama's details,
+    or the models directory's header (architecture, parameters, quantization, file size)."""
     details = {
         "parent_model": "",
         "format": str(meta.get("format") or "gguf"),
-        "family": str(meta.get("family") or ""),
+        "family": str(meta.get("family") or meta.get("architecture") or ""),
         "families": meta.get("families") or None,
-        "parameter_size": str(meta.get("parameter_size") or ""),
-        "quantization_level": str(meta.get("quantization_level") or ""),
+        "parameter_size": str(meta.get("parameter_size") or meta.get("parameter_label") or ""),
+        "quantization_level": str(meta.get("quantization_level") or meta.get("quantization") or ""),
     }
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified))
-    digest = orjson.dumps(name).hex()[:64].ljust(64, "0")
+    digest = hashlib.sha256(name.encode()).hexdigest()
     size = meta.get("size")
+    if not isinstance(size, int) and isinstance(meta.get("path"), str):
+        with contextlib.suppress(OSError):
+            size = os.stat(meta["path"]).st_size
     return {"name": name, "model": name, "modified_at": stamp,
-            "size": int(size) if isinstance(size, int) else 0, "digest": digest,
+            "size": size if isinstance(size, int) else 0, "digest": digest,
             "details": details}  # fmt: skip
 
 
