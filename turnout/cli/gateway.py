@@ -14,7 +14,7 @@ from rich.markup import escape
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
-from . import ConfigOption, UrlOption, app, console, err_console, load
+from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
