@@ -241,6 +241,36 @@ def test_anthropic_request_errors_name_the_field(change: dict[str, Any], param: 
     assert param in caught.value.message
 
 
+def test_anthropic_tool_result_images_follow_as_a_user_turn() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    raw = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "Take a screenshot."},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "text", "text": "done"}, image],
+                    }
+                ],
+            },
+        ],
+    }
+    body = validate_chat(am.to_chat(raw).body)
+    tool, user = body["messages"][2:]
+    assert tool == {"role": "tool", "tool_call_id": "t1", "content": "done\n[image 1 below]"}
+    assert user["role"] == "user"
+    assert user["content"][0]["image_url"]["url"] == f"data:image/png;base64,{PNG}"
+
+
 def test_anthropic_count_tokens_needs_no_max_tokens() -> None:
     body = am.to_chat(
         {"model": "m", "messages": [{"role": "user", "content": "x"}]}, count_only=True

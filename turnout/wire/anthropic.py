@@ -180,14 +180,15 @@ def _messages(messages: Any, dropped: list[str]) -> list[JSON]:
 
 def _user_turn(blocks: list[Any], where: str) -> list[JSON]:
     """Tool results first, as ``tool`` messages (OpenAI wants them right after the calls), then
-    the rest of the turn as one user message."""
+    the rest of the turn as one user message (with the images tool results returned: an
+    OpenAI tool message carries text only)."""
     results: list[JSON] = []
     parts: list[JSON] = []
     for j, block in enumerate(blocks):
         at = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "tool_result":
-            results.append(_tool_result(block, at))
+            results.append(_tool_result(block, at, parts))
         elif kind == "text":
             parts.append(_text_part(block, at))
         elif kind == "image":
@@ -228,7 +229,7 @@ def _image_part(source: Any, at: str) -> JSON:
     raise _invalid(f"{at}.type", f"must be 'base64' or 'url', got {kind!r}")
 
 
-def _tool_result(block: JSON, at: str) -> JSON:
+def _tool_result(block: JSON, at: str, images: list[JSON]) -> JSON:
     call = block.get("tool_use_id")
     if not isinstance(call, str) or not call:
         raise _invalid(f"{at}.tool_use_id", "Field required, a string")
@@ -240,12 +241,17 @@ def _tool_result(block: JSON, at: str) -> JSON:
     elif isinstance(content, list):
         pieces = []
         for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise _invalid(f"{at}.content.{k}.type", "turnout passes text tool results only")
-            pieces.append(_text_part(part, f"{at}.content.{k}")["text"])
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "image":  # a screenshot a tool took: shown in the user turn that follows
+                images.append(_image_part(part.get("source"), f"{at}.content.{k}.source"))
+                pieces.append(f"[image {len(images)} below]")
+            elif kind == "text":
+                pieces.append(_text_part(part, f"{at}.content.{k}")["text"])
+            else:
+                raise _invalid(f"{at}.content.{k}.type", "tool results may hold text and images")
         text = "\n".join(pieces)
     else:
-        raise _invalid(f"{at}.content", "expected a string or an array of text blocks")
+        raise _invalid(f"{at}.content", "expected a string or an array of text and image blocks")
     if block.get("is_error") is True:
         text = f"Error: {text}" if text else "Error"
     return {"role": "tool", "tool_call_id": call, "content": text}
