@@ -14,36 +14,49 @@ says ``x-turnout-token-count: estimate`` where it cannot.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ...errors import GatewayError
 from ...gateway import Gateway
 from ...wire.anthropic import Translated, from_chat, to_chat
 from ...wire.anthropic_stream import MessageStream, error_body
 from ...wire.openai import prompt_text
+from ...wire.sse import comment
 from ...wire.validate import validate_chat
-from ..responses import BytesResponse, json_response
-from .common import ClientGone, FrontStream, read_json, until_gone
+from ..pipeline import Route
+from ..responses import BytesResponse, Errors, json_response
+from ..stream import ClientGone, HeaderCache, Stream, read_json, while_connected
+from .common import Framed, json_headers, stream_headers
 
-__all__ = ["INFERENCE", "render_error", "routes"]
+__all__ = ["ANTHROPIC_ERRORS", "routes"]
 
-_SSE = b"text/event-stream; charset=utf-8"
+_SSE = stream_headers(b"text/event-stream; charset=utf-8")
+_KEEPALIVE = comment()  # an SSE comment: the SDK's decoder skips it
 #: what the chat template adds per message, on top of its text (an estimate; undercounting makes
 #: Claude Code compact too late, so it errs high)
 _PER_MESSAGE = 4
 
 
-def render_error(exc: GatewayError) -> Response:
-    status, body = error_body(exc)
-    headers = exc.headers()
-    if exc.backend:
-        headers["X-Turnout-Backend"] = exc.backend
-    return json_response(body, status, headers)
+@dataclass(frozen=True, slots=True, eq=False)
+class _Errors(Errors):
+    """Anthropic's error dialect: its body, and its status for "no backend free" (529)."""
+
+    def response(self, exc: GatewayError) -> Response:
+        status, body = error_body(exc)
+        headers = exc.headers()
+        if exc.backend:
+            headers["X-Turnout-Backend"] = exc.backend
+        return json_response(body, status, headers)
+
+
+ANTHROPIC_ERRORS = _Errors(lambda exc: error_body(exc)[1])
+render_error = ANTHROPIC_ERRORS.response
 
 
 def _warning(translated: Translated) -> list[tuple[bytes, bytes]]:
@@ -53,7 +66,7 @@ def _warning(translated: Translated) -> list[tuple[bytes, bytes]]:
     return [(b"x-turnout-warning", text.encode())]
 
 
-async def messages(request: Request) -> Any:
+async def messages(request: Request) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     try:
         translated = to_chat(await read_json(request, gateway.config.server.max_body_bytes))
@@ -61,17 +74,16 @@ async def messages(request: Request) -> Any:
         model = body["model"]
         extra = _warning(translated)
         if body.get("stream"):
-            encoder = MessageStream(model, translated.stops)
-            return FrontStream(gateway, "chat", body, encoder, render_error, _SSE, extra=extra)
-        reply = await until_gone(request, gateway.complete("chat", body))
+            start = _SSE if not extra else HeaderCache([*_SSE(None), *extra])
+            encoder = Framed(MessageStream(model, translated.stops), start, _KEEPALIVE)
+            return Stream(gateway, "chat", body, encoder, ANTHROPIC_ERRORS)
+        reply = await while_connected(request, gateway.complete("chat", body))
     except GatewayError as exc:
         return render_error(exc)
     except ClientGone:
         return Response(status_code=499)
     message = from_chat(reply.body, model, translated.stops)
-    backend = reply.target.provider.name.encode("latin-1")
-    start = [(b"content-type", b"application/json"), (b"x-turnout-backend", backend), *extra]
-    return BytesResponse(orjson.dumps(message), start)
+    return BytesResponse(orjson.dumps(message), json_headers(reply.target.provider.name, extra))
 
 
 async def count_tokens(request: Request) -> Response:
@@ -102,12 +114,14 @@ async def count_tokens(request: Request) -> Response:
     return json_response({"input_tokens": n}, headers=headers)
 
 
-#: the inference endpoints (served on the hot path): path -> endpoint (POST). A base URL given
-#: with /v1 makes the SDK post to /v1/v1/messages, so that is served too.
-INFERENCE = {"/v1/messages": messages, "/v1/v1/messages": messages}
+def _route(path: str, endpoint: Any) -> Route:
+    return Route(path, endpoint, ("POST",), errors=ANTHROPIC_ERRORS)
 
+
+#: a base URL given with /v1 makes the SDK post to /v1/v1/messages: served too
 routes = [
-    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in INFERENCE.items()),
-    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-    Route("/v1/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    _route("/v1/messages", messages),
+    _route("/v1/messages/count_tokens", count_tokens),
+    _route("/v1/v1/messages", messages),
+    _route("/v1/v1/messages/count_tokens", count_tokens),
 ]

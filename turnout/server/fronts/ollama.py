@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ...errors import GatewayError, InvalidRequestError, NotFoundError
 from ...gateway import Gateway
@@ -35,28 +35,25 @@ from ...providers.ollama import OllamaProvider
 from ...wire import ollama as wire
 from ...wire.types import Kind
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
-from ..admin import check_admin
 from ..models import managed_providers, require_pull
+from ..pipeline import Route
 from ..responses import BytesResponse, json_response
-from .common import ClientGone, FrontStream, read_json, until_gone
+from ..stream import ClientGone, Stream, read_json, while_connected
+from .common import Framed, json_headers, stream_headers
+from .ollama_errors import OLLAMA_ERRORS
 
-__all__ = ["INFERENCE", "render_error", "routes"]
+__all__ = ["ollama_backend", "render_error", "routes"]
 
 #: the Ollama API level this front implements (clients compare it to enable features)
 API_VERSION = "0.14.0"
-_NDJSON = b"application/x-ndjson"
+_NDJSON = stream_headers(b"application/x-ndjson")
 _VALIDATE = {"chat": validate_chat, "completion": validate_completion}
 
 
-def render_error(exc: GatewayError) -> Response:
-    status, body = wire.error_body(exc)
-    headers = exc.headers()
-    if exc.backend:
-        headers["X-Turnout-Backend"] = exc.backend
-    return json_response(body, status, headers)
+render_error = OLLAMA_ERRORS.response
 
 
-async def _generate(request: Request, mode: wire.Mode) -> Any:
+async def _generate(request: Request, mode: wire.Mode) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     timing = wire.Timing(time.perf_counter_ns())
     try:
@@ -72,49 +69,49 @@ async def _generate(request: Request, mode: wire.Mode) -> Any:
             return json_response(wire.load_reply(model, mode, raw.get("keep_alive") == 0))
         body = _VALIDATE[kind](body)
         if body.get("stream"):
-            encoder = wire.ChatStream(model, timing, mode)
-            return FrontStream(gateway, kind, body, encoder, render_error, _NDJSON, keepalive=False)
-        reply = await until_gone(request, gateway.complete(kind, body))
+            # no keep-alive frame: an NDJSON reader takes every line for an object
+            encoder = Framed(wire.ChatStream(model, timing, mode), _NDJSON, b"")
+            return Stream(gateway, kind, body, encoder, OLLAMA_ERRORS)
+        reply = await while_connected(request, gateway.complete(kind, body))
     except GatewayError as exc:
         return render_error(exc)
     except ClientGone:
         return Response(status_code=499)
     timing.end = time.perf_counter_ns()
     make = wire.chat_reply if mode == "chat" else wire.generate_reply
-    backend = reply.target.provider.name.encode("latin-1")
-    start = [(b"content-type", b"application/json"), (b"x-turnout-backend", backend)]
+    start = json_headers(reply.target.provider.name, [])
     return BytesResponse(orjson.dumps(make(reply.body, model, timing)), start)
 
 
-async def chat(request: Request) -> Any:
+async def chat(request: Request) -> ASGIApp:
     return await _generate(request, "chat")
 
 
-async def generate(request: Request) -> Any:
+async def generate(request: Request) -> ASGIApp:
     return await _generate(request, "generate")
 
 
-async def _embed(request: Request, legacy: bool) -> Any:
+async def _embed(request: Request, legacy: bool) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     timing = wire.Timing(time.perf_counter_ns())
     try:
         raw = await read_json(request, gateway.config.server.max_body_bytes)
         body = validate_embedding(wire.embed_to_internal(raw, legacy=legacy))
-        reply = await until_gone(request, gateway.complete("embedding", body))
+        reply = await while_connected(request, gateway.complete("embedding", body))
     except GatewayError as exc:
         return render_error(exc)
     except ClientGone:
         return Response(status_code=499)
     timing.end = time.perf_counter_ns()
     out = wire.embed_reply(reply.body, body["model"], timing, legacy=legacy)
-    return BytesResponse(orjson.dumps(out), [(b"content-type", b"application/json")])
+    return BytesResponse(orjson.dumps(out), json_headers(reply.target.provider.name, []))
 
 
-async def embed(request: Request) -> Any:
+async def embed(request: Request) -> ASGIApp:
     return await _embed(request, legacy=False)
 
 
-async def embeddings(request: Request) -> Any:
+async def embeddings(request: Request) -> ASGIApp:
     return await _embed(request, legacy=True)
 
 
@@ -217,8 +214,7 @@ def ollama_backend(gateway: Gateway, model: str | None) -> tuple[OllamaProvider,
 
 
 async def _managed(request: Request) -> tuple[OllamaProvider, str, dict[str, Any]]:
-    check_admin(request)
-    require_pull()
+    require_pull()  # the admin key: the pipeline's stage, for routes marked admin
     gateway: Gateway = request.app.state.gateway
     raw = await read_json(request, gateway.config.server.max_body_bytes)
     name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
@@ -272,23 +268,23 @@ async def refuse(request: Request) -> Response:
     )  # fmt: skip
 
 
-INFERENCE = {
-    "/api/chat": chat,
-    "/api/generate": generate,
-    "/api/embed": embed,
-    "/api/embeddings": embeddings,
-}
+def _route(path: str, endpoint: Any, *methods: str, admin: bool = False) -> Route:
+    return Route(path, endpoint, methods or ("GET",), admin=admin, errors=OLLAMA_ERRORS)
+
 
 routes = [
-    Route("/", root, methods=["GET", "HEAD"]),
-    Route("/api/version", version, methods=["GET", "HEAD"]),
-    Route("/api/tags", tags, methods=["GET", "HEAD"]),
-    Route("/api/ps", ps, methods=["GET"]),
-    Route("/api/show", show, methods=["POST"]),
-    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in INFERENCE.items()),
-    Route("/api/pull", pull, methods=["POST"]),
-    Route("/api/push", refuse, methods=["POST"]),
-    Route("/api/copy", refuse, methods=["POST"]),
-    Route("/api/create", refuse, methods=["POST"]),
-    Route("/api/delete", delete, methods=["DELETE"]),
+    _route("/", root),
+    _route("/api/version", version),
+    _route("/api/tags", tags),
+    _route("/api/ps", ps),
+    _route("/api/show", show, "POST"),
+    _route("/api/chat", chat, "POST"),
+    _route("/api/generate", generate, "POST"),
+    _route("/api/embed", embed, "POST"),
+    _route("/api/embeddings", embeddings, "POST"),
+    _route("/api/pull", pull, "POST", admin=True),
+    _route("/api/delete", delete, "DELETE", admin=True),
+    _route("/api/push", refuse, "POST"),
+    _route("/api/copy", refuse, "POST"),
+    _route("/api/create", refuse, "POST"),
 ]

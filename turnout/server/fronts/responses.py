@@ -17,18 +17,22 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ...errors import GatewayError, InvalidRequestError, NotFoundError
 from ...gateway import Gateway
 from ...wire.responses import ResponseStream, from_chat, output_messages, to_chat
+from ...wire.sse import comment
 from ...wire.validate import validate_chat
-from ..responses import BytesResponse, error_response, json_response
-from .common import ClientGone, FrontStream, read_json, until_gone
+from ..pipeline import Route
+from ..responses import OPENAI_ERRORS, BytesResponse, error_response, json_response
+from ..stream import ClientGone, Stream, read_json, while_connected
+from .common import Framed, json_headers, stream_headers
 
-__all__ = ["INFERENCE", "routes"]
+__all__ = ["routes"]
 
-_SSE = b"text/event-stream; charset=utf-8"
+_SSE = stream_headers(b"text/event-stream; charset=utf-8")
+_KEEPALIVE = comment()
 
 
 class Store:
@@ -94,7 +98,7 @@ class _Stored(ResponseStream):
         return out
 
 
-async def create(request: Request) -> Any:
+async def create(request: Request) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     try:
         raw = await read_json(request, gateway.config.server.max_body_bytes)
@@ -102,13 +106,14 @@ async def create(request: Request) -> Any:
         body = validate_chat(translated.body)
         store = _store(request) if raw.get("store") is not False else None
         if body.get("stream"):
-            encoder = (
+            wire = (
                 ResponseStream(translated.shell)
                 if store is None
                 else _Stored(translated.shell, store, translated.messages)
             )
-            return FrontStream(gateway, "chat", body, encoder, error_response, _SSE)
-        reply = await until_gone(request, gateway.complete("chat", body))
+            encoder = Framed(wire, _SSE, _KEEPALIVE)
+            return Stream(gateway, "chat", body, encoder, OPENAI_ERRORS)
+        reply = await while_connected(request, gateway.complete("chat", body))
     except GatewayError as exc:
         return error_response(exc)
     except ClientGone:
@@ -116,9 +121,7 @@ async def create(request: Request) -> Any:
     response = from_chat(reply.body, translated.shell)
     if store is not None:
         store.put(translated.messages, response)
-    backend = reply.target.provider.name.encode("latin-1")
-    start = [(b"content-type", b"application/json"), (b"x-turnout-backend", backend)]
-    return BytesResponse(orjson.dumps(response), start)
+    return BytesResponse(orjson.dumps(response), json_headers(reply.target.provider.name, []))
 
 
 def _stored(request: Request) -> tuple[Store, str]:
@@ -146,10 +149,8 @@ async def delete(request: Request) -> Response:
     return json_response({"id": wanted, "object": "response.deleted", "deleted": True})
 
 
-INFERENCE = {"/v1/responses": create}
-
 routes = [
-    Route("/v1/responses", create, methods=["POST"]),
-    Route("/v1/responses/{response_id}", retrieve, methods=["GET"]),
-    Route("/v1/responses/{response_id}", delete, methods=["DELETE"]),
+    Route("/v1/responses", create, ("POST",)),
+    Route("/v1/responses/{response_id}", retrieve, ("GET",)),
+    Route("/v1/responses/{response_id}", delete, ("DELETE",)),
 ]

@@ -23,25 +23,27 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
 from ...providers.ollama import OllamaProvider
 from ...wire.validate import validate_chat
-from ..admin import check_admin
 from ..models import require_pull
-from ..openai_front import _Stream
+from ..pipeline import Route
 from ..providers import provider_list
-from ..responses import BytesResponse, json_response
-from .common import ClientGone, read_json, until_gone
+from ..responses import BytesResponse, Errors, json_response
+from ..stream import ClientGone, Stream, read_json, while_connected
+from .common import json_headers
 from .ollama import ollama_backend
+from .openai import SSE
 
 __all__ = ["routes"]
 
 
-def _error(exc: GatewayError) -> Response:
-    return json_response({"error": exc.message}, exc.status, exc.headers())
+#: the app's error dialect: ``{"error": "..."}``
+WEBAPP_ERRORS = Errors(lambda exc: {"error": exc.message})
+_error = WEBAPP_ERRORS.response
 
 
 async def providers(request: Request) -> Response:
@@ -74,24 +76,22 @@ async def _chat_body(request: Request, stream: bool) -> dict[str, Any]:
     return validate_chat({**body, "model": model, "stream": stream})
 
 
-async def proxy(request: Request) -> Any:
+async def proxy(request: Request) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     try:
         body = await _chat_body(request, False)
-        reply = await until_gone(request, gateway.complete("chat", body))
+        reply = await while_connected(request, gateway.complete("chat", body))
     except GatewayError as exc:
         return _error(exc)
     except ClientGone:
         return Response(status_code=499)
-    backend = reply.target.provider.name.encode("latin-1")
-    start = [(b"content-type", b"application/json"), (b"x-turnout-backend", backend)]
-    return BytesResponse(orjson.dumps(reply.body), start)
+    return BytesResponse(orjson.dumps(reply.body), json_headers(reply.target.provider.name, []))
 
 
-async def stream(request: Request) -> Any:
+async def stream(request: Request) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     try:
-        return _Stream(gateway, "chat", await _chat_body(request, True))
+        return Stream(gateway, "chat", await _chat_body(request, True), SSE, WEBAPP_ERRORS)
     except GatewayError as exc:
         return _error(exc)
 
@@ -107,8 +107,7 @@ async def ollama_list(request: Request) -> Response:
 
 
 async def _managed(request: Request) -> tuple[OllamaProvider, str]:
-    check_admin(request)
-    require_pull()
+    require_pull()  # the admin key: the pipeline's stage, for routes marked admin
     gateway: Gateway = request.app.state.gateway
     raw = await read_json(request, gateway.config.server.max_body_bytes)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), str) or not raw["model"]:
@@ -139,11 +138,15 @@ async def ollama_delete(request: Request) -> Response:
     return json_response({"status": "success", "model": model, "deleted": True})
 
 
+def _route(path: str, endpoint: Any, method: str = "GET", *, admin: bool = False) -> Route:
+    return Route(path, endpoint, (method,), admin=admin, errors=WEBAPP_ERRORS)
+
+
 routes = [
-    Route("/api/local-llm/providers", providers, methods=["GET"]),
-    Route("/api/local-llm/proxy", proxy, methods=["POST"]),
-    Route("/api/local-llm/stream", stream, methods=["POST"]),
-    Route("/api/local-llm/ollama/list", ollama_list, methods=["GET"]),
-    Route("/api/local-llm/ollama/pull", ollama_pull, methods=["POST"]),
-    Route("/api/local-llm/ollama/delete", ollama_delete, methods=["POST"]),
+    _route("/api/local-llm/providers", providers),
+    _route("/api/local-llm/proxy", proxy, "POST"),
+    _route("/api/local-llm/stream", stream, "POST"),
+    _route("/api/local-llm/ollama/list", ollama_list),
+    _route("/api/local-llm/ollama/pull", ollama_pull, "POST", admin=True),
+    _route("/api/local-llm/ollama/delete", ollama_delete, "POST", admin=True),
 ]
