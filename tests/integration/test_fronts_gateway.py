@@ -491,3 +491,22 @@ def test_ollama_pull_and_delete_reach_the_ollama_backend(
     with pytest.raises(ollama.ResponseError) as copy:
         client.copy("a", "b")
     assert copy.value.status_code == 501
+
+
+def test_model_changes_need_the_admin_key_in_each_dialect(
+    fakes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCAL_LLM_ENABLE_PULL", "true")
+    config = _config(fakes)
+    config["server"]["admin_key"] = "s3cret"
+    name = next(iter(fakes[0].registry))
+    with run_gateway(config) as base:
+        with pytest.raises(ollama.ResponseError) as info:
+            ollama.Client(host=base).pull(f"ollama/{name}")
+        assert info.value.status_code == 401 and "admin" in info.value.error
+        keyed = ollama.Client(host=base, headers={"Authorization": "Bearer s3cret"})
+        assert keyed.pull(f"ollama/{name}").status == "success"
+        refused = httpx.post(base + "/api/local-llm/ollama/delete", json={"model": name})
+        assert refused.status_code == 401 and isinstance(refused.json()["error"], str)
+        # inference stays open: the admin key guards only what changes the models
+        assert keyed.chat(model="vllm/fake-model", messages=[{"role": "user", "content": "x"}]).done
