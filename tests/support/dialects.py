@@ -173,10 +173,14 @@ def check_responses_stream(events: list[tuple[str | None, JSON]]) -> JSON:
             assert index == len(done) and not items, "items open one at a time, in order"
             items[index] = data["item"]
             texts[index] = ""
-        elif kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+        elif kind in (
+            "response.output_text.delta",
+            "response.function_call_arguments.delta",
+            "response.reasoning_text.delta",
+        ):
             assert index in items and data["item_id"] == items[index]["id"]
             texts[index] += data["delta"]
-        elif kind == "response.output_text.done":
+        elif kind in ("response.output_text.done", "response.reasoning_text.done"):
             assert data["text"] == texts[index]
         elif kind == "response.function_call_arguments.done":
             assert data["arguments"] == texts[index]

@@ -779,6 +779,25 @@ def test_responses_stream_tools() -> None:
     assert final["output"][1]["call_id"] == "call_1" and final["output"][2]["name"] == "time"
 
 
+def test_responses_reasoning_comes_back_as_a_reasoning_item() -> None:
+    chunks = [
+        chunk({"role": "assistant", "reasoning_content": "Let me"}),
+        chunk({"reasoning_content": " think."}),
+        chunk({"content": "Yes."}),
+        chunk({}, "stop"),
+        usage_chunk(),
+    ]
+    final, events = run_responses(chunks)
+    assert [i["type"] for i in final["output"]] == ["reasoning", "message"]
+    assert final["output"][0]["content"] == [{"type": "reasoning_text", "text": "Let me think."}]
+    assert "response.reasoning_text.done" in [d["type"] for _, d in events]
+    shell = rs.to_chat({"model": "gpt", "input": "hi"}).shell
+    message = {"role": "assistant", "content": "Yes.", "reasoning_content": "Let me think."}
+    out = rs.from_chat(reply(message, "stop"), shell)
+    assert_valid(out, "Response")
+    assert [i["type"] for i in out["output"]] == ["reasoning", "message"]
+
+
 def test_responses_stream_incomplete_and_failed() -> None:
     final, _ = run_responses([chunk({"content": "a"}), chunk({}, "length")])
     assert final["status"] == "incomplete"

@@ -7,6 +7,8 @@ internal (Chat Completions shaped) request out (`to_chat`); the internal reply b
 - ``input``: a string, or items: messages (``system``/``developer``/``user``/``assistant``, with
   ``input_text``, ``input_image`` and ``output_text`` parts), ``function_call`` and
   ``function_call_output``; ``reasoning`` items are dropped (no backend here takes them back).
+- A backend's ``reasoning_content`` comes back as a ``reasoning`` item (``reasoning_text``
+  content; streamed as ``response.reasoning_text.delta`` / ``.done``), before the message.
 - ``instructions`` is the first, system message; ``tools`` of type ``function``; ``tool_choice``
   (``auto``, ``none``, ``required``, a named function); ``text.format`` (``json_schema``,
   ``json_object``); ``max_output_tokens``; ``temperature``; ``top_p``; ``parallel_tool_calls``;
@@ -308,6 +310,13 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> JSON:
             "content": [] if status == "in_progress" else [part]}  # fmt: skip
 
 
+def _reasoning_item(item_id: str, text: str, status: str = "completed") -> JSON:
+    """What a model reasoned (a backend's ``reasoning_content``), as a ``reasoning`` item."""
+    content = [{"type": "reasoning_text", "text": text}] if status != "in_progress" else []
+    return {"id": item_id, "type": "reasoning", "summary": [], "content": content,
+            "status": status}  # fmt: skip
+
+
 def _call_item(item_id: str, call: JSON, arguments: str, status: str = "completed") -> JSON:
     fn = call.get("function") or {}
     return {"id": item_id, "type": "function_call", "status": status,
@@ -336,6 +345,9 @@ def from_chat(reply: JSON, shell: JSON) -> JSON:
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     output: list[JSON] = []
+    thinking = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(thinking, str) and thinking:
+        output.append(_reasoning_item(new_id("rs"), thinking))
     if isinstance(message.get("content"), str) and message["content"]:
         output.append(_message_item(new_id("msg"), message["content"]))
     for call in message.get("tool_calls") or ():
@@ -427,6 +439,9 @@ class ResponseStream:
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            thinking = delta.get("reasoning_content") or delta.get("reasoning")
+            if thinking:
+                out += self._reasoning(thinking)
             if delta.get("content"):
                 out += self._open_message() + self._text_delta(delta["content"])
             for call in delta.get("tool_calls") or ():
@@ -434,6 +449,18 @@ class ResponseStream:
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
         return out
+
+    def _reasoning(self, text: str) -> bytes:
+        out = b""
+        if self._item is None or self._item["type"] != "reasoning":
+            out = self._close_item()
+            self._item = _reasoning_item(new_id("rs"), "", "in_progress")
+            added = {"output_index": len(self._output), "item": self._item}
+            out += self._emit("response.output_item.added", added)
+        self._text.append(text)
+        where = {"item_id": self._item["id"], "output_index": len(self._output)}
+        delta = {**where, "content_index": 0, "delta": text}
+        return out + self._emit("response.reasoning_text.delta", delta)
 
     def _open_message(self) -> bytes:
         if self._item is not None and self._item["type"] == "message":
@@ -492,6 +519,10 @@ class ResponseStream:
             out += self._emit(
                 "response.content_part.done", {**where, "content_index": 0, "part": part}
             )
+        elif item["type"] == "reasoning":
+            done = _reasoning_item(item["id"], text, status)
+            reasoned = {**where, "content_index": 0, "text": text}
+            out = self._emit("response.reasoning_text.done", reasoned)
         else:
             done = {**item, "arguments": text, "status": status}
             args = {**where, "name": item["name"], "arguments": text}
