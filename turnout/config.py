@@ -68,6 +68,12 @@ class ServerConfig(_Strict):
     sse_keepalive_seconds: float = Field(10.0, gt=0)
     models_refresh_seconds: float = Field(60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    responses_store: int = Field(
+        0,
+        ge=0,
+        description="how many recent /v1/responses answers to keep for previous_response_id "
+        "and GET/DELETE /v1/responses/{id}; 0: stateless (previous_response_id refused)",
+    )
     admin_key: SecretStr | None = Field(
         None,
         min_length=1,
