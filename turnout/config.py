@@ -80,6 +80,15 @@ class ServerConfig(_Strict):
         description="required as 'Authorization: Bearer' by model-changing endpoints "
         "(turnout/server/admin.py); unset: they are open",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the gateway answers to beside loopback names, its own host and "
+        "IP addresses (turnout/server/guard.py: DNS rebinding); '*' for any",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the gateway (e.g. https://app.example.com)",
+    )
 
 
 class ModelEntry(_Strict):
