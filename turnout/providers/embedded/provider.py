@@ -44,7 +44,7 @@ from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Need, Scheduler
 from .server_engine import ServerEngine, find_llama_server
 from .settings import EmbeddedConfig, EmbeddedModel, accelerator_defaults
-from .thread_engine import ThreadEngine
+from .thread_engine import ThreadEngine, placements
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
@@ -143,17 +143,6 @@ def thread_engine_class(kind: str) -> type[ThreadEngine]:
 
 def _fixed(path: Path) -> Callable[[], Path]:
     return lambda: path
-
-
-def _placements(measure: list[tuple[str, ThreadEngine, Path]]) -> list[int | Need | BackendError]:
-    """What each model asks of the scheduler, or why it cannot say (a device not here)."""
-    out: list[int | Need | BackendError] = []
-    for _, engine, path in measure:
-        try:
-            out.append(engine.placement(path))
-        except BackendError as exc:
-            out.append(exc)
-    return out
 
 
 def _give_back(engine: LlamaEngine, llm: Any, lease: Lease) -> None:
@@ -319,7 +308,7 @@ class EmbeddedProvider(Provider):
                     )
             current[model.name] = model
         if measure:  # the runtimes' estimates read the models' configs: off the event loop
-            sizes = await asyncio.to_thread(_placements, measure)
+            sizes = await asyncio.to_thread(placements, [(e, p) for _, e, p in measure])
             for (name, _, _), size in zip(measure, sizes, strict=True):
                 self._record(name, size)
         for gone in set(self.files) - set(current):
@@ -446,14 +435,8 @@ class EmbeddedProvider(Provider):
             engine = self.engines.get(entry["name"])
             server = getattr(engine, "server", None)
             entry["engine"] = getattr(engine, "kind", "llama-cpp")
-            batcher = getattr(engine, "batcher", None)
-            if getattr(engine, "device", None):
-                entry["device"] = engine.device  # type: ignore[union-attr]
-            if batcher is not None:
-                entry["batch"] = {
-                    "slots": batcher.slots, "busy": batcher.busy(), "mode": batcher.mode,
-                    "steps": batcher.steps, "warm_up_seconds": round(batcher.warm_up_seconds, 2),
-                }  # fmt: skip
+            if isinstance(engine, ThreadEngine):
+                entry.update(engine.describe())  # device, batch
             if server is not None:
                 entry.update(pid=server.pid, url=server.url)
         return out

@@ -42,6 +42,7 @@ __all__ = [
     "StopScanner",
     "ThreadEngine",
     "chat_turns",
+    "placements",
     "require_packages",
     "template_for",
 ]
@@ -158,6 +159,10 @@ class ThreadEngine(ABC):
         """What the scheduler budgets for the model (blocking): host bytes, or a `Need` with
         GPU memory for a runtime that places models on a GPU."""
         return self.estimate_bytes(path)
+
+    def describe(self) -> JSON:
+        """What ``/v1/local/ps`` adds about the loaded engine (its device, its batch)."""
+        return {}
 
     # The engine shape the scheduler and the provider use.
 
@@ -332,3 +337,14 @@ class ThreadEngine(ABC):
             f"{self.kind} engine of model '{self.entry.name}' failed: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         )
+
+
+def placements(engines: list[tuple[ThreadEngine, Path]]) -> list[int | Need | BackendError]:
+    """What each model asks of the scheduler, or why it cannot say (a device not here)."""
+    out: list[int | Need | BackendError] = []
+    for engine, path in engines:
+        try:
+            out.append(engine.placement(path))
+        except BackendError as exc:
+            out.append(exc)
+    return out

@@ -303,6 +303,14 @@ class TransformersEngine(ThreadEngine):
         with contextlib.suppress(OSError, AttributeError):  # hand freed pages back to the system
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
+    def describe(self) -> JSON:
+        b = self.batcher
+        if b is None:
+            return {"device": self.device}
+        batch = {"slots": b.slots, "busy": b.busy(), "mode": b.mode, "steps": b.steps,
+                 "warm_up_seconds": round(b.warm_up_seconds, 2)}  # fmt: skip
+        return {"device": self.device, "batch": batch}
+
     # Batched generation (on an accelerator, or with max_batch above 1).
 
     async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
