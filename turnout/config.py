@@ -73,6 +73,16 @@ class ServerConfig(_Strict):
         description="required as 'Authorization: Bearer' by model-changing endpoints "
         "(turnout/server/admin.py); unset: they are open",
     )
+    # Shutdown, and the client side of connections (turnout/server/protocol.py), in seconds:
+    # the grace in-flight requests get on SIGTERM; the time a client has for a request's headers,
+    # for its body, to take what is written to it (else its stream's backend slot is freed); an
+    # idle keep-alive connection's life. Connections beyond max_connections get a 503.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(60.0, gt=0)
+    write_timeout_seconds: float = Field(30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class ModelEntry(_Strict):

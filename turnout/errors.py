@@ -45,6 +45,7 @@ __all__ = [
     "NoBackendAvailableError",
     "NotFoundError",
     "RequestTooLargeError",
+    "ShuttingDownError",
     "clean_upstream_message",
 ]
 
@@ -139,6 +140,14 @@ class NoBackendAvailableError(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "no_backend_available"
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway is stopping: a new request refused, or one cut at the end of the grace."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
 
 
 class BackendError(GatewayError):
