@@ -80,6 +80,12 @@ def test_config_check_prints_the_valid_config_with_secrets_masked(tmp_path: Path
         "models_refresh_seconds": 60.0,
         "log_level": "info",
         "admin_key": None,
+        "shutdown_grace_seconds": 30.0,
+        "header_timeout_seconds": 10.0,
+        "body_timeout_seconds": 60.0,
+        "write_timeout_seconds": 30.0,
+        "keepalive_timeout_seconds": 5.0,
+        "max_connections": 1000,
     }
     assert shown["aliases"] == {"fast": "local/qwen"}
 
@@ -122,7 +128,9 @@ def test_long_error_lines_are_not_wrapped(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert (
         "  server.prot: unknown setting; allowed: host, port, max_body_bytes, "
-        "sse_keepalive_seconds, models_refresh_seconds, log_level, admin_key\n"
+        "sse_keepalive_seconds, models_refresh_seconds, log_level, admin_key, "
+        "shutdown_grace_seconds, header_timeout_seconds, body_timeout_seconds, "
+        "write_timeout_seconds, keepalive_timeout_seconds, max_connections\n"
     ) in result.stderr
 
 
