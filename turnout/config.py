@@ -198,8 +198,11 @@ class ProviderConfig(_Strict):
     queue_size: int = Field(
         64, ge=0, description="requests that may wait for a slot beyond max_concurrency"
     )
-    first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
-    total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+    # A stream's time limits per call (turnout/routing/attempt.py): to its first chunk (unset:
+    # 120 s for a local backend, 60 s for a cloud one), between chunks, and in all.
+    first_token_timeout: float | None = Field(None, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    total_timeout: float | None = Field(600.0, gt=0)
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
@@ -295,7 +298,9 @@ class RetryConfig(_Strict):
     max_retries: int | None = Field(None, ge=0, le=10, description="unset: the provider's")
     backoff_base: float = Field(0.1, ge=0)
     backoff_cap: float = Field(2.0, ge=0)
-    retry_on: list[str] = Field(default_factory=lambda: list(RETRY_CLASSES[:5]))
+    # A timeout is not retried on the same backend by default (a stalled backend would hold
+    # the client three times as long); it still falls back to the next target.
+    retry_on: list[str] = Field(default_factory=lambda: ["connection", "429", "5xx", "protocol"])
     honour_retry_after: bool = True
     recovery_wait: float = Field(
         2.0, ge=0, description="how long a request waits for a cooling backend to recover"

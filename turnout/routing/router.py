@@ -226,9 +226,7 @@ class Router:
         retries = provider.config.max_retries if policy.max_retries is None else policy.max_retries
         call = Call(run.kind, run.body, option.target.model, run.stream)
         trace = run.trace
-        first_token = (
-            trace.first_token_timeout or route.first_token or provider.config.first_token_timeout
-        )
+        first_token = trace.first_token_timeout or route.first_token or backend.first_token
         for attempt in range(retries + 1):
             if attempt and not await self._again(attempt, backend, policy, run):
                 return None
