@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from .. import __version__
 from ..config import Config
-from ..errors import ConfigError
-from . import ConfigOption, UrlOption, app, console, err_console, load
+from ..errors import ConfigError, RedactingFilter
+from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -34,7 +34,18 @@ def _uvicorn_server(cfg: Config, log_level: str | None = None) -> Any:
     except ConfigError as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
-    return Server(gateway, log_level)
+    server = Server(gateway, log_level)
+    _redact_logs()  # after uvicorn.Config (made by Server): it installs its own handlers
+    return server
+
+
+def _redact_logs() -> None:
+    """Redact configured secrets from everything turnout and uvicorn log (turnout/errors.py)."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("uvicorn", "uvicorn.error"))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 @app.command()
