@@ -159,7 +159,7 @@ class Attempts:
         finally:
             backend.limiter.leave(provider)
         ended = trace.call_ended(started)
-        backend.breaker.success(trial)
+        backend.breaker.success(trial, trace.client)
         self.observe(option, backend, ended - started, None)
         trace.attempts.append(
             (provider.name, option.target.model, True, None, ended - started, None)
@@ -210,7 +210,7 @@ class Attempts:
                 _abandon(backend, trial, trace, started)
             raise
         ended = trace.call_ended(started)
-        backend.breaker.success(trial)  # alive and generating: a trial ends here, not at the end
+        backend.breaker.success(trial, trace.client)  # alive: a trial ends here, not at the end
         trace.ttft_s = ended - started
         return Committed(self, option, backend, first, stream, started, end_at, deadline, trace)
 
@@ -229,7 +229,7 @@ def _failed(
     ended = trace.call_ended(started) if trace.started_call is not None else time.perf_counter()
     kind = failure_class(exc)
     if kind in COUNTED:
-        backend.breaker.failure(exc.detail, trial)
+        backend.breaker.failure(exc.detail, trial, trace.client)
     else:
         backend.breaker.abandon(trial)
         if kind == "429" and exc.retry_after:
@@ -379,7 +379,7 @@ class Committed:
         ttft = self._trace.ttft_s
         if exc is not None:
             if failure_class(exc) in COUNTED and exc.code != "request_timeout":
-                backend.breaker.failure(exc.detail)
+                backend.breaker.failure(exc.detail, source=self._trace.client)
             code: str | None = exc.code
         else:
             code = "cancelled" if abandoned else None

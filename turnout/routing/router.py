@@ -116,10 +116,14 @@ class Router:
         return {name: self.backend(p).live() for name, p in self.catalog.providers.items()}
 
     def probe_result(self, name: str, ok: bool) -> None:
-        """The health monitor reached a backend: an open circuit may try a request at once."""
+        """The health monitor reached a backend (an open circuit may try a request at once), or
+        did not (failures held as one client's are confirmed: the circuit opens)."""
         state = self._backends.get(name)
-        if ok and state is not None:
-            state.breaker.probe_ok()
+        if state is not None:
+            if ok:
+                state.breaker.probe_ok()
+            else:
+                state.breaker.probe_failed()
 
     def _load(self, option: Option) -> float:
         return self.backend(option.target.provider).limiter.load()
