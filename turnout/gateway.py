@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, ShuttingDownError, register_secrets
 from .providers import build_provider
 from .providers.base import Kind, Provider
 from .providers.discovery import AutoDiscovery
@@ -33,7 +34,9 @@ from .routing import Catalog, Router, Target
 from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
 from .telemetry import CURRENT, Telemetry, Trace
+from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
+from .wire.screen import Screen
 from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
@@ -71,6 +74,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = load_config(config, environ=environ)
+        register_secrets(_secrets(self.config))
         configs = dict(self.config.providers)
         if not configs and self.config.default_embedded:
             configs["embedded"] = ProviderConfig.model_validate(DEFAULT_EMBEDDED)
@@ -81,10 +85,20 @@ class Gateway:
         self.router = Router(self.catalog)
         self.health: HealthMonitor | None = None
         self.telemetry = Telemetry(live=self._live, prompt_text=prompt_text)
+        security = self.config.security
+        self.screen = Screen(
+            image_schemes=frozenset(security.image_url_schemes),
+            image_private_hosts=security.image_private_hosts,
+            keep_alive_min=parse_keep_alive(security.request_keep_alive_min),
+            keep_alive_max=parse_keep_alive(security.request_keep_alive_max),
+        )
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
         self._starting = asyncio.Lock()
         self.discovery: AutoDiscovery | None = None
+        self.draining = False  # the server is stopping: new requests are refused (`drain`)
+        self._inflight: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._cut: set[asyncio.Task[Any]] = set()  # cancelled by `cut`, not by their client
 
     async def start(self) -> None:
         """Load engines and open connections; called by ``async with`` and the HTTP server, and
@@ -125,9 +139,68 @@ class Gateway:
         if self.health is not None:
             await self.health.close()
             self.health = None
-        await self.telemetry.close()
+        await self.telemetry.close()  # flushes what is still pending
+        outcomes = self.telemetry.outcomes
+        log.info(
+            "statistics at close: %d requests (%d ok, %d errors, %d cancelled)",
+            sum(outcomes.values()), outcomes["ok"], outcomes["error"], outcomes["cancelled"],
+        )  # fmt: skip
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def drain(self) -> None:
+        """Refuse new requests from now on (503 ``shutting_down``); those in flight go on."""
+        self.draining = True
+
+    def in_flight(self) -> int:
+        """Requests (streams included) being served now."""
+        return sum(1 for task in self._inflight if not task.done())
+
+    def cut(self) -> int:
+        """End every request still in flight (the shutdown grace is over): each raises
+        `ShuttingDownError` where it waits, so a stream ends with an error event in its client's
+        dialect and a plain request with a 503. Returns how many were cut."""
+        cut = 0
+        for task in list(self._inflight):
+            if not task.done():
+                self._cut.add(task)
+                task.cancel()
+                cut += 1
+        return cut
+
+    def cut_short(self, exc: BaseException) -> ShuttingDownError | None:
+        """The error to raise instead of ``exc`` when ``exc`` is `cut`'s cancellation of the
+        current task (which is then no longer cancelled); None for any other exception."""
+        if not self._cut or not isinstance(exc, asyncio.CancelledError):
+            return None
+        task = asyncio.current_task()
+        if task is None or task not in self._cut:
+            return None
+        self._cut.discard(task)
+        task.uncancel()
+        return ShuttingDownError(
+            "turnout is shutting down: the request did not finish within the shutdown grace "
+            "(server.shutdown_grace_seconds)."
+        )
+
+    def _admit(self, trace: Trace) -> None:
+        """Raise what refuses the request before any routing; else count it as in flight."""
+        if trace.error is not None:
+            raise trace.error
+        if self.draining:
+            raise ShuttingDownError("turnout is shutting down and takes no new requests.")
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+
+    def _settled(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.discard(task)
 
     async def add_providers(self, added: Mapping[str, Provider]) -> None:
         """Serve ``added`` (started providers, by name) from now on: discovery registers what
@@ -199,13 +272,18 @@ class Gateway:
             await self.start()
         trace = self._trace(kind, body, False, timeout, first_token_timeout)
         try:
-            if trace.error is not None:
-                raise trace.error
+            self._admit(trace)
+            self.screen.check(kind, body)
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
-            self._abandon(trace, exc)
+            cut = self.cut_short(exc)
+            self._abandon(trace, cut or exc)
+            if cut is not None:
+                raise cut from None
             raise
+        finally:
+            self._settled()
         trace.usage(result.get("usage"), body)
         trace.ready()
         self.telemetry.emit(trace)
@@ -223,11 +301,15 @@ class Gateway:
             await self.start()
         trace = self._trace(kind, body, True, timeout, first_token_timeout)
         try:
-            if trace.error is not None:
-                raise trace.error
+            self._admit(trace)
+            self.screen.check(kind, body)
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
-            self._abandon(trace, exc)
+            self._settled()
+            cut = self.cut_short(exc)
+            self._abandon(trace, cut or exc)
+            if cut is not None:
+                raise cut from None
             raise
         trace.ready()
         if body.get("tools"):  # only a stream that may call tools pays for their mending
@@ -299,9 +381,13 @@ class Gateway:
                 usage = counted[1]
                 yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
-            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
+            cut = self.cut_short(exc)  # the shutdown grace is over
+            trace.failed(cut or exc)  # a GatewayError mid-stream, or the client gone (cancelled)
+            if cut is not None:
+                raise cut from None
             raise
         finally:
+            self._settled()
             trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 
@@ -371,6 +457,16 @@ class Gateway:
     async def models(self) -> list[JSON]:
         """Every model every provider serves, as ``provider/model`` ids, then the aliases."""
         return self.catalog.model_objects()
+
+
+def _secrets(config: Config) -> list[str | None]:
+    """Every credential in the configuration, which `turnout.errors.redact` must never show."""
+    admin = config.server.admin_key
+    values: list[str | None] = [admin.get_secret_value() if admin is not None else None]
+    for provider in config.providers.values():
+        values.append(provider.api_key)
+        values.extend(provider.headers.values())
+    return values
 
 
 def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferS
 from rich.table import Table
 
 from ..errors import GatewayError
-from . import ConfigOption, app, console, err_console, load
+from .common import ConfigOption, app, console, err_console, load
 from .models import human_size
 
 if TYPE_CHECKING:

@@ -101,7 +101,7 @@ class LocalModels(Protocol):
 class ModelStore(Protocol):
     """A backend whose models are managed through its API (Ollama's): listed, shown, pulled,
     deleted. The shapes are the backend's own; the gateway relays them
-    (turnout/server/ollama_admin.py, ``turnout ollama``)."""
+    (turnout/server/fronts/ollama_admin.py, ``turnout ollama``)."""
 
     async def tags(self) -> JSON:
         """The models installed (``{"models": [...]}``)."""

@@ -29,13 +29,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import GatewayError, InvalidRequestError, NotFoundError
-from ..gateway import Gateway
-from ..providers.base import ModelStore
-from .fronts.ollama_errors import OLLAMA_ERRORS
-from .models import read_body, require_pull
-from .pipeline import Endpoint, Route
-from .responses import OPENAI_ERRORS, Errors, json_response
+from ...errors import GatewayError, InvalidRequestError, NotFoundError
+from ...gateway import Gateway
+from ...providers.base import ModelStore
+from ...wire.screen import check_pull
+from ..models import read_body, require_pull
+from ..pipeline import Endpoint, Route
+from ..responses import OPENAI_ERRORS, Errors, json_response
+from .ollama_errors import OLLAMA_ERRORS
 
 __all__ = ["routes"]
 
@@ -100,6 +101,8 @@ async def _show(request: Request, native: bool) -> Response:
 async def _pull(request: Request, native: bool) -> Response:
     require_pull()  # after the admin key (the pipeline's admin_key stage)
     provider, body = await _model(request)
+    registries = request.app.state.gateway.config.security.pull_registries
+    check_pull(body["model"], bool(body.get("insecure")), registries)
     progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
     try:
         first = await anext(progress)  # a refused pull still gets a proper status
