@@ -21,7 +21,6 @@ from . import (
     admin,
     fronts,
     models as local_models,
-    ollama_admin,
     ops,
     providers as provider_list,
 )
@@ -54,7 +53,6 @@ def routes() -> list[Route]:
         *fronts.routes,
         *ops.routes,
         *local_models.routes,  # downloads, load, unload: marked admin
-        *ollama_admin.routes,  # pull, delete: marked admin
         *provider_list.routes,
     ]
 

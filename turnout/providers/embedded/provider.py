@@ -36,7 +36,7 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...models.hardware import gpu_memory
 from ...wire.durations import FOREVER, parse_keep_alive
-from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..base import JSON, Call, Capabilities, Chunk, Health, LocalFile, ModelInfo, Provider
 from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
 from .llama_engine import LlamaEngine, estimate_bytes
@@ -440,6 +440,20 @@ class EmbeddedProvider(Provider):
             if server is not None:
                 entry.update(pid=server.pid, url=server.url)
         return out
+
+    # LocalModels (turnout/providers/base.py), with load_model, unload_model and status above.
+
+    def load_stats(self) -> JSON:
+        return dict(self.scheduler.stats)
+
+    def models_folder(self) -> str | None:
+        return self.config.models_dir
+
+    def local_files(self) -> list[LocalFile]:
+        return [
+            LocalFile(m.name, m.path, getattr(self.engines.get(m.name), "kind", "llama-cpp"))
+            for m in self.files.values()
+        ]
 
     async def _relay(self, call: Call) -> AsyncGenerator[Chunk, None]:
         """A stream from a model's managed server or thread engine, its lease held until the
