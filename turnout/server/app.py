@@ -21,6 +21,7 @@ from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
 from . import (
     admin,
+    docs,
     models as local_models,
     ollama_admin,
     openai_front,
@@ -141,6 +142,7 @@ def create_app(gateway: Gateway) -> Front:
             *admin.guarded(local_models.routes),  # downloads, load, unload: the admin key
             *ollama_admin.routes,
             *provider_list.routes,
+            *docs.routes,
         ],
         middleware=[Middleware(ops.TraceMiddleware)],  # per-request trace: overrides, overhead
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
