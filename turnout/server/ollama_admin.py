@@ -33,6 +33,7 @@ from starlette.routing import Route
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..gateway import Gateway
 from ..providers.ollama import OllamaProvider
+from ..wire.screen import check_pull
 from .admin import check_admin
 from .models import read_body, require_pull
 from .responses import error_response, json_response
@@ -107,6 +108,8 @@ async def _pull(request: Request, native: bool) -> Response:
     check_admin(request)
     require_pull()
     provider, body = await _model(request)
+    registries = request.app.state.gateway.config.security.pull_registries
+    check_pull(body["model"], bool(body.get("insecure")), registries)
     progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
     try:
         first = await anext(progress)  # a refused pull still gets a proper status
