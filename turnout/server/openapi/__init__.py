@@ -20,15 +20,9 @@ from typing import Any, Protocol
 
 import yaml
 
-__all__ = ["DIALECTS", "RouteLike", "document", "missing", "operations"]
+__all__ = ["RouteLike", "dialects", "document", "missing", "operations"]
 
 _HERE = Path(__file__).resolve().parent
-#: error dialect -> the schema of its error body
-DIALECTS = {
-    "openai": "ErrorResponse",
-    "ollama": "OllamaError",
-    "anthropic": "AnthropicError",
-}
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[a-z]+)?}")
 _SHORTHANDS = ("x-request", "x-json", "x-sse", "x-ndjson", "x-errors")
 
@@ -50,6 +44,12 @@ def _data() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     components = yaml.safe_load((_HERE / "components.yaml").read_text())
     openai = json.loads((_HERE / "openai.json").read_text())
     return paths, components, openai
+
+
+def dialects() -> dict[str, str]:
+    """Error dialect (a route's ``x-errors``) -> the schema of its error body."""
+    found: dict[str, str] = _data()[1]["x-error-dialects"]
+    return found
 
 
 def operations(routes: Iterable[RouteLike]) -> list[tuple[str, str, Any]]:
@@ -90,7 +90,7 @@ def document(routes: Iterable[RouteLike], *, version: str) -> dict[str, Any]:
         "info": {
             "title": "turnout",
             "version": version,
-            "summary": "A local-first LLM gateway: OpenAI, Anthropic, Ollama and Responses fronts.",
+            "summary": "A local-first LLM gateway, one door for every local runtime.",
             "description": (
                 "Every route turnout serves. The OpenAI and Responses schemas are OpenAI's own "
                 f"({openai['source']}). Errors are told in the dialect of the route's front; "
@@ -120,7 +120,7 @@ def _ref(name: str, kind: str = "schemas") -> dict[str, str]:
 
 def _error_responses() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for dialect, schema in DIALECTS.items():
+    for dialect, schema in dialects().items():
         out[f"{dialect}_error"] = {
             "description": f"An error, in the {dialect} dialect",
             "headers": {"X-Request-Id": _ref("X-Request-Id", "headers")},
