@@ -8,12 +8,14 @@ import re
 import time
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.markup import escape
 
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
+from ..telemetry.logs import FORMATS, configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
@@ -69,15 +71,24 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="Log lines as readable text, or as one JSON object a line (json).",
+            click_type=click.Choice(FORMATS),
+        ),
+    ] = "text",
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
     import uvicorn
 
     cfg = load(config, host, port)
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.Server(_uvicorn_config(cfg)).run()
+    server_config = _uvicorn_config(cfg)
+    # after uvicorn.Config, which installs its own handlers: uvicorn's records go through ours
+    configure_logs(log_format, cfg.server.log_level)
+    _redact_logs()
+    uvicorn.Server(server_config).run()
 
 
 @app.command()
