@@ -15,12 +15,11 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
 from .. import __version__
 from ..errors import NotFoundError
 from . import openapi
-from .responses import error_response
+from .pipeline import Route
 
 __all__ = ["openapi_document", "routes", "routes_of"]
 
@@ -46,12 +45,9 @@ window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#docs", deepLinking:
 """
 
 
-def routes_of(app: Any) -> list[Any]:
-    """The route table of a turnout app (its own, or the Starlette app behind its front)."""
-    table = getattr(app, "routes", None)
-    if table is None:
-        table = app.app.routes
-    return list(table)
+def routes_of(app: Any) -> list[Route]:
+    """The route table of a turnout app (`Pipeline.routes`)."""
+    return list(app.routes)
 
 
 def openapi_document(app: Any) -> bytes:
@@ -74,7 +70,7 @@ async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     media = _TYPES.get(name)
     if media is None:
-        return error_response(NotFoundError(f"No such file: /docs/assets/{name}."))
+        raise NotFoundError(f"No such file: /docs/assets/{name}.")
     data = (_ASSETS / f"{name}.gz").read_bytes()
     headers = {"Cache-Control": "public, max-age=86400"}
     if "gzip" in request.headers.get("accept-encoding", ""):
@@ -85,7 +81,7 @@ async def asset(request: Request) -> Response:
 
 
 routes = [
-    Route("/openapi.json", openapi_json, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
-    Route("/docs/assets/{name}", asset, methods=["GET"]),
+    Route("/openapi.json", openapi_json),
+    Route("/docs", docs),
+    Route("/docs/assets/{name}", asset),
 ]
