@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 from tests.support.openapi import SpecValidator
 from tests.unit.test_server import MemoryProvider
 from turnout import __version__
+from turnout.errors import NotFoundError
 from turnout.gateway import Gateway
 from turnout.routing import Catalog, Router
 from turnout.server import create_app, docs, openapi
@@ -165,3 +166,33 @@ def test_docs_page_renders_from_vendored_files(client: Any) -> None:
     assert set(orjson.loads(missing.content)) == {"error"}
     raw = (docs._ASSETS / "swagger-ui.css.gz").read_bytes()
     assert gzip.decompress(raw)[:2]
+
+
+def test_each_route_errors_in_the_dialect_documented(document: dict[str, Any]) -> None:
+    """A route's error body (its front's `Errors`) validates against the error schema the
+    document gives it, and does not against another dialect's."""
+    schemas = openapi.dialects()
+    checked = 0
+    for method, path, route in openapi.operations(table()):
+        template = re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)
+        op = document["paths"][template][method]
+        dialect = op["responses"]["4XX"]["$ref"].rsplit("/", 1)[1].removesuffix("_error")
+        body = orjson.loads(orjson.dumps(route.errors.body(NotFoundError("gone"))))
+        schema = {"$ref": f"#/components/schemas/{schemas[dialect]}"}
+        errors = list(_validator(document, schema).iter_errors(body))
+        assert not errors, f"{method.upper()} {path}: {body} is not {dialect}: {errors[0].message}"
+        others = [d for d in schemas if d != dialect]
+        for other in others:
+            schema = {"$ref": f"#/components/schemas/{schemas[other]}"}
+            assert list(_validator(document, schema).iter_errors(body)), (path, other)
+        checked += 1
+    assert checked == len(openapi.operations(table()))
+
+
+def test_admin_routes_say_they_need_the_admin_key(document: dict[str, Any]) -> None:
+    admin = [(m, p) for m, p, r in openapi.operations(table()) if r.admin]
+    assert admin  # downloads, load, unload, pulls and deletes
+    for method, path in admin:
+        op = document["paths"][re.sub(r"{(\w+)(:\w+)?}", r"{\1}", path)][method]
+        assert op["security"] == [{"bearer": []}]
+        assert "admin key" in op["description"]

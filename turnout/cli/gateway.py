@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 import time
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.markup import escape
 
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
-from ..telemetry.logs import FORMATS, configure as configure_logs
+from ..telemetry.logs import configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
+
+
+class LogFormat(enum.StrEnum):
+    """``turnout serve --log-format`` (turnout/telemetry/logs.py)."""
+
+    text = "text"
+    json = "json"
+
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -72,13 +80,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     log_format: Annotated[
-        str,
-        typer.Option(
-            "--log-format",
-            help="Log lines as readable text, or as one JSON object a line (json).",
-            click_type=click.Choice(FORMATS),
-        ),
-    ] = "text",
+        LogFormat,
+        typer.Option(help="Log lines as readable text, or as one JSON object a line (json)."),
+    ] = LogFormat.text,
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
     import uvicorn
@@ -86,7 +90,7 @@ def serve(
     cfg = load(config, host, port)
     server_config = _uvicorn_config(cfg)
     # after uvicorn.Config, which installs its own handlers: uvicorn's records go through ours
-    configure_logs(log_format, cfg.server.log_level)
+    configure_logs(log_format.value, cfg.server.log_level)
     _redact_logs()
     uvicorn.Server(server_config).run()
 
