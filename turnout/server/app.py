@@ -26,6 +26,7 @@ from . import (
     ops,
     providers as provider_list,
 )
+from .guard import guard
 from .pipeline import Pipeline, Route, Stage
 from .responses import json_response
 
@@ -33,6 +34,7 @@ __all__ = ["STAGES", "create_app", "routes"]
 
 #: what every request passes after its trace and before its route, in order
 STAGES: tuple[Stage, ...] = (
+    guard,  # bounded bodies, a Host it answers to, no cross-origin change, JSON bodies
     admin.admin_key,  # a route marked admin needs the admin key
 )
 
