@@ -77,7 +77,7 @@ def gateway(environ: dict[str, str] | None = None) -> tuple[Gateway, list[Trace]
 
 def test_request_id_returned_and_taken_from_the_client() -> None:
     gw, seen = gateway()
-    with TestClient(create_app(gw)) as http:
+    with TestClient(create_app(gw), base_url="http://127.0.0.1") as http:
         first = http.post("/v1/chat/completions", json=CHAT)
         second = http.get("/health")
         assert first.status_code == 200
@@ -110,7 +110,7 @@ def _record(trace: Trace | None = None, **extra: Any) -> logging.LogRecord:
 
 def test_json_line_of_a_real_request() -> None:
     gw, seen = gateway()
-    with TestClient(create_app(gw)) as http:
+    with TestClient(create_app(gw), base_url="http://127.0.0.1") as http:
         response = http.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "r-1"})
         gw.telemetry.flush()
     assert response.status_code == 200
@@ -253,7 +253,7 @@ def _attrs(span: Any) -> dict[str, Any]:
 def test_one_trace_per_request_with_its_attempts(receiver: Receiver) -> None:
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     gw, seen = gateway({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
-    with TestClient(create_app(gw)) as http:
+    with TestClient(create_app(gw), base_url="http://127.0.0.1") as http:
         plain = http.post("/v1/chat/completions", json=CHAT)
         streamed = http.post("/v1/chat/completions", json={**CHAT, "stream": True})
         http.get("/health")  # not a model request: no trace

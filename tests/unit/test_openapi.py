@@ -38,7 +38,7 @@ def gateway() -> Gateway:
 
 @pytest.fixture(scope="module")
 def client() -> Any:
-    with TestClient(create_app(gateway())) as http:
+    with TestClient(create_app(gateway()), base_url="http://127.0.0.1") as http:
         yield http
 
 
@@ -127,12 +127,37 @@ def test_answers_validate_against_the_document(client: Any, document: dict[str, 
          {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
         ("post", "/v1/embeddings", "/v1/embeddings", {"model": "fast", "input": 3.5}),
         ("post", "/v1/models/local/m/load", "/v1/models/{model}/load", {}),
+        ("post", "/v1/messages", "/v1/messages",
+         {"model": "fast", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+        ("post", "/v1/messages", "/v1/messages", {"model": "fast", "messages": []}),
+        ("post", "/v1/messages/count_tokens", "/v1/messages/count_tokens",
+         {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}),
+        ("get", "/api/version", "/api/version", None),
+        ("get", "/api/tags", "/api/tags", None),
+        ("get", "/api/ps", "/api/ps", None),
+        ("post", "/api/chat", "/api/chat",
+         {"model": "fast", "stream": False, "messages": [{"role": "user", "content": "hi"}]}),
+        ("post", "/api/chat", "/api/chat", {"model": "nope", "stream": False, "messages": []}),
+        ("post", "/api/generate", "/api/generate",
+         {"model": "fast", "stream": False, "prompt": "hi"}),
+        ("post", "/v1/responses", "/v1/responses", {"model": "fast", "input": "hi"}),
+        ("post", "/v1/responses", "/v1/responses", {"model": "fast"}),
+        ("get", "/v1/responses/resp_nothing", "/v1/responses/{response_id}", None),
+        ("get", "/api/local-llm/providers", "/api/local-llm/providers", None),
+        ("post", "/api/local-llm/proxy", "/api/local-llm/proxy",
+         {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}),
+        ("post", "/api/local-llm/proxy", "/api/local-llm/proxy", {"messages": []}),
     ]  # fmt: skip
     statuses = set()
+    failures = []
     for method, url, path, body in cases:
         response = client.request(method.upper(), url, json=body)
         statuses.add(response.status_code)
-        check(document, method, path, response.status_code, response)
+        try:
+            check(document, method, path, response.status_code, response)
+        except (AssertionError, KeyError) as exc:
+            failures.append(f"{method} {url} {response.status_code}: {exc!r} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
     assert {200, 400, 404} <= statuses
 
 
