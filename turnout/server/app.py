@@ -25,6 +25,7 @@ from . import (
     ollama_admin,
     ops,
     providers as provider_list,
+    ui,
 )
 from .guard import guard
 from .pipeline import Pipeline, Route, Stage
@@ -56,6 +57,7 @@ def routes() -> list[Route]:
         *ollama_admin.routes,  # pull, delete: marked admin
         *provider_list.routes,
         *docs.routes,  # /openapi.json (built from this table), /docs
+        *ui.routes,  # the dashboard
     ]
 
 
@@ -98,4 +100,5 @@ def create_app(gateway: Gateway, *, stages: Sequence[Stage] = STAGES) -> Pipelin
 
     app = Pipeline(routes(), stages, lifespan)
     app.state.gateway = gateway
+    ui.recent(gateway)  # the dashboard's request log, kept from the start
     return app

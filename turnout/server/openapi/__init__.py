@@ -138,7 +138,7 @@ def _operation(described: dict[str, Any], method: str, path: str, admin: bool) -
         op["parameters"] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in params
-        ]
+        ] + list(op.get("parameters") or ())
     if "x-request" in described:
         op["requestBody"] = {
             "required": True,
