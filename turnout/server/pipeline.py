@@ -141,8 +141,13 @@ def start_trace(scope: Scope) -> Trace:
             _override(trace, name, value)
         elif name == _REQUEST_ID and _CLIENT_ID.fullmatch(value):
             trace.request_id = value.decode()
+        elif name == b"authorization":
+            trace.client = hash(value)  # its key: the breaker tells clients apart by it
     if not trace.request_id:
         trace.request_id = f"{_ID_PREFIX}-{next(_ids):x}"
+    if trace.client is None:
+        client = scope.get("client")
+        trace.client = client[0] if client else None
     return trace
 
 
