@@ -183,6 +183,11 @@ def test_serve_with_log_format_json(tmp_path: Path) -> None:
                 assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
                 time.sleep(0.2)
         assert r.headers["x-request-id"] == "cli"
+        chat = {"model": "nowhere", "messages": [{"role": "user", "content": "hi"}]}
+        refused = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat,
+                             headers={"X-Request-Id": "cli-chat"})  # fmt: skip
+        assert refused.status_code == 404
+        time.sleep(1.2)  # the drain writes the request's line within half a second
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
@@ -191,6 +196,11 @@ def test_serve_with_log_format_json(tmp_path: Path) -> None:
     parsed = [json.loads(line) for line in lines]  # fails on any line that is not JSON
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
+    (line,) = [p for p in parsed if p["logger"] == "turnout.requests"]
+    assert line["request_id"] == "cli-chat"
+    assert line["model"] == "nowhere" and line["outcome"] == "error"
+    assert line["error"] == "model_not_found" and line["latency_ms"] > 0
+    assert line["level"] == "info" and "model=nowhere" in line["message"]
 
 
 # --- traces over OTLP ---------------------------------------------------------------------------

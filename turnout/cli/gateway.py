@@ -15,7 +15,7 @@ from rich.markup import escape
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
-from ..telemetry.logs import configure as configure_logs
+from ..telemetry.logs import RequestLog, configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 
@@ -73,6 +73,7 @@ def serve(
     with an error, and exits 0; a second signal stops it at once."""
     cfg = load(config, host, port)
     server = _uvicorn_server(cfg)
+    server.gateway.telemetry.add_sink(RequestLog())  # one log line a request, from the drain
     # after uvicorn.Config (made by Server), which installs its own handlers: uvicorn's records
     # go through turnout's handler, in the format asked for
     configure_logs(log_format.value, cfg.server.log_level)

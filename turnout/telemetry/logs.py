@@ -8,7 +8,8 @@ key), ``method``, ``path``, ``model``, ``backend``, ``status``, ``outcome``, ``e
 carries them either as ``extra={"trace": trace}`` (a `Trace`, read here, after the fact, in the
 telemetry drain) or as plain ``extra`` fields of those names. Exceptions become ``exc_info``.
 
-The formatters only format; which logger writes what stays with the code that logs.
+`RequestLog` is the telemetry sink that writes those request lines (``turnout serve`` attaches
+it); the formatters only format.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FORMATS", "JsonFormatter", "TextFormatter", "configure", "trace_fields"]
+__all__ = [
+    "FORMATS",
+    "JsonFormatter",
+    "RequestLog",
+    "TextFormatter",
+    "configure",
+    "trace_fields",
+]
 
 FORMATS = ("text", "json")
 #: plain ``extra`` fields copied into a JSON line when a record has them
@@ -127,3 +135,28 @@ def configure(fmt: str = "text", level: str | int = "INFO") -> logging.Handler:
         uv.handlers.clear()
         uv.propagate = True
     return handler
+
+
+class RequestLog:
+    """A telemetry sink writing one line a finished model request to the ``turnout.requests``
+    logger (info level), from the drain's batch: a request pays for no formatting or I/O. The
+    record carries the trace (``extra={"trace": trace}``), so `JsonFormatter` writes its fields
+    and the text line stays short."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("turnout.requests")
+
+    def __call__(self, batch: Any) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
+            return
+        for trace in batch:
+            if trace.kind is None:
+                continue
+            fields = trace_fields(trace)
+            tokens = f"{fields.get('tokens_in', '?')}+{fields.get('tokens_out', '?')}"
+            self.log.info(
+                "%s model=%s backend=%s %s tokens=%s latency_ms=%s",
+                trace.kind, fields.get("model", "-"), fields.get("backend", "-"),
+                fields.get("error") or fields["outcome"], tokens, fields.get("latency_ms", "-"),
+                extra={"trace": trace},
+            )  # fmt: skip
