@@ -191,8 +191,13 @@ def test_dashboard(gateway: str, browser: Any) -> None:
         return d.find_element("css selector", f".card[data-name='{name}'] .v").text
 
     wait(lambda: int(card("requests")) >= 3, 20, "the request count")
-    wait(lambda: d.find_element("css selector", "#chart-rps polyline").get_attribute("points")
-         .count(",") >= 2, 20, "a chart with points")  # fmt: skip
+    assert float(card("req/s (last minute)")) >= 0
+    # the charts: an hour of 10-second buckets, the chats counted in them
+    wait(lambda: int(d.find_element("id", "chart-rps").get_attribute("data-total")) >= 3, 20,
+         "the chats in the chart")  # fmt: skip
+    points = d.find_element("css selector", "#chart-rps polyline").get_attribute("points")
+    heights = {float(p.split(",")[1]) for p in points.split()}
+    assert len(points.split()) == 360 and len(heights) > 1  # the line moved off the baseline
     assert "embedded" in d.find_element("id", "series").text
     shot(d, "1-overview")
 

@@ -59,6 +59,10 @@ def test_with_an_admin_key_the_session_cookie_is_needed() -> None:
         assert entry["model"] == "m" and entry["backend"] == "local/m" and entry["outcome"] == "ok"
         assert "secret prompt" not in log.text  # no content in the log
         assert http.get("/ui/api/requests?q=nothing-like-it").json()["data"] == []
+        history = http.get("/ui/api/history").json()
+        assert history["bucket_seconds"] == 10 and len(history["data"]) == 360
+        assert sum(b["requests"] for b in history["data"]) == 1
+        assert history["data"][-1]["time"] > history["data"][0]["time"]
         http.post("/ui/api/logout", json={})
         assert http.get("/ui/api/requests").status_code == 401
 

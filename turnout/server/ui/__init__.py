@@ -13,7 +13,9 @@ Who may see it:
   form-body checks apply (turnout/server/guard.py): no other page can act through the cookie.
 - Without an admin key, the dashboard answers only to clients on this machine (loopback).
 
-``/ui/api/requests`` is the recent-requests log: the last `RECENT` finished requests (time, key,
+``/ui/api/history`` is the last hour in 10-second buckets (requests, errors, tokens out, mean
+latency and time to first token), what the Overview's charts draw. ``/ui/api/requests`` is the
+recent-requests log: the last `RECENT` finished requests (time, key,
 model, backend, status, tokens, latency, time to first token), kept by a telemetry sink from the
 drain, never their content.
 """
@@ -54,11 +56,47 @@ SESSION_S = 12 * 3600
 RECENT = 500
 
 
+#: the Overview's charts: requests per `BUCKET_S` seconds, for the last hour
+BUCKET_S = 10
+BUCKETS = 360
+
+
 class Recent:
-    """A telemetry sink: a summary of the last `RECENT` finished requests (no content)."""
+    """A telemetry sink: a summary of the last `RECENT` finished requests (no content), and
+    per-`BUCKET_S` totals for the last hour (the Overview's charts), both from the drain."""
 
     def __init__(self, size: int = RECENT) -> None:
         self.items: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        #: bucket start (epoch s) -> [requests, errors, tokens out, latency sum (s), ttft sum, n]
+        self.buckets: collections.OrderedDict[int, list[float]] = collections.OrderedDict()
+
+    def _count(self, at: float, trace: Any, latency: float) -> None:
+        start = int(at) // BUCKET_S * BUCKET_S
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self.buckets[start] = [0, 0, 0, 0.0, 0.0, 0]
+            while len(self.buckets) > BUCKETS:
+                self.buckets.popitem(last=False)
+        bucket[0] += 1
+        bucket[1] += trace.outcome == "error"
+        bucket[2] += trace.tokens_out or 0
+        bucket[3] += latency
+        if trace.ttft_s is not None:
+            bucket[4] += trace.ttft_s
+            bucket[5] += 1
+
+    def history(self, now: float) -> list[dict[str, Any]]:
+        """The last hour, one entry a bucket (empty buckets included), oldest first."""
+        last = int(now) // BUCKET_S * BUCKET_S
+        out = []
+        for start in range(last - (BUCKETS - 1) * BUCKET_S, last + 1, BUCKET_S):
+            n, errors, tokens, latency, ttft, timed = self.buckets.get(start, (0, 0, 0, 0, 0, 0))
+            out.append({
+                "time": start, "requests": n, "errors": errors, "tokens_out": tokens,
+                "latency_ms": round(latency / n * 1000, 1) if n else None,
+                "ttft_ms": round(ttft / timed * 1000, 1) if timed else None,
+            })  # fmt: skip
+        return out
 
     def __call__(self, batch: Any) -> None:
         now_wall, now = time.time(), time.perf_counter()
@@ -66,6 +104,7 @@ class Recent:
             if trace.kind is None:
                 continue
             end = trace.t_end or now
+            self._count(now_wall - (now - end), trace, end - trace.t_start)
             self.items.append({
                 "time": round(now_wall - (now - trace.t_start), 3),
                 "request_id": trace.request_id,
@@ -192,6 +231,14 @@ async def requests_log(request: Request) -> ASGIApp:
     return json_response({"object": "list", "data": items[::-1]})
 
 
+async def history(request: Request) -> ASGIApp:
+    _require(request)
+    gateway: Gateway = request.app.state.gateway
+    gateway.telemetry.flush()
+    data = recent(gateway).history(time.time())
+    return json_response({"object": "list", "bucket_seconds": BUCKET_S, "data": data})
+
+
 async def model_action(request: Request) -> ASGIApp:
     """Load or unload a model for a logged-in person (the admin key's session)."""
     _require(request)
@@ -210,5 +257,6 @@ routes = [
     Route("/ui/api/login", login, ("POST",)),
     Route("/ui/api/logout", logout, ("POST",)),
     Route("/ui/api/requests", requests_log),
+    Route("/ui/api/history", history),
     Route("/ui/api/models/{model:path}/{action}", model_action, ("POST",)),
 ]

@@ -4,8 +4,6 @@
 
 const PAGES = ["overview", "providers", "models", "keys", "requests", "playground"];
 const POLL_MS = 2000;
-const HISTORY = 1800; // an hour of samples, one per POLL_MS
-const history = []; // {t, requests, errors, tokensOut}
 let timer = null;
 
 const $ = (sel) => document.querySelector(sel);
@@ -130,32 +128,31 @@ function draw(svg, values) {
 }
 
 async function overview() {
-  const result = await api("/stats");
+  const [result, hist] = await Promise.all([api("/stats"), api("/ui/api/history")]);
   if (!result.ok) return;
   const stats = result.data;
   const all = series(stats);
   const tokensOut = all.reduce((a, s) => a + s.tokens_out, 0);
   const tokensIn = all.reduce((a, s) => a + s.tokens_in, 0);
   const cost = all.reduce((a, s) => a + s.cost, 0);
-  const now = { t: Date.now() / 1000, requests: stats.requests.total, errors: stats.requests.error, tokensOut };
-  history.push(now);
-  if (history.length > HISTORY) history.shift();
-  const rates = [], errorRates = [], tps = [];
-  for (let i = 1; i < history.length; i++) {
-    const a = history[i - 1], b = history[i], dt = Math.max(1e-3, b.t - a.t);
-    const n = b.requests - a.requests;
-    rates.push(n / dt);
-    errorRates.push(n > 0 ? (b.errors - a.errors) / n : 0);
-    tps.push((b.tokensOut - a.tokensOut) / dt);
-  }
+  // the last hour, server-side, in buckets: the charts survive a reload
+  const buckets = hist.ok ? hist.data.data : [];
+  const width = hist.ok ? hist.data.bucket_seconds : 10;
+  const rates = buckets.map((b) => b.requests / width);
+  const errorRates = buckets.map((b) => (b.requests ? b.errors / b.requests : 0));
+  const tps = buckets.map((b) => b.tokens_out / width);
+  const latency = buckets.map((b) => b.latency_ms || 0);
+  const recent = buckets.slice(-7, -1); // the last complete minute
+  const minute = recent.reduce((a, b) => a + b.requests, 0);
   const p = (key, q) => Math.max(0, ...all.map((s) => (s[key] && s[key][q]) || 0));
   const cards = [
     ["requests", stats.requests.total], ["errors", stats.requests.error],
-    ["req/s", fmt(rates.at(-1) || 0, 2)],
+    ["req/s (last minute)", fmt(minute / 60, 2)],
     ["error rate", fmt(100 * (stats.requests.total ? stats.requests.error / stats.requests.total : 0), 1) + "%"],
     ["latency p50 ms", fmt(p("latency_ms", "p50"))], ["latency p95 ms", fmt(p("latency_ms", "p95"))],
     ["TTFT p50 ms", fmt(p("ttft_ms", "p50"))], ["TTFT p95 ms", fmt(p("ttft_ms", "p95"))],
-    ["tokens in/out", `${tokensIn}/${tokensOut}`], ["tokens/s", fmt(tps.at(-1) || 0, 1)],
+    ["tokens in/out", `${tokensIn}/${tokensOut}`],
+    ["tokens/s (last minute)", fmt(recent.reduce((a, b) => a + b.tokens_out, 0) / 60, 1)],
     ["cost", "$" + fmt(cost, 4)], ["overhead p50 ms", fmt(stats.overhead_ms && stats.overhead_ms.p50, 3)],
   ];
   $("#cards").replaceChildren(...cards.map(([k, v]) => {
@@ -167,6 +164,8 @@ async function overview() {
   draw($("#chart-rps"), rates.length ? rates : [0]);
   draw($("#chart-errors"), errorRates.length ? errorRates : [0]);
   draw($("#chart-tps"), tps.length ? tps : [0]);
+  draw($("#chart-latency"), latency.length ? latency : [0]);
+  $("#chart-rps").dataset.total = String(buckets.reduce((a, b) => a + b.requests, 0));
   fill($("#series tbody"), all.map((s) => row([
     s.backend, s.model, s.requests, s.failures, fmt(s.latency_ms.p50), fmt(s.latency_ms.p95),
     fmt(s.ttft_ms.p50), `${s.tokens_in}/${s.tokens_out}`, "$" + fmt(s.cost, 4),
