@@ -4,6 +4,11 @@ A request appends its `Trace` to a bounded list (O(1); when full, the record is 
 counted, never queued without bound). A background task drains the list every ``interval``
 seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
 and `Gateway.stats()` drain it first, so what they show includes every finished request.
+
+Sinks (`Telemetry.add_sink`) receive each drained batch after the statistics have filled in its
+token counts (estimated where the backend gave none) and costs: the usage ledger is one
+(turnout/store/ledger.py). With a sink attached a full list is drained at once instead of
+dropping a record: a ledger row is owed for every request.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import tasks
@@ -20,7 +25,10 @@ from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
 
-__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace"]
+__all__ = ["CONTENT_TYPE", "CURRENT", "Sink", "Telemetry", "Trace"]
+
+#: receives every drained batch of finished requests; must not block (queue, then return)
+Sink = Callable[[Sequence[Trace]], None]
 
 log = logging.getLogger("turnout.telemetry")
 
@@ -47,10 +55,21 @@ class Telemetry:
         self._pending: list[Trace] = []
         self._series: dict[tuple[str, str], Series] = {}
         self._task: asyncio.Task[None] | None = None
+        self._sinks: list[Sink] = []
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
 
     def emit(self, trace: Trace) -> None:
-        """Hand over a finished request; O(1), no await."""
+        """Hand over a finished request, once; O(1), no await."""
+        if trace.emitted:
+            return
+        trace.emitted = True
+        trace.latency_s = time.perf_counter() - trace.t_start
         if len(self._pending) < self.capacity:
+            self._pending.append(trace)
+        elif self._sinks:
+            self.flush()
             self._pending.append(trace)
         else:
             self.dropped += 1
@@ -90,6 +109,12 @@ class Telemetry:
         if self.dropped > self._dropped_counted:
             self.metrics.dropped.inc(self.dropped - self._dropped_counted)
             self._dropped_counted = self.dropped
+        if batch:
+            for sink in self._sinks:
+                try:
+                    sink(batch)
+                except Exception:  # one failing sink must not stop the others
+                    log.exception("telemetry sink failed")
 
     def _series_for(self, backend: str, model: str) -> Series:
         key = (backend, model)
@@ -134,9 +159,11 @@ class Telemetry:
             self._tokens(trace, series)
 
     def _tokens(self, trace: Trace, series: Series) -> None:
+        """Count the reply's tokens and cost; what was estimated is written back to the trace."""
         tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
         if tokens_in is None or tokens_out is None:
             series.tokens_estimated += 1
+            trace.estimated = True
             if tokens_in is None:
                 text = ""
                 if trace.body is not None and self._prompt_text is not None and trace.kind:
@@ -145,11 +172,13 @@ class Telemetry:
             tokens_out = tokens_out or 0
         series.tokens_in += tokens_in
         series.tokens_out += tokens_out
+        trace.tokens_in, trace.tokens_out = tokens_in, tokens_out
         cost = tokens_in / 1000 * (trace.price_in or 0.0) + tokens_out / 1000 * (
             trace.price_out or 0.0
         )
         if cost:
             series.cost += cost
+            trace.cost = cost
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, per backend and model, with each backend's live state."""
