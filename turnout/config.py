@@ -68,7 +68,7 @@ class ServerConfig(_Strict):
 
 
 def _keep_alive(value: float | str | None) -> float | str | None:
-    from .models.durations import parse_keep_alive
+    from .wire.durations import parse_keep_alive
 
     if value is not None:
         parse_keep_alive(value)  # raises ValueError saying what is allowed
@@ -77,7 +77,7 @@ def _keep_alive(value: float | str | None) -> float | str | None:
 
 #: idle time before a local model unloads: seconds, a duration like "10m", or -1 (never)
 KeepAlive = Annotated[float | str | None, AfterValidator(_keep_alive)]
-#: how a local model runs (turnout/providers/embedded.py); auto picks by the model's format
+#: how a local model runs (turnout/providers/embedded/provider.py); auto picks by the model's format
 Engine = Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"]
 
 

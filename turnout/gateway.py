@@ -29,12 +29,13 @@ from .config import Config, ProviderConfig, load_config
 from .discovery import AutoDiscovery
 from .errors import InvalidRequestError
 from .providers import build_provider
-from .providers.base import JSON, Chunk, Provider
+from .providers.base import Kind, Provider
 from .routing import Catalog, Router, Target
 from .routing.health import BackendHealth, HealthMonitor
 from .routing.strategies import prompt_text
 from .telemetry import CURRENT, Telemetry, Trace
 from .wire.openai import embedding_base64
+from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
 __all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply"]
@@ -160,7 +161,7 @@ class Gateway:
 
     def _trace(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         stream: bool,
         timeout: float | None,
@@ -184,7 +185,7 @@ class Gateway:
 
     async def complete(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         *,
         timeout: float | None = None,
@@ -208,7 +209,7 @@ class Gateway:
 
     async def open_stream(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         *,
         timeout: float | None = None,
@@ -245,7 +246,7 @@ class Gateway:
 
     async def _metered(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         chunks: AsyncIterator[Chunk],
         target: Target,
@@ -311,7 +312,7 @@ class Gateway:
             trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 
-    async def _count_usage(self, kind: str, body: JSON, target: Target, completion: str) -> JSON:
+    async def _count_usage(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
         prompt = prompt_text(kind, body)
         provider = target.provider
         counts: list[int] = []
@@ -388,7 +389,7 @@ class Gateway:
         return self.catalog.model_objects()
 
 
-def _conform(kind: str, body: JSON, result: JSON) -> JSON:
+def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:
     """Fill in what OpenAI's schema requires of a reply and local runtimes leave out: a chat
     message's ``refusal`` and a choice's ``logprobs`` (both null), and base64 embeddings when the
     client asked for them (runtimes answer with floats whatever ``encoding_format`` says)."""

@@ -18,7 +18,7 @@ from tests.fakes.gpt4all import run_fake_gpt4all
 from tests.fakes.kobold import run_fake_kobold
 from tests.fakes.ollama import run_fake_ollama
 from tests.fakes.openai_runtimes import PROFILES, run_fake_runtime
-from turnout.providers.base import Capabilities
+from turnout.wire.types import Capabilities
 
 __all__ = ["FAKES", "REAL", "Failure", "Runtime", "fake_runtime"]
 

@@ -17,7 +17,7 @@ from tests.support.checks import check_chat_stream
 from tests.support.servers import run_gateway
 from turnout import Gateway
 from turnout.errors import ConfigError
-from turnout.models.server_engine import PYTHON_SERVER, command, find_llama_server
+from turnout.providers.embedded.server_engine import PYTHON_SERVER, command, find_llama_server
 
 pytestmark = pytest.mark.slow
 

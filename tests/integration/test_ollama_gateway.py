@@ -19,8 +19,8 @@ from tests.fakes.ollama import FakeOllama, embedding_of, run_fake_ollama
 from tests.support.servers import free_port, run_gateway
 from turnout import Gateway
 from turnout.config import ProviderConfig
-from turnout.providers.base import Call
 from turnout.providers.ollama import OllamaProvider
+from turnout.wire.types import Call
 
 PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="

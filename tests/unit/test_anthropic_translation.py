@@ -29,8 +29,8 @@ from turnout.errors import (
 from turnout.providers import build_provider
 from turnout.providers.anthropic import VERSION, AnthropicProvider, reset_wait
 from turnout.providers.anthropic_translate import AnthropicStream, from_anthropic, to_anthropic
-from turnout.providers.base import Call, needs
 from turnout.wire.sse import SSEDecoder
+from turnout.wire.types import Call, needs
 from turnout.wire.validate import validate_chat
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "anthropic"

@@ -6,7 +6,7 @@ import pytest
 
 from turnout.config import ProviderConfig
 from turnout.providers import build_provider
-from turnout.providers.base import Capabilities, needs
+from turnout.wire.types import Capabilities, needs
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 

@@ -1,6 +1,7 @@
-"""Which engine serves a model (turnout/providers/embedded.py): by format under ``engine: auto``,
-forced per model or per provider, refused on a format it cannot read; what each reports it can
-do; conversion arguments refused before any work (turnout/models/convert.py). No model runs."""
+"""Which engine serves a model (turnout/providers/embedded/provider.py): by format under
+``engine: auto``, forced per model or per provider, refused on a format it cannot read; what each
+reports it can do; conversion arguments refused before any work (turnout/models/convert.py). No
+model runs."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from turnout.config import ModelEntry, ProviderConfig
 from turnout.errors import BackendError, ConfigError
 from turnout.models.convert import ConvertError, gguf_to_hf
 from turnout.models.directory import scan
-from turnout.models.llama_engine import LlamaEngine
-from turnout.models.server_engine import ServerEngine
-from turnout.models.thread_engine import require_packages
-from turnout.models.torch_engine import TransformersEngine
 from turnout.providers.embedded import EmbeddedProvider, default_engine, model_format
+from turnout.providers.embedded.llama_engine import LlamaEngine
+from turnout.providers.embedded.server_engine import ServerEngine
+from turnout.providers.embedded.thread_engine import require_packages
+from turnout.providers.embedded.torch_engine import TransformersEngine
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import pytest
 
 from turnout.config import ProviderConfig
 from turnout.gateway import Gateway
-from turnout.providers.base import JSON, Call, Chunk, Health, ModelInfo, Provider
+from turnout.providers.base import Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router
+from turnout.wire.types import JSON, Call, Chunk
 
 
 def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> JSON:

@@ -26,10 +26,10 @@ from turnout.errors import (
     InvalidRequestError,
 )
 from turnout.providers import build_provider
-from turnout.providers.base import Call, needs
 from turnout.providers.gemini import GeminiProvider, from_gemini_embed, retry_delay, to_gemini_embed
 from turnout.providers.gemini_translate import GeminiStream, from_gemini, gemini_schema, to_gemini
 from turnout.wire.sse import SSEDecoder
+from turnout.wire.types import Call, needs
 from turnout.wire.validate import validate_chat, validate_embedding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gemini"

@@ -15,9 +15,9 @@ from tests.fakes.gpt4all import FakeGPT4All, run_fake_gpt4all
 from turnout.config import ProviderConfig
 from turnout.errors import BackendRejectedError, BackendUnavailableError, CapabilityError
 from turnout.providers import build_provider
-from turnout.providers.base import Call, Capabilities
 from turnout.providers.gpt4all import GPT4AllProvider, to_gpt4all
 from turnout.providers.presets import ANSWER_TOKENS
+from turnout.wire.types import Call, Capabilities
 
 MODEL = "Llama 3.2 3B Instruct"
 #: what an OpenAI client commonly sends, nearly all of which GPT4All refuses

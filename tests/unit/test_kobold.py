@@ -16,9 +16,9 @@ from turnout.config import ProviderConfig
 from turnout.errors import BackendError, BackendUnavailableError, CapabilityError, ConfigError
 from turnout.gateway import Gateway
 from turnout.providers import build_provider
-from turnout.providers.base import Call, Capabilities
 from turnout.providers.chat_templates import TEMPLATES
 from turnout.providers.kobold import KOBOLD_MAX_LENGTH, KoboldProvider, to_kobold
+from turnout.wire.types import Call, Capabilities
 
 MODEL = "koboldcpp/Llama-3.2-1B-Instruct"
 CHAT = [

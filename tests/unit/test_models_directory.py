@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from turnout.models.directory import describe, find, scan
-from turnout.models.durations import FOREVER, parse_keep_alive
 from turnout.models.formats import HeaderError, read_gguf
-from turnout.models.llama_engine import estimate_bytes
+from turnout.providers.embedded.llama_engine import estimate_bytes
+from turnout.wire.durations import FOREVER, parse_keep_alive
 
 
 def write_gguf(

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from turnout.errors import BackendError
-from turnout.models.durations import FOREVER
-from turnout.models.scheduler import ModelTooLargeError, Scheduler
+from turnout.providers.embedded.scheduler import ModelTooLargeError, Scheduler
+from turnout.wire.durations import FOREVER
 
 MB = 1024 * 1024
 

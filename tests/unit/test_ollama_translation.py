@@ -32,7 +32,6 @@ from turnout.errors import (
     InvalidRequestError,
 )
 from turnout.providers import build_provider
-from turnout.providers.base import Call
 from turnout.providers.ollama import (
     OllamaProvider,
     from_ollama_chat,
@@ -45,6 +44,7 @@ from turnout.providers.ollama import (
 )
 from turnout.wire.ndjson import NDJSONDecoder
 from turnout.wire.openai import embedding_base64
+from turnout.wire.types import Call
 from turnout.wire.validate import validate_chat, validate_completion, validate_embedding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"

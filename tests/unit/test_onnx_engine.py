@@ -11,8 +11,8 @@ import pytest
 
 from turnout.config import ModelEntry
 from turnout.errors import ConfigError, InvalidRequestError
-from turnout.models.onnx_engine import OnnxEngine, _Adjust, _chat_template, model_folder
-from turnout.models.thread_engine import Sampling
+from turnout.providers.embedded.onnx_engine import OnnxEngine, _Adjust, _chat_template, model_folder
+from turnout.providers.embedded.thread_engine import Sampling
 
 
 def genai_folder(root: Path) -> Path:

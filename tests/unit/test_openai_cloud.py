@@ -14,8 +14,8 @@ from tests.support.openapi import assert_valid
 from turnout.config import ProviderConfig, load_config
 from turnout.errors import BackendRateLimitedError, ConfigError, ModelNotFoundError
 from turnout.providers import build_provider
-from turnout.providers.base import Call
 from turnout.providers.openai_compat import OpenAICompatProvider, duration_seconds, rate_limit_wait
+from turnout.wire.types import Call
 
 
 def cloud(**settings: Any) -> OpenAICompatProvider:

@@ -24,9 +24,9 @@ from turnout.errors import (
     ModelNotFoundError,
 )
 from turnout.providers import build_provider
-from turnout.providers.base import Call, Chunk
 from turnout.providers.openai_compat import OpenAICompatProvider
 from turnout.providers.presets import PRESETS
+from turnout.wire.types import Call, Chunk
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -24,10 +24,10 @@ from turnout.errors import (
 )
 from turnout.gateway import Gateway
 from turnout.providers import build_provider
-from turnout.providers.base import Call, Chunk
 from turnout.providers.openai_compat import OpenAICompatProvider
 from turnout.providers.openai_quirks import StreamMender, mend_response, pool_token_embeddings
 from turnout.providers.presets import ANSWER_TOKENS, PRESETS
+from turnout.wire.types import Call, Chunk
 
 MODEL = "fake-model"
 HELLO = [{"role": "user", "content": "Hi there friend"}]

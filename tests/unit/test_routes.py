@@ -23,9 +23,9 @@ from turnout.errors import (
     ModelNotFoundError,
     NoBackendAvailableError,
 )
-from turnout.providers.base import JSON, Call, Chunk
 from turnout.routing import Catalog
 from turnout.telemetry import Trace
+from turnout.wire.types import JSON, Call, Chunk
 
 
 def routes(**spec: dict[str, Any]) -> dict[str, RouteConfig]:

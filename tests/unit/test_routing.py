@@ -20,9 +20,10 @@ from turnout.errors import (
     GatewayError,
     ModelNotFoundError,
 )
-from turnout.providers.base import JSON, Call, Chunk, Health, ModelInfo, Provider
+from turnout.providers.base import Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router, Target
 from turnout.routing.routes import RetryPolicy
+from turnout.wire.types import JSON, Call, Chunk
 
 Outcome = JSON | GatewayError | list[Any]
 

@@ -19,9 +19,10 @@ from turnout import __version__
 from turnout.config import ProviderConfig
 from turnout.errors import BackendUnavailableError, GatewayError
 from turnout.gateway import Gateway
-from turnout.providers.base import JSON, Call, Chunk, Health, ModelInfo, Provider
+from turnout.providers.base import Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router
 from turnout.server import create_app
+from turnout.wire.types import JSON, Call, Chunk
 
 
 class MemoryProvider(Provider):

@@ -13,7 +13,7 @@ import pytest
 from tests.unit.test_routing import MemoryProvider, RecordingRouter, read_all
 from turnout.config import STRATEGIES as CONFIGURED, ProviderConfig, RouteConfig
 from turnout.errors import CapabilityError
-from turnout.providers.base import JSON, Health
+from turnout.providers.base import Health
 from turnout.routing import Catalog, Target
 from turnout.routing.health import HealthMonitor
 from turnout.routing.routes import Option, default_prices, is_local
@@ -30,6 +30,7 @@ from turnout.routing.strategies import (
     round_robin,
     weighted,
 )
+from turnout.wire.types import JSON
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 

@@ -14,11 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from turnout.config import ProviderConfig
 from turnout.errors import BackendUnavailableError
 from turnout.gateway import Gateway
-from turnout.providers.base import JSON, Call, Chunk, Health, ModelInfo, Provider
+from turnout.providers.base import Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router
 from turnout.server import create_app
 from turnout.telemetry import Telemetry, Trace, stats
 from turnout.telemetry.stats import WINDOW, Window
+from turnout.wire.types import JSON, Call, Chunk
 
 # --- bounded statistics -----------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
-"""The shared machinery of token-by-token engines (turnout/models/thread_engine.py), driven by a
-scripted subclass: prompts from chat templates, stop strings, limits, chunks and usage,
-capability refusals, cancellation between tokens, loading and one generation at a time.
-
+"""The shared machinery of token-by-token engines (turnout/providers/embedded/thread_engine.py),
+driven by a scripted subclass: prompts from chat templates, stop strings, limits, chunks and
+usage, capability refusals, cancellation between tokens, loading and one generation at a time.
 The subclass is a stand-in for a runtime on purpose: these tests check the base, not a runtime
 (tests/integration/test_transformers_engine.py runs the real one)."""
 
@@ -19,15 +18,15 @@ import pytest
 
 from turnout.config import ModelEntry
 from turnout.errors import CapabilityError, ConfigError, InvalidRequestError
-from turnout.models.llama_engine import LoadCancelled
-from turnout.models.thread_engine import (
+from turnout.providers.embedded.llama_engine import LoadCancelled
+from turnout.providers.embedded.thread_engine import (
     Sampling,
     StopScanner,
     ThreadEngine,
     chat_turns,
     template_for,
 )
-from turnout.providers.base import JSON, Call
+from turnout.wire.types import JSON, Call
 
 
 class Scripted(ThreadEngine):

@@ -114,8 +114,8 @@ def bench_engines_command(
     safetensors folder: transformers; an ONNX folder: onnxruntime-genai)."""
     import asyncio
 
-    from ..models.bench_engines import bench_engines
     from ..models.directory import find
+    from ..providers.embedded.bench import bench_engines
 
     path = Path(model).expanduser()
     if not path.exists():

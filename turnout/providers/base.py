@@ -12,48 +12,25 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..config import ModelEntry, ProviderConfig
+from ..wire.types import JSON, Call, Capabilities, Chunk, Kind, Usage, needs
 
-__all__ = ["Call", "Capabilities", "Chunk", "Health", "ModelInfo", "Provider", "Usage", "needs"]
-
-JSON = dict[str, Any]
+__all__ = [
+    "JSON",
+    "Call",
+    "Capabilities",
+    "Chunk",
+    "Health",
+    "Kind",
+    "ModelInfo",
+    "Provider",
+    "Usage",
+    "needs",
+]
 
 _CAPABILITIES_KEPT = 1024  # models whose capabilities a provider keeps (see `capabilities`)
-
-
-@dataclass(slots=True)
-class Call:
-    """One request as the provider sees it: the client's body with ``model`` set to the backend's
-    own model name, and the stream settings the gateway decided."""
-
-    kind: str  # "chat" | "completion" | "embedding"
-    body: JSON
-    model: str
-    stream: bool = False
-
-
-@dataclass(slots=True)
-class Chunk:
-    """One OpenAI stream chunk. ``raw`` holds the backend's JSON bytes when they can be forwarded
-    unchanged, so a pass-through stream is never re-serialised."""
-
-    data: JSON
-    raw: bytes | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    def to_openai(self) -> JSON:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
 
 
 @dataclass(slots=True, frozen=True)
@@ -62,51 +39,6 @@ class ModelInfo:
     owned_by: str
     created: int = 0
     meta: JSON = field(default_factory=dict)
-
-
-@dataclass(slots=True, frozen=True)
-class Capabilities:
-    """What a backend can do for one model. Dialects set their defaults; a model entry in the
-    configuration overrides them (``supports_tools``, ``supports_vision``, ``context_length``,
-    and the provider's ``streaming``). A request that needs something a target lacks is never
-    sent to that target."""
-
-    chat: bool = True
-    completion: bool = True
-    embeddings: bool = True
-    streaming: bool = True
-    tools: bool = True
-    vision: bool = False
-    json_schema: bool = True
-    context_length: int | None = None
-
-    def lacks(self, required: frozenset[str]) -> list[str]:
-        """The names in ``required`` (see `needs`) this model cannot do, in a stable order."""
-        return sorted(name for name in required if not getattr(self, name))
-
-
-_KIND_NEEDS = {"chat": "chat", "completion": "completion"}
-
-
-def needs(kind: str, body: JSON) -> frozenset[str]:
-    """The capabilities a validated request needs: ``chat``/``completion``/``embeddings``, plus
-    ``streaming``, ``tools``, ``vision`` and ``json_schema`` when the request uses them."""
-    required = {_KIND_NEEDS.get(kind, "embeddings")}
-    if body.get("stream"):
-        required.add("streaming")
-    if body.get("tools") and body.get("tool_choice") != "none":
-        required.add("tools")
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        required.add("json_schema")
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(
-            isinstance(p, dict) and p.get("type") == "image_url" for p in content
-        ):
-            required.add("vision")
-            break
-    return frozenset(required)
 
 
 @dataclass(slots=True, frozen=True)

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from ..errors import CapabilityError
-from .base import JSON
+from .base import JSON, Kind
 
 __all__ = [
     "chunks_from_response",
@@ -91,7 +91,7 @@ def cut_at_stop(text: str, stop: Any) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def chunks_from_response(result: JSON, kind: str) -> list[JSON]:
+def chunks_from_response(result: JSON, kind: Kind) -> list[JSON]:
     """A whole reply as the stream OpenAI would have sent: per choice one content chunk (the role
     with it) and a finish chunk, then the ``choices: []`` usage chunk."""
     head = {

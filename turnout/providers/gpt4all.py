@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from ..errors import BackendProtocolError, BackendUnavailableError, CapabilityError, GatewayError
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
+from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .emulation import (
     chunks_from_response,
     cut_at_stop,
@@ -43,7 +43,7 @@ def _refuse(param: str, what: str) -> CapabilityError:
     return unsupported(f"{_RUNTIME} cannot {what}.", param)
 
 
-def to_gpt4all(kind: str, body: JSON, model: str, default_max_tokens: int) -> JSON:
+def to_gpt4all(kind: Kind, body: JSON, model: str, default_max_tokens: int) -> JSON:
     """The request GPT4All accepts for an OpenAI chat or completion request (without ``stop``,
     which turnout applies to the reply)."""
     refuse_unsupported(body, _RUNTIME)

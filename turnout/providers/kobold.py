@@ -33,7 +33,7 @@ from ..errors import (
     GatewayError,
 )
 from ..wire.sse import SSEDecoder
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
+from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .chat_templates import DEFAULT_TEMPLATE, TEMPLATES, Template
 from .emulation import (
     chunks_from_response,
@@ -71,7 +71,9 @@ def _refuse(param: str, what: str) -> CapabilityError:
     return unsupported(f"{_RUNTIME} cannot {what}.", param)
 
 
-def to_kobold(kind: str, body: JSON, template: Template, max_length: int) -> tuple[JSON, list[str]]:
+def to_kobold(
+    kind: Kind, body: JSON, template: Template, max_length: int
+) -> tuple[JSON, list[str]]:
     """The ``/api/v1/generate`` body for an OpenAI chat or completion request, and the stop
     strings turnout applies to the reply as well (the original KoboldAI ignores them)."""
     refuse_unsupported(body, _RUNTIME)
@@ -306,7 +308,7 @@ class KoboldProvider(HttpProvider):
         return str(obj.get("token") or ""), finish
 
     @staticmethod
-    def _piece(head: JSON, kind: str, text: str, first: bool) -> JSON:
+    def _piece(head: JSON, kind: Kind, text: str, first: bool) -> JSON:
         if kind == "chat":
             delta: JSON = {"role": "assistant", "content": text} if first else {"content": text}
             body: JSON = {"delta": delta}

@@ -33,7 +33,7 @@ from ..errors import (
     clean_upstream_message,
 )
 from ..wire.ndjson import NDJSONDecoder
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Usage, needs
+from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo, Usage, needs
 from .emulation import lacking
 from .http import HttpProvider
 
@@ -315,7 +315,7 @@ class StreamTranslator:
     from Ollama's counters, which the gateway drops when the client did not ask for usage.
     """
 
-    def __init__(self, kind: str, model: str, backend: str) -> None:
+    def __init__(self, kind: Kind, model: str, backend: str) -> None:
         self.chat = kind == "chat"
         self.model = model
         self.backend = backend

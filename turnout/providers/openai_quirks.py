@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .base import JSON, Chunk
+from .base import JSON, Chunk, Kind
 from .http import json_or_none
 
 __all__ = [
@@ -69,7 +69,7 @@ class StreamMender:
 
     __slots__ = ("_finished", "_head", "_object", "_text")
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: Kind) -> None:
         self._object = _CHUNK_OBJECT.get(kind, "chat.completion.chunk")
         self._text = kind == "completion"
         self._finished: set[int] = set()
@@ -170,7 +170,7 @@ def fastchat_status(status: int, body: bytes) -> int:
     return code // 100
 
 
-def prompt_text(kind: str, body: JSON) -> str:
+def prompt_text(kind: Kind, body: JSON) -> str:
     """The text a request asks about, for counting its tokens."""
     if kind != "chat":
         prompt = body.get("prompt")

@@ -17,8 +17,9 @@ from ..errors import (
     GatewayError,
     ModelNotFoundError,
 )
-from ..providers.base import JSON, Call, Chunk, Provider
+from ..providers.base import Provider
 from ..telemetry.record import Trace
+from ..wire.types import JSON, Call, Chunk
 from .breaker import Breaker
 from .limits import Limiter
 from .routes import Option

@@ -24,8 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from ..errors import CapabilityError, GatewayError, NoBackendAvailableError
-from ..providers.base import JSON, Call, Chunk, Provider
+from ..providers.base import Kind, Provider
 from ..telemetry.record import Trace
+from ..wire.types import JSON, Call, Chunk
 from .attempt import Attempts, Backend, Expired, failure_class, request_timeout
 from .breaker import Admission
 from .catalog import Catalog, Target
@@ -61,7 +62,7 @@ class _Run:
 
     def __init__(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         stream: bool,
         trace: Trace,
@@ -132,12 +133,12 @@ class Router:
     # Routing.
 
     async def complete(
-        self, kind: str, body: JSON, *, trace: Trace | None = None
+        self, kind: Kind, body: JSON, *, trace: Trace | None = None
     ) -> tuple[JSON, Target]:
         return await self._route(kind, body, False, trace or Trace(), self.attempts.complete)
 
     async def stream(
-        self, kind: str, body: JSON, *, trace: Trace | None = None
+        self, kind: Kind, body: JSON, *, trace: Trace | None = None
     ) -> tuple[AsyncIterator[Chunk], Target]:
         return await self._route(kind, body, True, trace or Trace(), self.attempts.stream)
 
@@ -154,7 +155,7 @@ class Router:
 
     async def _route(
         self,
-        kind: str,
+        kind: Kind,
         body: JSON,
         stream: bool,
         trace: Trace,

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..providers.base import JSON, needs
+from ..wire.types import JSON, Kind, needs
 from .routes import Option
 
 __all__ = ["STRATEGIES", "Pick", "Strategy", "prompt_prefix", "prompt_text", "unfit"]
@@ -41,7 +41,7 @@ def _always(option: Option) -> bool:
 class Pick:
     """One request as the strategies see it."""
 
-    kind: str
+    kind: Kind
     body: JSON
     stream: bool = False
     rng: Callable[[], float] = field(default=lambda: 0.5)
@@ -191,7 +191,7 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def prompt_text(kind: str, body: JSON) -> str:
+def prompt_text(kind: Kind, body: JSON) -> str:
     """The text a request sends: a chat's message texts, or a completion's prompt(s)."""
     if kind == "embedding":
         value = body.get("input")
@@ -213,7 +213,7 @@ def prompt_text(kind: str, body: JSON) -> str:
     return "\n".join(parts)
 
 
-def prompt_prefix(kind: str, body: JSON, limit: int = PREFIX_CHARS) -> str:
+def prompt_prefix(kind: Kind, body: JSON, limit: int = PREFIX_CHARS) -> str:
     """What identifies a prompt's prefix: for a chat, its messages up to and including the first
     user message (a shared system prompt, and a conversation that keeps its opening as it grows
     turn by turn), roles included, at most ``limit`` characters; otherwise the prompt's first

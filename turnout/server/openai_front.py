@@ -25,8 +25,8 @@ from ..errors import (
     RequestTooLargeError,
 )
 from ..gateway import Gateway
-from ..providers.base import Chunk
 from ..wire.sse import DONE, encode_json
+from ..wire.types import Chunk, Kind
 from ..wire.validate import validate_chat, validate_completion, validate_embedding
 from .responses import (
     BytesResponse,
@@ -94,7 +94,7 @@ class _ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
-def _endpoint(kind: str, validate: Validator) -> Callable[[Request], Any]:
+def _endpoint(kind: Kind, validate: Validator) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response | BytesResponse | _Stream:
         gateway: Gateway = request.app.state.gateway
         try:
@@ -172,7 +172,7 @@ class _Stream:
 
     __slots__ = ("body", "gateway", "kind")
 
-    def __init__(self, gateway: Gateway, kind: str, body: dict[str, Any]) -> None:
+    def __init__(self, gateway: Gateway, kind: Kind, body: dict[str, Any]) -> None:
         self.gateway, self.kind, self.body = gateway, kind, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

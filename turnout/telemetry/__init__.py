@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import tasks
-from ..providers.base import JSON
+from ..wire.types import JSON, Kind
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
@@ -38,7 +38,7 @@ class Telemetry:
         self,
         *,
         live: Live | None = None,
-        prompt_text: Callable[[str, JSON], str] | None = None,
+        prompt_text: Callable[[Kind, JSON], str] | None = None,
         capacity: int = 4096,
         interval: float = 0.5,
     ) -> None:

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..errors import GatewayError
-from ..providers.base import JSON
+from ..wire.types import JSON, Kind
 
 __all__ = ["CURRENT", "Attempt", "Trace"]
 
@@ -70,7 +70,7 @@ class Trace:
         self.first_token_timeout: float | None = None
         self.error: GatewayError | None = None  # an override the client got wrong
         # What the request is; None until the gateway takes it.
-        self.kind: str | None = None
+        self.kind: Kind | None = None
         self.model = ""
         self.stream = False
         self.body: JSON | None = None  # kept only when usage must be estimated later
@@ -106,7 +106,7 @@ class Trace:
         self.latency_s = 0.0
         self.emitted = False
 
-    def begin(self, kind: str, model: str, stream: bool) -> None:
+    def begin(self, kind: Kind, model: str, stream: bool) -> None:
         self.kind, self.model, self.stream = kind, model, stream
 
     def call_started(self) -> float:

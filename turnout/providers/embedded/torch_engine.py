@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import ModelEntry
-from ..errors import BackendError
-from ..providers.base import JSON
+from ...config import ModelEntry
+from ...errors import BackendError
+from ..base import JSON
 from .llama_engine import LoadCancelled
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
 

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelEntry
-from ..providers.base import Call
-from .directory import describe
+from ...config import ModelEntry
+from ...models.directory import describe
+from ..base import Call
 from .llama_engine import LlamaEngine
 from .server_engine import ServerEngine, find_llama_server
 from .thread_engine import ThreadEngine
@@ -95,7 +95,7 @@ async def bench_engines(
 ) -> list[EngineResult]:
     """Benchmark ``model`` (a GGUF file, or a safetensors or ONNX folder) on every engine here
     that can run it, one engine at a time."""
-    from ..providers.embedded import model_format
+    from .provider import model_format
 
     path = Path(model)
     entry = ModelEntry(
@@ -133,8 +133,8 @@ async def _bench_thread_engine(
     runs: int,
     progress: Callable[[str], None] | None,
 ) -> list[EngineResult]:
-    from ..errors import ConfigError
-    from ..providers.embedded import ENGINE_BY_FORMAT, thread_engine_class
+    from ...errors import ConfigError
+    from .provider import ENGINE_BY_FORMAT, thread_engine_class
 
     kind = ENGINE_BY_FORMAT[fmt]
     name = _LABELS.get(kind, kind)

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import ModelEntry
-from ..errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
-from ..providers.base import JSON, Call, Capabilities, Chunk, needs
-from ..providers.chat_templates import TEMPLATES, Template
-from ..providers.emulation import lacking, refuse_unsupported, single_prompt, unsupported
+from ...config import ModelEntry
+from ...errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
+from ..base import JSON, Call, Capabilities, Chunk, needs
+from ..chat_templates import TEMPLATES, Template
+from ..emulation import lacking, refuse_unsupported, single_prompt, unsupported
 from .llama_engine import LoadCancelled
 from .llama_wire import assemble
 from .token_text import Chunks, StopScanner, chat_turns, parse_logit_bias, template_for

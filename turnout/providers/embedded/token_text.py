@@ -1,4 +1,4 @@
-"""The text side of token-by-token generation (`turnout.models.thread_engine`): chats as
+"""The text side of token-by-token generation (`turnout.providers.embedded.thread_engine`): chats as
 template turns, the named template for an architecture, stop strings cut across token pieces,
 OpenAI's ``logit_bias`` checked, and the OpenAI chunks of one generation."""
 
@@ -8,9 +8,9 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import InvalidRequestError
-from ..providers.base import JSON, Call
-from ..providers.chat_templates import DEFAULT_TEMPLATE
+from ...errors import InvalidRequestError
+from ..base import JSON, Call
+from ..chat_templates import DEFAULT_TEMPLATE
 
 __all__ = ["Chunks", "StopScanner", "chat_turns", "parse_logit_bias", "template_for"]
 

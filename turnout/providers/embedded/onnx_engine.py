@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import ConfigError
-from ..providers.base import JSON
+from ...errors import ConfigError
+from ..base import JSON
 from .llama_engine import LoadCancelled
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
 

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BackendError, BackendUnavailableError, GatewayError
+from ...errors import BackendError, BackendUnavailableError, GatewayError
 
 __all__ = ["Lease", "ModelTooLargeError", "Scheduler"]
 

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..config import ModelEntry
-from ..errors import CapabilityError
-from ..providers.base import JSON, Call
+from ...config import ModelEntry
+from ...errors import CapabilityError
+from ..base import JSON, Call
 
 __all__ = ["assemble", "embed", "generate", "prompt_text", "request_kwargs"]
 

@@ -25,9 +25,9 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelEntry, ProviderConfig
-from ..errors import BackendError
-from ..providers.base import JSON, Call, Chunk
+from ...config import ModelEntry, ProviderConfig
+from ...errors import BackendError
+from ..base import JSON, Call, Chunk
 from .llama_engine import LoadCancelled
 
 __all__ = ["PYTHON_SERVER", "ManagedServer", "ServerEngine", "find_llama_server"]
@@ -108,7 +108,7 @@ class ManagedServer:
     """One running server process and the provider that relays requests to it."""
 
     def __init__(self, proc: asyncio.subprocess.Process, url: str, log: Path, preset: str):
-        from ..providers.openai_compat import OpenAICompatProvider
+        from ..openai_compat import OpenAICompatProvider
 
         self.proc, self.url, self.log, self.preset = proc, url, log, preset
         config = ProviderConfig.model_validate(

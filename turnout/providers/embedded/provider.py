@@ -23,23 +23,23 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import ModelEntry, ProviderConfig
-from ..errors import (
+from ...config import ModelEntry, ProviderConfig
+from ...errors import (
     BackendError,
     CapabilityError,
     ConfigError,
     InvalidRequestError,
     ModelNotFoundError,
 )
-from ..models.directory import ModelFile, scan
-from ..models.durations import FOREVER, parse_keep_alive
-from ..models.formats import HeaderError, read_gguf
-from ..models.llama_engine import LlamaEngine, estimate_bytes
-from ..models.llama_wire import assemble, embed, generate, request_kwargs
-from ..models.scheduler import Lease, ModelTooLargeError, Scheduler
-from ..models.server_engine import ServerEngine, find_llama_server
-from ..models.thread_engine import ThreadEngine
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ...models.directory import ModelFile, scan
+from ...models.formats import HeaderError, read_gguf
+from ...wire.durations import FOREVER, parse_keep_alive
+from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from .llama_engine import LlamaEngine, estimate_bytes
+from .llama_wire import assemble, embed, generate, request_kwargs
+from .scheduler import Lease, ModelTooLargeError, Scheduler
+from .server_engine import ServerEngine, find_llama_server
+from .thread_engine import ThreadEngine
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
@@ -124,11 +124,11 @@ def default_engine(model: ModelFile) -> str | None:
 def thread_engine_class(kind: str) -> type[ThreadEngine]:
     """The engine class of ``transformers`` or ``onnx`` (imported only when used)."""
     if kind == "transformers":
-        from ..models.torch_engine import TransformersEngine
+        from .torch_engine import TransformersEngine
 
         return TransformersEngine
     try:
-        from ..models.onnx_engine import OnnxEngine
+        from .onnx_engine import OnnxEngine
     except ImportError as exc:
         raise ConfigError(f"the onnx engine is not available here: {exc}") from None
     return OnnxEngine

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelEntry
-from .formats import Header
+from ...config import ModelEntry
+from ...models.formats import Header
 
 __all__ = ["LlamaEngine", "LoadCancelled", "estimate_bytes"]
 
