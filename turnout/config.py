@@ -65,6 +65,27 @@ class ServerConfig(_Strict):
         description="required as 'Authorization: Bearer' by model-changing endpoints "
         "(turnout/server/admin.py); unset: they are open",
     )
+    allow_unauthenticated: bool = Field(False, description="serve beyond loopback without keys")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed")
+
+
+class StorageConfig(_Strict):
+    """Keys and the usage ledger (turnout/store); Redis shares limits between instances."""
+
+    database_url: str | None = Field(None, description="unset: SQLite in the data directory")
+    redis_url: str | None = Field(None, description="shared limits, budgets, revocations")
+    spool_path: str | None = Field(None, description="ledger rows while the database is down")
+    spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+
+
+class LimitsConfig(_Strict):
+    on_store_error: Literal["allow", "deny"] = "allow"  # Redis away: count locally, or 503
+    user_rpm: int | None = Field(None, ge=1, description="per end user and endpoint")
+    user_tpm: int | None = Field(None, ge=1)
+
+
+class AuthConfig(_Strict):
+    required: bool = Field(False, description="ask for a gateway key even before one exists")
 
 
 def _keep_alive(value: float | str | None) -> float | str | None:
@@ -339,6 +360,9 @@ class Config(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -513,7 +537,9 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         last = _existing_key(node, path[-1])
-        if last in ("api_key", "admin_key") or path[-2:-1] == ["headers"]:
+        if last in ("api_key", "admin_key", "database_url", "redis_url") or path[-2:-1] == [
+            "headers"
+        ]:
             node[last] = value  # secrets and header values are text, never YAML-typed
             continue
         try:

@@ -33,6 +33,7 @@ from .providers.base import Kind, Provider
 from .routing import Catalog, Router, Target
 from .routing.health import BackendHealth, HealthMonitor
 from .routing.strategies import prompt_text
+from .store.service import Access
 from .telemetry import CURRENT, Telemetry, Trace
 from .wire.openai import embedding_base64
 from .wire.types import JSON, Chunk
@@ -47,6 +48,9 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
     "type": "embedded",
     "models": [{"name": "gemma-3-270m", "chat_format": "gemma", "n_ctx": 2048}],
 }
+
+#: output tokens reserved for a request that gives no max_tokens (settled with the real count)
+_DEFAULT_RESERVE = 256
 
 _CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
 
@@ -87,6 +91,14 @@ class Gateway:
         self._started = False
         self._starting = asyncio.Lock()
         self.discovery: AutoDiscovery | None = None
+        self.access: Access | None = None
+
+    def use_access(self) -> Access:
+        """Turn on gateway keys, limits and the usage ledger (the HTTP server does; the Python
+        API has them off unless asked). Call before `start`."""
+        if self.access is None:
+            self.access = Access(self.config, self.telemetry)
+        return self.access
 
     async def start(self) -> None:
         """Load engines and open connections; called by ``async with`` and the HTTP server, and
@@ -113,6 +125,8 @@ class Gateway:
                 self.health.start()  # the first round runs now, in the background
             self.router.health = self.health
             self.telemetry.start()
+            if self.access is not None:
+                await self.access.start()
             self._started = True
 
     async def close(self) -> None:
@@ -128,6 +142,8 @@ class Gateway:
             await self.health.close()
             self.health = None
         await self.telemetry.close()
+        if self.access is not None:
+            await self.access.close()  # after telemetry's last flush: every ledger row written
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
 
@@ -197,6 +213,8 @@ class Gateway:
         try:
             if trace.error is not None:
                 raise trace.error
+            if trace.principal is not None:
+                await self._admit(trace, kind, body)
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
@@ -221,12 +239,31 @@ class Gateway:
         try:
             if trace.error is not None:
                 raise trace.error
+            if trace.principal is not None:
+                await self._admit(trace, kind, body)
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
             self._abandon(trace, exc)
             raise
         trace.ready()
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
+
+    async def _admit(self, trace: Trace, kind: Kind, body: JSON) -> None:
+        """The request's gateway key may use this model and is within its limits (raises 403 or
+        429 otherwise); tokens are reserved from max_tokens and an estimate of the prompt."""
+        access = self.access
+        assert access is not None
+        user = body.get("user")
+        if trace.user is None and isinstance(user, str) and user:
+            trace.user = user
+        tokens = 0
+        if access.needs_tokens(trace):
+            most = body.get("max_completion_tokens") or body.get("max_tokens")
+            out = most if isinstance(most, int) and kind != "embedding" else 0
+            if not out and kind != "embedding":
+                out = _DEFAULT_RESERVE
+            tokens = out + (len(prompt_text(kind, body)) + 3) // 4
+        await access.admit(trace, kind, body, tokens)
 
     def _abandon(self, trace: Trace, exc: BaseException) -> None:
         """A request that failed (or was cancelled) before its reply: record it as it stands."""

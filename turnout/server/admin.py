@@ -23,8 +23,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+from ..access.auth import not_admin
 from ..config import ServerConfig
 from ..errors import GatewayError
+from ..telemetry import CURRENT
 from .responses import error_response
 
 __all__ = ["AdminKeyError", "check_admin", "guarded", "warn_if_open"]
@@ -45,7 +47,14 @@ class AdminKeyError(GatewayError):
 
 
 def check_admin(request: Request) -> None:
-    """Raise `AdminKeyError` unless the request carries the admin key (or none is set)."""
+    """Raise `AdminKeyError` unless the request carries the admin key (or none is set); with
+    gateway keys in use, `PermissionDeniedError` (403) for a key that is not an admin key."""
+    trace = CURRENT.get()
+    principal = trace.principal if trace is not None else None
+    if principal is not None:
+        if principal.admin:
+            return
+        raise not_admin(principal, f"{request.method} {request.url.path}")
     secret = request.app.state.gateway.config.server.admin_key
     if secret is None:
         return
@@ -77,7 +86,7 @@ def _guard(endpoint: Endpoint) -> Endpoint:
         if request.method in CHANGING:
             try:
                 check_admin(request)
-            except AdminKeyError as exc:
+            except GatewayError as exc:
                 return error_response(exc)
         return await endpoint(request)
 

@@ -21,6 +21,8 @@ from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
 from . import (
     admin,
+    gate,
+    keys,
     models as local_models,
     ollama_admin,
     openai_front,
@@ -74,7 +76,7 @@ class Front:
     def __init__(self, app: Starlette, hot: dict[str, Callable[[Request], Awaitable[Any]]]) -> None:
         self.app = app
         self.hot = hot
-        self.traced = ops.TraceMiddleware(self._serve)
+        self.traced = ops.TraceMiddleware(gate.Authenticate(self._serve))
 
     @property
     def state(self) -> Any:
@@ -120,13 +122,24 @@ def _collector_for_serving() -> Iterator[None]:
         gc.unfreeze()
 
 
-def create_app(gateway: Gateway) -> Front:
-    """The gateway's ASGI app; it starts and closes ``gateway`` with its lifespan."""
+def create_app(gateway: Gateway, *, access: bool = True) -> Front:
+    """The gateway's ASGI app; it starts and closes ``gateway`` with its lifespan. With
+    ``access`` (the default) it asks for gateway keys once one exists, applies their limits and
+    keeps the usage ledger (turnout/store)."""
+    if access:
+        gateway.use_access()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         admin.warn_if_open(gateway.config.server)
         await gateway.start()
+        if gateway.access is not None:
+            try:
+                gate.refuse_if_open(gateway.config.server, gateway.access.required)
+            except gate.StartupRefused as exc:
+                log.error("%s", exc)
+                await gateway.close()
+                raise
         with _collector_for_serving():
             try:
                 yield
@@ -141,8 +154,10 @@ def create_app(gateway: Gateway) -> Front:
             *admin.guarded(local_models.routes),  # downloads, load, unload: the admin key
             *ollama_admin.routes,
             *provider_list.routes,
+            *keys.routes,
         ],
-        middleware=[Middleware(ops.TraceMiddleware)],  # per-request trace: overrides, overhead
+        # per-request trace (overrides, overhead), then the gateway key
+        middleware=[Middleware(ops.TraceMiddleware), Middleware(gate.Authenticate)],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )

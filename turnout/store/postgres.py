@@ -100,7 +100,7 @@ class PostgresStore(SQLStore):
         return int(await self._with(statements, many=False))
 
     async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._with([(sql, rows)], many=True)  # type: ignore[list-item]
+        await self._with([(sql, rows)], many=True)
 
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self._lock:

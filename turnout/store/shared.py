@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 
 from ..access.keys import PERIODS, period_start
 from ..access.quota import (
-    WINDOW,
     Admission,
     Decision,
     LocalQuotas,
@@ -33,6 +32,7 @@ from ..access.quota import (
     refusal,
 )
 from ..errors import GatewayError
+from . import safe_url
 
 __all__ = ["CHANNEL", "SharedQuotas"]
 
@@ -179,12 +179,14 @@ class SharedQuotas:
             return await self._unreachable(request, exc)
         headers = headers_for(key.rpm, left_r, reset_r / 1000, key.tpm, left_t, reset_t / 1000)
         if status == 0:
-            ticket = Ticket(key.name, user, request.tokens, key.budget_period, key.budget is not None)
+            ticket = Ticket(
+                key.name, user, request.tokens, key.budget_period, key.budget is not None
+            )
             return Decision(ticket, None, headers)
         if status == 1:
             wall = time.time()
-            start = period_start(key.budget_period, wall)
-            return over_budget(key, float(spent), start + PERIODS[key.budget_period] - wall)
+            begun = period_start(key.budget_period, wall)
+            return over_budget(key, float(spent), begun + PERIODS[key.budget_period] - wall)
         which = (int(status) - 2) // 2
         what = f"key '{key.name}'" if which == 0 else f"user '{request.user}' on {request.endpoint}"
         _, rpm, tpm = counters[which]
@@ -198,7 +200,7 @@ class SharedQuotas:
             self._warned = now
             log.warning(
                 "Redis at %s is unreachable (%s); limits.on_store_error=%s: %s",
-                _safe(self.url),
+                safe_url(self.url),
                 exc,
                 self.on_error,
                 "counting in this process" if self.on_error == "allow" else "refusing requests",
@@ -229,7 +231,8 @@ class SharedQuotas:
             buckets = [b for b in buckets if b in self.tpm]
             if buckets and ticket.reserved != tokens:
                 back = ticket.reserved - tokens
-                self._settle(buckets, [back, *(self.tpm[b] for b in buckets)], client=pipe)
+                pipe_call: Any = self._settle
+                pipe_call(buckets, [back, *(self.tpm[b] for b in buckets)], client=pipe)
             if ticket.budgeted and cost:
                 start = period_start(ticket.period, wall)
                 name = f"turnout:b:{ticket.key}:{int(start)}"
@@ -242,14 +245,3 @@ class SharedQuotas:
 
 def ticket_copy(ticket: Ticket) -> Ticket:
     return Ticket(ticket.key, None, 0, ticket.period, ticket.budgeted)
-
-
-def _safe(url: str) -> str:
-    """A Redis URL without its password."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
-
-
-_ = WINDOW

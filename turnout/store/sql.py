@@ -110,7 +110,8 @@ class SQLStore:
     async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         raise NotImplementedError
 
-    async def _migrate(self, current: int) -> None:
+    async def open(self) -> None:
+        """Connect and bring the schema up to the newest migration."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -142,11 +143,21 @@ class SQLStore:
                 (
                     f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        record.name, record.prefix, json.dumps(list(record.models)), record.rpm,
-                        record.tpm, record.budget, record.budget_period, record.expires_at,
-                        record.priority, record.admin, record.created_at, None, None,
+                        record.name,
+                        record.prefix,
+                        json.dumps(list(record.models)),
+                        record.rpm,
+                        record.tpm,
+                        record.budget,
+                        record.budget_period,
+                        record.expires_at,
+                        record.priority,
+                        record.admin,
+                        record.created_at,
+                        None,
+                        None,
                     ),
-                ),  # fmt: skip
+                ),
                 (
                     "INSERT INTO credentials (hash, name, prefix, until) VALUES (?,?,?,?)",
                     (digest, record.name, record.prefix, None),
@@ -227,7 +238,8 @@ class SQLStore:
         if by not in GROUPS:
             raise ValueError(f"cannot group usage by {by!r}; allowed: {', '.join(GROUPS)}")
         group = GROUPS[by].format(day=self.day_sql)
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if since is not None:
             where.append("ts >= ?")
             params.append(since)
