@@ -153,11 +153,10 @@ class Ledger:
         return True
 
     async def _replay(self) -> bool:
-        path = self.spool.take()
-        if path is None:
-            return True
-        for rows in Spool.read(path, self.batch):
-            if not await self._write(rows):
-                return False
-        self.spool.done(path)
+        """Write every spooled row; False (the rest kept) if the store refuses."""
+        while (path := self.spool.take()) is not None:
+            for rows in Spool.read(path, self.batch):
+                if not await self._write(rows):
+                    return False
+            self.spool.done(path)
         return True
