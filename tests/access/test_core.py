@@ -60,9 +60,10 @@ def test_requests_per_minute_is_a_sliding_window() -> None:
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert quotas.admit_now(ask, 60.0, 0).error is None  # the request at 0 s has left the window
     ok = quotas.admit_now(Admission(KeyRecord(name="j", prefix="", rpm=5), None, "chat", 0), 0, 0)
-    assert dict((k.decode(), v.decode()) for k, v in ok.headers)[
-        "x-ratelimit-remaining-requests"
-    ] == "4"
+    assert (
+        dict((k.decode(), v.decode()) for k, v in ok.headers)["x-ratelimit-remaining-requests"]
+        == "4"
+    )
 
 
 def test_tokens_are_reserved_then_settled() -> None:
@@ -81,6 +82,7 @@ def test_tokens_are_reserved_then_settled() -> None:
 def test_per_user_limits_are_keyed_by_user_and_endpoint() -> None:
     quotas = LocalQuotas()
     key = KeyRecord(name="k", prefix="")
+
     def ask(user: str, endpoint: str) -> bool:
         return quotas.admit_now(Admission(key, user, endpoint, 0, 1), 0.0, 0).error is None
 

@@ -102,7 +102,9 @@ async def test_ledger_rows_are_written_once_and_reported(database_url: str) -> N
     await store.close()
 
 
-async def test_ledger_spools_through_a_postgres_outage(postgres: Postgres, pg_url: str, tmp_path: Path) -> None:
+async def test_ledger_spools_through_a_postgres_outage(
+    postgres: Postgres, pg_url: str, tmp_path: Path
+) -> None:
     store = await opened(pg_url)
     ledger = Ledger(store, Spool(tmp_path / "spool.jsonl"), retry=0.2)
     ledger._queue.extend(row(i) for i in range(100))
@@ -161,6 +163,12 @@ async def test_shared_tokens_and_budget_settle(redis_url: str) -> None:
     await one.settle_many([(first.ticket, 50, 1.5)])  # used 50 tokens; spent past the budget
     over = await two.admit(Admission(key, None, "chat", 10))
     assert over.error is not None and over.error.code == "budget_exceeded"
+    tokens = KeyRecord(name="t", prefix="", tpm=1000)
+    held = await one.admit(Admission(tokens, None, "chat", 800))
+    assert held.ticket is not None
+    assert (await two.admit(Admission(tokens, None, "chat", 800))).error is not None
+    await one.settle_many([(held.ticket, 50, 0.0)])  # 750 of the 800 reserved come back
+    assert (await two.admit(Admission(tokens, None, "chat", 800))).error is None
     await one.close()
     await two.close()
 

@@ -57,7 +57,9 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _ctl(self, *args: str) -> None:
-        cmd = _as_owner([pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args], self.owner)
+        cmd = _as_owner(
+            [pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), *args], self.owner
+        )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {done.stderr}{self.tail()}")

@@ -231,8 +231,7 @@ class SharedQuotas:
             buckets = [b for b in buckets if b in self.tpm]
             if buckets and ticket.reserved != tokens:
                 back = ticket.reserved - tokens
-                pipe_call: Any = self._settle
-                pipe_call(buckets, [back, *(self.tpm[b] for b in buckets)], client=pipe)
+                await self._settle(buckets, [back, *(self.tpm[b] for b in buckets)], client=pipe)
             if ticket.budgeted and cost:
                 start = period_start(ticket.period, wall)
                 name = f"turnout:b:{ticket.key}:{int(start)}"
