@@ -90,6 +90,7 @@ from . import (  # noqa: E402
     bench as _bench,  # noqa: F401
     convert as _convert,  # noqa: F401
     gateway as _gateway,  # noqa: F401
+    keys as _keys,  # noqa: F401
     local as _local,  # noqa: F401
     models as _models,  # noqa: F401
     ollama as _ollama,  # noqa: F401

@@ -58,15 +58,32 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Keys and ledger (storage.database_url).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option("--allow-unauthenticated", help="Serve beyond loopback without gateway keys."),
+    ] = False,
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
     import uvicorn
 
     cfg = load(config, host, port)
+    if database_url:
+        cfg = cfg.model_copy(
+            update={"storage": cfg.storage.model_copy(update={"database_url": database_url})}
+        )
+    if allow_unauthenticated:
+        open_server = cfg.server.model_copy(update={"allow_unauthenticated": True})
+        cfg = cfg.model_copy(update={"server": open_server})
     logging.basicConfig(
         level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.Server(_uvicorn_config(cfg)).run()
+    server = uvicorn.Server(_uvicorn_config(cfg))
+    server.run()
+    if not server.started:  # the lifespan refused (logged why): say so with the exit status
+        raise typer.Exit(1)
 
 
 @app.command()
