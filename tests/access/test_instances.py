@@ -43,7 +43,9 @@ async def test_two_instances_share_limits_budgets_and_revocations(
 
             async def post(base: str, key: str) -> tuple[int, dict[str, str]]:
                 headers = {"Authorization": f"Bearer {key}"}
-                async with http.post(f"{base}/v1/chat/completions", json=CHAT, headers=headers) as r:
+                async with http.post(
+                    f"{base}/v1/chat/completions", json=CHAT, headers=headers
+                ) as r:
                     await r.read()
                     return r.status, {k.lower(): v for k, v in r.headers.items()}
 
