@@ -73,9 +73,8 @@ async def test_two_instances_share_limits_budgets_and_revocations(
             seen: dict[str, float] = {}
             while len(seen) < 2 and time.monotonic() - revoked_at < 1.0:
                 for base in bases:
-                    if base not in seen:
-                        if (await post(base, doomed))[0] == 401:
-                            seen[base] = time.monotonic() - revoked_at
+                    if base not in seen and (await post(base, doomed))[0] == 401:
+                        seen[base] = time.monotonic() - revoked_at
                 await asyncio.sleep(0.02)
             assert len(seen) == 2, f"revocation not seen by both instances within 1 s: {seen}"
         # uvicorn shuts down cleanly, then re-raises the signal: exit by SIGTERM, not a crash
