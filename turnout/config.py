@@ -1,35 +1,41 @@
 """Configuration: one YAML file plus environment variables, validated once at start-up.
 
-Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then
-``OPENAI_COMPATIBLE_DATA`` and ``OLLAMA_BASE_URL`` (providers added by environment, as the web app
-of source document 003 does), then ``TURNOUT_<SECTION>__<KEY>`` overrides, e.g.
-``TURNOUT_SERVER__PORT=9000`` or ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as
-YAML scalars). Any invalid setting raises `ConfigError` naming the key and what is allowed.
+Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then providers
+added by environment, as the web app of source document 003 does (``OPENAI_COMPATIBLE_DATA``,
+``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then
+``TURNOUT_<SECTION>__<KEY>`` overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or
+``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as YAML scalars). Any invalid setting
+raises `ConfigError` naming the key and what is allowed.
+
+No provider type is named here: turnout/providers registers each (`register_provider_type`)
+with its dialect and settings model (a `ProviderConfig` subclass with the dialect's own options),
+and ``import turnout`` does so before anything is validated (docs/decisions.md, issue 10).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SecretStr,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from .config_access import AuthConfig, LimitsConfig, StorageConfig
 from .errors import ConfigError
-from .providers.presets import API_KEY_REQUIRED, DIALECTS, PRESETS
 
 __all__ = [
     "Config",
@@ -38,14 +44,19 @@ __all__ = [
     "ModelEntry",
     "PathsConfig",
     "ProviderConfig",
+    "ProviderType",
     "RouteConfig",
     "ServerConfig",
     "load_config",
+    "provider_types",
+    "register_env_source",
+    "register_provider_type",
 ]
 
 _ENV_PREFIX = "TURNOUT_"
+#: settings read as text from the environment, never as YAML (secrets, URLs with passwords)
+_TEXT = ("api_key", "admin_key", "database_url", "redis_url")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-PROVIDER_TYPES = tuple(sorted(set(DIALECTS) | set(PRESETS)))
 
 
 class _Strict(BaseModel):
@@ -69,45 +80,13 @@ class ServerConfig(_Strict):
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed")
 
 
-class StorageConfig(_Strict):
-    """Keys and the usage ledger (turnout/store); Redis shares limits between instances."""
-
-    database_url: str | None = Field(None, description="unset: SQLite in the data directory")
-    redis_url: str | None = Field(None, description="shared limits, budgets, revocations")
-    spool_path: str | None = Field(None, description="ledger rows while the database is down")
-    spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096)
-
-
-class LimitsConfig(_Strict):
-    on_store_error: Literal["allow", "deny"] = "allow"  # Redis away: count locally, or 503
-    user_rpm: int | None = Field(None, ge=1, description="per end user and endpoint")
-    user_tpm: int | None = Field(None, ge=1)
-
-
-class AuthConfig(_Strict):
-    required: bool = Field(False, description="ask for a gateway key even before one exists")
-
-
-def _keep_alive(value: float | str | None) -> float | str | None:
-    from .wire.durations import parse_keep_alive
-
-    if value is not None:
-        parse_keep_alive(value)  # raises ValueError saying what is allowed
-    return value
-
-
-#: idle time before a local model unloads: seconds, a duration like "10m", or -1 (never)
-KeepAlive = Annotated[float | str | None, AfterValidator(_keep_alive)]
-#: how a local model runs (turnout/providers/embedded/provider.py); auto picks by the model's format
-Engine = Literal["auto", "llama-cpp", "llama-server", "transformers", "onnx"]
-
-
 class ModelEntry(_Strict):
     """A model a provider serves, with what the configuration knows about it.
 
     Accepts source document 003's ``{"apiName", "uiName", "supportsTools"}`` spelling too.
-    Engine settings (``path``, ``chat_format``, ``n_ctx``, ``n_threads``...) are read by the
-    embedded engine; HTTP providers ignore them.
+    These are what every dialect reads; a dialect with options of its own per model (an engine's
+    context size, a prompt template) declares a subclass in turnout/providers/ and names it in
+    its `ProviderConfig` subclass's ``models``.
     """
 
     name: str = Field(alias="apiName", min_length=1)
@@ -115,23 +94,6 @@ class ModelEntry(_Strict):
     supports_tools: bool | None = Field(None, alias="supportsTools")
     supports_vision: bool | None = Field(None, alias="supportsVision")
     context_length: int | None = Field(None, ge=1)
-    path: str | None = None
-    chat_format: str | None = None
-    n_ctx: int = Field(2048, ge=64)
-    n_threads: int | None = Field(None, ge=1)
-    n_batch: int = Field(512, ge=1)
-    n_gpu_layers: int = Field(0, ge=-1)
-    embedding: bool = False
-    # Local model lifecycle and resources (embedded engine; see turnout/models/).
-    use_mmap: bool = True
-    use_mlock: bool = False
-    max_memory_mb: int | None = Field(None, ge=1, description="refuse to load above this estimate")
-    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
-    engine: Engine = Field(
-        "auto",
-        description="auto (by the model's format: gguf llama-cpp, safetensors transformers, "
-        "onnx onnx), in-process llama.cpp, a managed llama-server, transformers, onnxruntime-genai",
-    )
 
 
 class PathsConfig(_Strict):
@@ -164,11 +126,56 @@ class BreakerConfig(_Strict):
     max_cooldown: float = Field(60.0, gt=0)
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderType:
+    """One value ``providers.<name>.type`` may take, as turnout/providers registers it."""
+
+    name: str
+    dialect: str  # the provider class that speaks to it (a preset names an existing dialect)
+    #: the type's settings model: `ProviderConfig` or a subclass adding the dialect's options;
+    #: called when a provider of the type is validated (it may import the dialect's module)
+    settings: Callable[[], type[ProviderConfig]]
+    api_key_required: bool = False  # start-up fails without providers.<name>.api_key ...
+    key_headers: frozenset[str] = frozenset()  # ... unless one of these headers carries it
+
+
+#: providers the environment adds: (environment, providers so far) -> providers to set
+EnvSource = Callable[[Mapping[str, str], Mapping[str, Any]], Mapping[str, Any]]
+_TYPES: dict[str, ProviderType] = {}
+_ENV_SOURCES: list[EnvSource] = []
+
+
+def register_provider_type(spec: ProviderType) -> None:
+    """Make ``spec.name`` a provider type (turnout/providers registers each dialect and preset)."""
+    _TYPES[spec.name] = spec
+
+
+def register_env_source(source: EnvSource) -> None:
+    """Read providers from the environment too, after the file (turnout/providers registers
+    ``OPENAI_COMPATIBLE_DATA`` and the variables presets declare); it raises `ConfigError`."""
+    _ENV_SOURCES.append(source)
+
+
+def provider_types() -> tuple[str, ...]:
+    """Every registered provider type, sorted."""
+    return tuple(sorted(_TYPES))
+
+
+def _registered(type_: Any) -> type[ProviderConfig] | None:
+    """The settings model of a ``type`` value, None where no such type is registered."""
+    spec = _TYPES.get(type_) if isinstance(type_, str) else None
+    return spec.settings() if spec is not None else None
+
+
 class ProviderConfig(_Strict):
+    """One provider: the settings every dialect reads. A type whose dialect reads more registers
+    a subclass; validating a mapping, or calling ``ProviderConfig(type=...)``, gives an instance
+    of the registered model for that type."""
+
     type: str
     endpoint: str | None = None
     api_key: str | None = None
-    models: list[ModelEntry] = Field(default_factory=list)
+    models: Sequence[ModelEntry] = Field(default_factory=list)
     enabled: bool = True
     timeout: float = Field(300.0, gt=0, description="seconds to the first byte and between chunks")
     connect_timeout: float = Field(5.0, gt=0)
@@ -177,23 +184,6 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     streaming: bool | None = None
-    default_max_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="output token limit sent when a request gives none (Anthropic requires one)",
-    )
-    # Local model lifecycle (embedded engine; see turnout/models/ and turnout/providers/embedded).
-    models_dir: str | None = Field(None, description="serve every model file found here")
-    max_models_loaded: int | None = Field(None, ge=1)
-    max_memory_mb: int | None = Field(None, ge=1, description="budget for all loaded models")
-    keep_alive: KeepAlive = Field(None, description="idle time before unloading")
-    swap_after_seconds: float = Field(
-        5.0, ge=0, description="how long a waiting model lets a busy one keep taking requests"
-    )
-    engine: Engine = "auto"
-    llama_server: str | None = Field(
-        None, description="llama-server binary, or 'llama-cpp-python' for its Python server"
-    )
     # Routing (turnout/routing): prices, circuit breaker, queue and timeouts of this backend.
     cost_per_1k_input: float | None = Field(
         None, ge=0, description="price of 1,000 prompt tokens; unset: 0 for a local backend"
@@ -205,6 +195,29 @@ class ProviderConfig(_Strict):
     )
     first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
     total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+
+    def __new__(cls, *args: Any, **data: Any) -> Self:
+        """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
+        model = _registered(data.get("type")) if cls is ProviderConfig else None
+        return super().__new__(model or cls)  # type: ignore[return-value]  # a subclass of cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_type(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        """A mapping is validated by its type's model (errors keep their locations)."""
+        if cls is ProviderConfig and isinstance(data, Mapping):
+            model = _registered(data.get("type"))
+            if model is not None and model is not cls:
+                return model.model_validate(data)  # type: ignore[return-value]  # a subclass
+        return handler(data)
+
+    @classmethod
+    def of(cls, config: ProviderConfig) -> Self:
+        """``config`` as this model (a provider's own settings), else TypeError naming both."""
+        if not isinstance(config, cls):
+            got = type(config).__name__
+            raise TypeError(f"a {config.type!r} provider needs {cls.__name__} settings, got {got}")
+        return config
 
     @model_validator(mode="before")
     @classmethod
@@ -239,8 +252,9 @@ class ProviderConfig(_Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, v: str) -> str:
-        if v not in PROVIDER_TYPES:
-            raise ValueError(f"unknown provider type {v!r}; allowed: {', '.join(PROVIDER_TYPES)}")
+        if v not in _TYPES:
+            allowed = ", ".join(provider_types()) or "none registered (import turnout.providers)"
+            raise ValueError(f"unknown provider type {v!r}; allowed: {allowed}")
         return v
 
     @field_validator("endpoint")
@@ -254,7 +268,7 @@ class ProviderConfig(_Strict):
 
     @property
     def dialect(self) -> str:
-        return PRESETS[self.type].dialect if self.type in PRESETS else self.type
+        return _TYPES[self.type].dialect
 
 
 #: route strategies (turnout/routing/strategies.py implements one function per name)
@@ -332,7 +346,8 @@ class HealthConfig(_Strict):
 
 
 class DiscoveryConfig(_Strict):
-    """Finding local runtimes by their default ports (turnout/discovery.py); ``discovery: true``
+    """Finding local runtimes by their default ports (turnout/providers/discovery.py);
+    ``discovery: true``
     is short for ``discovery: {enabled: true}``."""
 
     enabled: bool = False
@@ -351,7 +366,8 @@ class DiscoveryConfig(_Strict):
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    #: SerializeAsAny: a provider is dumped with its type's own settings too
+    providers: dict[str, SerializeAsAny[ProviderConfig]] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     default_embedded: bool = Field(
         True, description="serve the embedded engine when no provider is configured"
@@ -394,11 +410,11 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _cloud_api_keys(self) -> Config:
         """A cloud provider without a key would fail every request with 401: fail at start-up."""
-        auth = {"authorization", "x-api-key", "x-goog-api-key"}
         for name, provider in self.providers.items():
-            if provider.type not in API_KEY_REQUIRED or not provider.enabled or provider.api_key:
+            spec = _TYPES[provider.type]
+            if not spec.api_key_required or not provider.enabled or provider.api_key:
                 continue
-            if auth & {key.lower() for key in provider.headers}:
+            if spec.key_headers & {key.lower() for key in provider.headers}:
                 continue  # the key travels in a configured header (e.g. through a proxy)
             raise ValueError(
                 f"providers.{name}.api_key: required for type '{provider.type}'; set it in the "
@@ -464,7 +480,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, data)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -485,40 +501,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _add_env_providers(data: dict[str, Any], env: Mapping[str, str]) -> None:
     providers = dict(data.get("providers") or {})
-    raw = env.get("OPENAI_COMPATIBLE_DATA")
-    if raw:
-        try:
-            entries = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"OPENAI_COMPATIBLE_DATA: not valid JSON ({exc.msg})") from None
-        if not isinstance(entries, list):
-            raise ConfigError("OPENAI_COMPATIBLE_DATA: must be a JSON array of providers")
-        for i, entry in enumerate(entries):
-            name, provider = _openai_compatible_entry(i, entry)
-            providers[name] = provider
-    ollama = env.get("OLLAMA_BASE_URL")
-    if ollama:
-        url = ollama.rstrip("/")
-        providers.setdefault("ollama", {"type": "ollama"})
-        providers["ollama"] = {**providers["ollama"], "endpoint": url.removesuffix("/api")}
+    for source in _ENV_SOURCES:
+        providers.update(source(env, providers))
     if providers:
         data["providers"] = providers
-
-
-def _openai_compatible_entry(i: int, entry: Any) -> tuple[str, dict[str, Any]]:
-    where = f"OPENAI_COMPATIBLE_DATA[{i}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: must be an object with provider, baseUrl and models")
-    for key in ("provider", "baseUrl"):
-        if not isinstance(entry.get(key), str) or not entry[key]:
-            raise ConfigError(f"{where}.{key}: required, a non-empty string")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", entry["provider"]).strip("-") or f"provider{i}"
-    provider: dict[str, Any] = {"type": "openai", "endpoint": entry["baseUrl"]}
-    if entry.get("apiKey"):
-        provider["api_key"] = entry["apiKey"]
-    if "models" in entry:
-        provider["models"] = entry["models"]
-    return name, provider
 
 
 def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -537,9 +523,7 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         last = _existing_key(node, path[-1])
-        if last in ("api_key", "admin_key", "database_url", "redis_url") or path[-2:-1] == [
-            "headers"
-        ]:
+        if last in _TEXT or path[-2:-1] == ["headers"]:
             node[last] = value  # secrets and header values are text, never YAML-typed
             continue
         try:
@@ -555,8 +539,9 @@ def _existing_key(node: dict[str, Any], part: str) -> str:
     return next((k for k in node if isinstance(k, str) and k.lower() == part), part)
 
 
-def _allowed(loc: tuple[int | str, ...]) -> list[str]:
-    """The setting names allowed where ``loc`` points, found by walking the models down it."""
+def _allowed(loc: tuple[int | str, ...], data: Any) -> list[str]:
+    """The setting names allowed where ``loc`` points, found by walking the models down it (and
+    the data beside them: a provider's model is the one its ``type`` registered)."""
     node: Any = Config
     for part in loc[:-1]:
         if isinstance(node, type) and issubclass(node, BaseModel):
@@ -564,21 +549,35 @@ def _allowed(loc: tuple[int | str, ...]) -> list[str]:
             node = field.annotation if field is not None else None
         else:  # a dict or list: step into its values
             node = get_args(node)[-1] if get_args(node) else None
+        data = _step(data, part)
+        if get_origin(node) is Annotated:  # SerializeAsAny[X]
+            node = get_args(node)[0]
         present = [a for a in get_args(node) if a is not type(None)]
         if type(None) in get_args(node) and len(present) == 1:  # X | None
             node = present[0]
+        if node is ProviderConfig and isinstance(data, Mapping):
+            node = _registered(data.get("type")) or node
     if isinstance(node, type) and issubclass(node, BaseModel):
         return list(node.model_fields)
     return []
 
 
-def _describe(exc: ValidationError) -> str:
+def _step(data: Any, part: int | str) -> Any:
+    """``data[part]``, or None where the data has no such place."""
+    if isinstance(data, Mapping):
+        return data.get(part)
+    if isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+        return data[part]
+    return None
+
+
+def _describe(exc: ValidationError, data: Any = None) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed(tuple(err["loc"]))
+            allowed = _allowed(tuple(err["loc"]), data)
             msg = "unknown setting" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "missing":
             msg = "required setting is missing"

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +25,17 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
-from .discovery import AutoDiscovery
 from .errors import InvalidRequestError
 from .providers import build_provider
 from .providers.base import Kind, Provider
+from .providers.discovery import AutoDiscovery
 from .routing import Catalog, Router, Target
+from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
-from .routing.strategies import prompt_text
 from .store.service import Access
 from .telemetry import CURRENT, Telemetry, Trace
-from .wire.openai import embedding_base64
+from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
+from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
@@ -51,8 +51,6 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
 
 #: output tokens reserved for a request that gives no max_tokens (settled with the real count)
 _DEFAULT_RESERVE = 256
-
-_CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
 
 
 @dataclass(slots=True)
@@ -108,7 +106,7 @@ class Gateway:
                 return
             await asyncio.gather(*(p.start() for p in self.providers.values()))
             if self.config.discovery.enabled:  # registers what answers now, looks again later
-                self.discovery = AutoDiscovery(self)
+                self.discovery = AutoDiscovery(self, self.config.discovery)
                 await self.discovery.start()
             await self.catalog.refresh()
             self._refresher = asyncio.create_task(
@@ -146,6 +144,12 @@ class Gateway:
             await self.access.close()  # after telemetry's last flush: every ledger row written
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
+
+    async def add_providers(self, added: Mapping[str, Provider]) -> None:
+        """Serve ``added`` (started providers, by name) from now on: discovery registers what
+        it finds here; the catalog, router and health monitor share `providers`."""
+        self.providers.update(added)
+        await self.catalog.refresh()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -246,6 +250,8 @@ class Gateway:
             self._abandon(trace, exc)
             raise
         trace.ready()
+        if body.get("tools"):  # only a stream that may call tools pays for their mending
+            chunks = _tool_calls_mended(chunks)
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
 
     async def _admit(self, trace: Trace, kind: Kind, body: JSON) -> None:
@@ -316,32 +322,19 @@ class Gateway:
                     if choices:
                         sent += 1
                         if collect:
-                            pieces.extend(_text_of(choices))
+                            pieces.extend(choice_texts(choices))
                             if count_early and _finished(choices):
                                 text = "".join(pieces)
-                                n = len(pieces)
-                                counted = (n, await self._count_usage(kind, body, target, text))
+                                counted = (len(pieces), await self._count(kind, body, target, text))
                     last = data
                     yield chunk
             finally:  # a client gone early: end the backend call and free its slot now, not at GC
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await close_stream(chunks)
             if usage is None and include_usage:
-                if counted is not None and counted[0] == len(pieces):
-                    usage = counted[1]
-                else:
-                    usage = await self._count_usage(kind, body, target, "".join(pieces))
-                yield Chunk(
-                    {
-                        "id": last.get("id", ""),
-                        "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
-                        "created": last.get("created", int(time.time())),
-                        "model": last.get("model", target.model),
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
+                if counted is None or counted[0] != len(pieces):
+                    counted = (0, await self._count(kind, body, target, "".join(pieces)))
+                usage = counted[1]
+                yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
             trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             raise
@@ -349,21 +342,12 @@ class Gateway:
             trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 
-    async def _count_usage(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
-        prompt = prompt_text(kind, body)
+    async def _count(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
+        """A stream's usage counted by the backend's tokenizer (estimated where it cannot)."""
         provider = target.provider
-        counts: list[int] = []
-        for text in (prompt, completion):
-            try:
-                n = await provider.count_tokens(target.model, text) if text else 0
-            except Exception:  # counting is best effort; an estimate beats no usage
-                n = None
-            counts.append(n if n is not None else (len(text) + 3) // 4)
-        return {
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": counts[0] + counts[1],
-        }
+        return await count_usage(
+            provider.count_tokens, target.model, prompt_text(kind, body), completion
+        )
 
     # The Python API.
 
@@ -436,6 +420,8 @@ def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:
             message = choice.get("message")
             if kind == "chat" and isinstance(message, dict):
                 message.setdefault("refusal", None)
+                if message.get("tool_calls"):
+                    tidy_reply(result)
     elif kind == "embedding" and body.get("encoding_format") == "base64":
         for item in result.get("data") or ():
             vector = item.get("embedding")
@@ -448,14 +434,18 @@ def _finished(choices: list[JSON]) -> bool:
     return all(choice.get("finish_reason") for choice in choices)
 
 
-def _text_of(choices: list[JSON]) -> list[str]:
-    out = []
-    for choice in choices:
-        delta = choice.get("delta")
-        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-        if isinstance(text, str):
-            out.append(text)
-    return out
+async def _tool_calls_mended(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """A stream's tool calls in OpenAI's contract (`ToolCallStream`), whatever the dialect; a
+    chunk that needed nothing keeps its raw bytes."""
+    mend = ToolCallStream()
+    try:
+        async for chunk in chunks:
+            data = mend(chunk.data)
+            yield chunk if data is chunk.data else Chunk(data)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _seconds(name: str, value: object) -> float:

@@ -150,15 +150,12 @@ def real_runtime(name: str, url: str) -> Runtime:
             param="messages",
         )
         provider: JSON = {"type": "llama-cpp-python", "endpoint": url}
-        caps = Capabilities(tools=False)
+        caps = Capabilities()  # tools held to a JSON schema by turnout
     else:
         # llama-server rejects it with its own type, exceed_context_size_error (code: an int)
         failure = Failure("invalid_request_error", "backend_rejected", "context", messages=TOO_LONG)
-        # --no-jinja (needed for this GGUF) leaves tool calling off: declared, so refused
-        provider = {
-            "type": "llamacpp",
-            "endpoint": url,
-            "models": [{"name": GEMMA, "supports_tools": False}],
-        }
-        caps = Capabilities(tools=False)
+        # --no-jinja (needed for this GGUF) leaves its own tool calling off: turnout learns that
+        # from its refusal and holds tools to a JSON schema itself
+        provider = {"type": "llamacpp", "endpoint": url}
+        caps = Capabilities()
     return Runtime(name, provider, GEMMA, caps, failure, real=True)

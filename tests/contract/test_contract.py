@@ -38,6 +38,7 @@ TOOLS = [
         },
     }
 ]
+WORD = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 8}}}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
 RUNTIMES = [pytest.param(name, marks=pytest.mark.slow) for name in REAL] + FAKES
@@ -137,12 +138,46 @@ class TestDialectContract:
                     await gw.chat(runtime.address, HI, tools=TOOLS, max_tokens=MAX_TOKENS)
                 refused(info.value, "tools")
                 return
-            body = await gw.chat(runtime.address, HI, tools=TOOLS, tool_choice="auto")
+            # a real base model may answer "auto" in words: "required" must call
+            choice_ = "required" if runtime.real else "auto"
+            body = await gw.chat(runtime.address, HI, tools=TOOLS, tool_choice=choice_)
         choice = body["choices"][0]
+        assert len(choice["message"]["tool_calls"]) == 1
+        assert choice["message"]["tool_calls"][0]["id"]
         call = choice["message"]["tool_calls"][0]
         assert call["function"]["name"] == "lookup"
         assert isinstance(orjson.loads(call["function"]["arguments"]), dict)  # a JSON string
         assert choice["finish_reason"] == "tool_calls"
+
+    async def test_tools_streamed(self, runtime: Runtime) -> None:
+        if not runtime.caps.tools:
+            return  # the refusal is test_tools'
+        choice_ = "required" if runtime.real else "auto"
+        async with gateway(runtime) as gw:
+            events = [
+                e async for e in gw.stream(runtime.address, HI, tools=TOOLS, tool_choice=choice_)
+            ]
+        parts = [
+            p for e in events for c in e["choices"] for p in c["delta"].get("tool_calls") or ()
+        ]
+        # id, type and name once per call, in its first delta; then arguments alone
+        firsts = [p for p in parts if "id" in p]
+        assert firsts and all(p["type"] == "function" and p["function"]["name"] for p in firsts)
+        assert len({p["id"] for p in firsts}) == len(firsts) == len({p["index"] for p in parts})
+        assert all("name" not in p["function"] for p in parts if "id" not in p)
+        finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
+        assert finishes == ["tool_calls"]
+
+    async def test_json_schema(self, runtime: Runtime) -> None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": WORD}}
+        async with gateway(runtime) as gw:
+            if not runtime.caps.json_schema:
+                with pytest.raises(GatewayError) as info:
+                    await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
+                refused(info.value, "response_format")
+                return
+            body = await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
+        check_chat(body, max_tokens=32)
 
     async def test_vision(self, runtime: Runtime) -> None:
         messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, IMAGE]}]

@@ -133,9 +133,9 @@ def test_a_missing_binary_is_a_configuration_error(models_dir: Path) -> None:
 
 
 def test_command_lines(gemma_path: Path) -> None:
-    from turnout.config import ModelEntry
+    from turnout.providers.embedded.settings import EmbeddedModel
 
-    entry = ModelEntry(name="g", chat_format="llama-2", n_ctx=1024, n_threads=3, use_mlock=True)
+    entry = EmbeddedModel(name="g", chat_format="llama-2", n_ctx=1024, n_threads=3, use_mlock=True)
     binary = command("/bin/llama-server", entry, gemma_path, 9999)
     assert binary[:3] == ["/bin/llama-server", "-m", str(gemma_path)]
     for flag, value in (("--port", "9999"), ("-c", "1024"), ("-t", "3"), ("--alias", "g")):

@@ -327,11 +327,11 @@ def test_convert_cli_refuses_an_existing_target(gemma_path: Path, hf_model_dir: 
 
 
 def test_a_cancelled_load_of_the_real_model_frees_it(hf_model_dir: Path) -> None:
-    from turnout.config import ModelEntry
     from turnout.providers.embedded.llama_engine import LoadCancelled
+    from turnout.providers.embedded.settings import EmbeddedModel
     from turnout.providers.embedded.torch_engine import TransformersEngine
 
-    engine = TransformersEngine(ModelEntry(name="hf"), lambda: hf_model_dir)
+    engine = TransformersEngine(EmbeddedModel(name="hf"), lambda: hf_model_dir)
     cancel = threading.Event()
 
     def progress(fraction: float) -> None:

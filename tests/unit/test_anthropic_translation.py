@@ -29,6 +29,7 @@ from turnout.errors import (
 from turnout.providers import build_provider
 from turnout.providers.anthropic import VERSION, AnthropicProvider, reset_wait
 from turnout.providers.anthropic_translate import AnthropicStream, from_anthropic, to_anthropic
+from turnout.routing import Catalog, Router
 from turnout.wire.sse import SSEDecoder
 from turnout.wire.types import Call, needs
 from turnout.wire.validate import validate_chat
@@ -148,17 +149,19 @@ def test_what_anthropic_cannot_take_is_a_400_naming_the_field(
     assert getattr(info.value, "status", None) == 400
 
 
-def test_embeddings_and_completions_are_refused_and_declared_missing() -> None:
+async def test_embeddings_and_completions_are_refused_and_declared_missing() -> None:
     claude = provider()
     caps = claude.capabilities(MODEL)
     assert caps.lacks(needs("embedding", {"input": "x"})) == ["embeddings"]
     assert caps.lacks(needs("completion", {"prompt": "x"})) == ["completion"]
     assert caps.vision and caps.tools and not caps.json_schema
+    router = Router(Catalog({"c": claude}, {}))  # decides before it calls; the dialect words it
     with pytest.raises(CapabilityError, match="no embeddings API") as info:
-        claude._payload(Call("embedding", {"model": "c", "input": "x"}, MODEL), False)
+        await router.complete("embedding", {"model": f"c/{MODEL}", "input": "x"})
     assert info.value.status == 400 and info.value.param == "model"
-    with pytest.raises(CapabilityError, match="no text completion"):
-        claude._payload(Call("completion", {"model": "c", "prompt": "x"}, MODEL), False)
+    with pytest.raises(CapabilityError, match="no text completion") as info:
+        await router.complete("completion", {"model": f"c/{MODEL}", "prompt": "x"})
+    assert info.value.param == "prompt"
 
 
 # Replies: Anthropic in, OpenAI out.

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from turnout.config import PROVIDER_TYPES, Config, ModelEntry, load_config
+from turnout.config import Config, ModelEntry, ProviderConfig, load_config
 from turnout.errors import ConfigError
+from turnout.providers import PROVIDER_TYPES
 
 SEED_002_YAML = """\
 providers:
@@ -516,3 +517,96 @@ def test_several_errors_are_all_reported() -> None:
     assert "server.port" in message
     assert "server.log_level" in message
     assert "'debug', 'info', 'warning' or 'error'" in message
+
+
+# --- each dialect's own options ---------------------------------------------------------------
+
+
+def test_an_option_of_another_dialect_is_unknown_naming_the_allowed_keys() -> None:
+    message = _error({"providers": {"a": {"type": "vllm", "models_dir": "./models"}}})
+    assert "providers.a.models_dir: unknown setting; allowed: type, endpoint" in message
+    allowed = message.split("allowed:")[1]
+    assert "default_max_tokens" in allowed and "models_dir" not in allowed
+
+
+def test_an_engine_option_on_an_http_model_is_unknown() -> None:
+    message = _error(
+        {"providers": {"a": {"type": "llamacpp", "models": [{"name": "m", "n_ctx": 8}]}}}
+    )
+    assert (
+        "providers.a.models.0.n_ctx: unknown setting; allowed: name, display_name, "
+        "supports_tools, supports_vision, context_length" in message
+    )
+
+
+def test_the_embedded_dialects_options_are_listed_where_it_is_the_type() -> None:
+    message = _error({"providers": {"e": {"type": "embedded", "models_dri": "./m"}}})
+    allowed = message.split("providers.e.models_dri: unknown setting; allowed: ")[1]
+    for key in ("endpoint", "models_dir", "keep_alive", "engine", "llama_server"):
+        assert key in allowed
+    message = _error(
+        {"providers": {"e": {"type": "embedded", "models": [{"name": "m", "ctx": 1}]}}}
+    )
+    allowed = message.split("providers.e.models.0.ctx: unknown setting; allowed: ")[1]
+    assert "n_ctx" in allowed and "use_mlock" in allowed
+
+
+@pytest.mark.parametrize(
+    ("settings", "where", "says"),
+    [
+        ({"keep_alive": "soon"}, "providers.e.keep_alive", "duration"),
+        ({"engine": "vllm"}, "providers.e.engine", "'llama-cpp'"),
+        ({"models": [{"name": "m", "n_ctx": 8}]}, "providers.e.models.0.n_ctx", "64"),
+        ({"models": [{"name": "m", "keep_alive": "x"}]}, "providers.e.models.0.keep_alive", ""),
+    ],
+)
+def test_invalid_embedded_options_fail_at_load_naming_the_key(
+    settings: dict[str, Any], where: str, says: str
+) -> None:
+    message = _error({"providers": {"e": {"type": "embedded", **settings}}})
+    assert where in message and says in message
+
+
+def test_kobold_models_take_a_chat_format_and_anthropic_an_output_limit() -> None:
+    cfg = load_config(
+        {
+            "providers": {
+                "k": {"type": "koboldai", "models": [{"name": "m", "chat_format": "gemma"}]},
+                "c": {"type": "anthropic", "api_key": "k", "default_max_tokens": 64},
+            }
+        },
+        environ={},
+    )
+    assert cfg.providers["k"].models[0].chat_format == "gemma"  # type: ignore[attr-defined]
+    assert cfg.providers["c"].default_max_tokens == 64  # type: ignore[attr-defined]
+    message = _error({"providers": {"o": {"type": "ollama", "default_max_tokens": 64}}})
+    assert "providers.o.default_max_tokens: unknown setting" in message
+
+
+def test_a_provider_config_is_its_types_model() -> None:
+    from turnout.providers.embedded.settings import EmbeddedConfig
+
+    made = ProviderConfig(type="embedded", models_dir="./m")
+    assert isinstance(made, EmbeddedConfig) and made.models_dir == "./m"
+    validated = ProviderConfig.model_validate({"type": "embedded", "engine": "onnx"})
+    assert isinstance(validated, EmbeddedConfig) and validated.engine == "onnx"
+    assert type(
+        load_config({"providers": {"e": {"type": "embedded"}}}, environ={}).providers["e"]
+    ) is (EmbeddedConfig)
+    dumped = load_config({"providers": {"e": {"type": "embedded"}}}, environ={}).model_dump()
+    assert dumped["providers"]["e"]["swap_after_seconds"] == 5.0  # `config check` shows them
+
+
+def test_environment_providers_are_declared_by_their_type() -> None:
+    from turnout.providers.presets import DIALECT_ENV
+
+    (name, declared), *_ = DIALECT_ENV.items()
+    cfg = load_config({}, environ={declared.variable: "http://h:1/"})
+    assert cfg.providers[name].type == name and cfg.providers[name].endpoint == "http://h:1"
+
+
+def test_a_provider_refuses_another_dialects_settings() -> None:
+    from turnout.providers.embedded import EmbeddedProvider
+
+    with pytest.raises(TypeError, match="'vllm' provider needs EmbeddedConfig settings"):
+        EmbeddedProvider("x", ProviderConfig(type="vllm"))

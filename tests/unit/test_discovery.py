@@ -20,9 +20,10 @@ from tests.fakes.openai_runtimes import PROFILES, run_fake_runtime, serve_app
 from tests.support.servers import free_port, run_silent_server
 from turnout.cli import app
 from turnout.config import load_config
-from turnout.discovery import DEFAULT_PORTS, Found, discover, parse_target
 from turnout.gateway import Gateway
-from turnout.providers.presets import DIALECT_PORTS, PRESETS
+from turnout.providers import PROVIDER_TYPES
+from turnout.providers.discovery import DEFAULT_PORTS, SIGNATURES, Found, discover, parse_target
+from turnout.providers.presets import DIALECT_PORTS, DIALECT_SIGNATURES, PRESETS
 
 #: fake -> (provider type, label, models) discovery must report
 EXPECTED = {
@@ -104,6 +105,17 @@ def test_default_ports_cover_every_preset_and_dialect() -> None:
     assert local | set(DIALECT_PORTS.values()) <= set(DEFAULT_PORTS)
     # runtimes.md's defaults where source document 002 differs
     assert {1234, 8000, 9931, 5000} <= set(DEFAULT_PORTS)
+
+
+def test_signatures_are_the_presets_and_dialects_declarations_in_rank_order() -> None:
+    ranks = [sig.rank for _, sig in SIGNATURES]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+    declared = {n for n, p in PRESETS.items() if p.signature is not None} | set(DIALECT_SIGNATURES)
+    assert {name for name, _ in SIGNATURES} == declared
+    assert declared <= set(PROVIDER_TYPES)
+    # every fake above is named, and nothing is named that has no signature
+    assert {runtime for runtime, _, _ in EXPECTED.values()} <= declared
+    assert PRESETS["openai-cloud"].signature is None
 
 
 @pytest.mark.parametrize(

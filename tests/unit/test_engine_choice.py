@@ -12,13 +12,14 @@ from typing import Any
 
 import pytest
 
-from turnout.config import ModelEntry, ProviderConfig
+from turnout.config import ProviderConfig
 from turnout.errors import BackendError, ConfigError
 from turnout.models.convert import ConvertError, gguf_to_hf
 from turnout.models.directory import scan
 from turnout.providers.embedded import EmbeddedProvider, default_engine, model_format
 from turnout.providers.embedded.llama_engine import LlamaEngine
 from turnout.providers.embedded.server_engine import ServerEngine
+from turnout.providers.embedded.settings import EmbeddedModel
 from turnout.providers.embedded.thread_engine import require_packages
 from turnout.providers.embedded.torch_engine import TransformersEngine
 
@@ -95,7 +96,7 @@ def test_the_engine_setting_accepts_transformers_and_onnx_only_besides_llama() -
 
     with pytest.raises(ConfigError, match="engine"):
         load_config({"providers": {"x": {"type": "embedded", "engine": "vllm"}}})
-    entry = ModelEntry(name="m", engine="onnx")
+    entry = EmbeddedModel(name="m", engine="onnx")
     assert entry.engine == "onnx"
 
 
@@ -126,7 +127,7 @@ def test_missing_packages_name_the_pip_extra() -> None:
 def test_transformers_needs_a_config_beside_a_lone_file(folders: dict[str, Path]) -> None:
     import threading
 
-    engine = TransformersEngine(ModelEntry(name="lone"), lambda: folders["dir"] / "x")
+    engine = TransformersEngine(EmbeddedModel(name="lone"), lambda: folders["dir"] / "x")
     with pytest.raises(BackendError, match=r"needs a config\.json beside lone\.safetensors"):
         engine._load_blocking(
             folders["dir"] / "lone.safetensors", lambda _: None, threading.Event()
@@ -138,7 +139,7 @@ def test_transformers_memory_estimate_from_the_config(folders: dict[str, Path]) 
         "num_hidden_layers": 18, "num_key_value_heads": 1, "head_dim": 256, "dtype": "float32",
     }  # fmt: skip
     (folders["hf"] / "config.json").write_text(json.dumps(config))
-    engine = TransformersEngine(ModelEntry(name="hf", n_ctx=1024), lambda: folders["hf"])
+    engine = TransformersEngine(EmbeddedModel(name="hf", n_ctx=1024), lambda: folders["hf"])
     weights = (folders["hf"] / "model.safetensors").stat().st_size
     kv = 18 * 1 * 256 * 2 * 1024 * 4  # layers, heads, head size, keys and values, tokens, f32
     assert engine.estimate_bytes(folders["hf"]) == int(weights * 1.6 + kv + 128 * 1024 * 1024)

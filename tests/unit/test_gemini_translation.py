@@ -28,8 +28,9 @@ from turnout.errors import (
 from turnout.providers import build_provider
 from turnout.providers.gemini import GeminiProvider, from_gemini_embed, retry_delay, to_gemini_embed
 from turnout.providers.gemini_translate import GeminiStream, from_gemini, gemini_schema, to_gemini
+from turnout.routing import Catalog, Router
 from turnout.wire.sse import SSEDecoder
-from turnout.wire.types import Call, needs
+from turnout.wire.types import needs
 from turnout.wire.validate import validate_chat, validate_embedding
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
@@ -177,15 +178,16 @@ def test_schema_keeps_only_what_gemini_knows() -> None:
     assert gemini_schema(either, "p") == {"anyOf": [{"type": "NUMBER"}, {"type": "STRING"}]}
 
 
-def test_completions_are_refused_and_declared_missing() -> None:
+async def test_completions_are_refused_and_declared_missing() -> None:
     gem = provider()
     caps = gem.capabilities("gemini-2.0-flash")
     assert caps.lacks(needs("completion", {"prompt": "x"})) == ["completion"]
     assert caps.lacks(needs("embedding", {"input": "x"})) == []
     assert caps.vision and caps.tools and caps.json_schema
+    router = Router(Catalog({"g": gem}, {}))  # decides before it calls; the dialect words it
     with pytest.raises(CapabilityError, match="no text completion") as info:
-        gem._payload(Call("completion", {"model": "g", "prompt": "x"}, "gemini-2.0-flash"))
-    assert info.value.status == 400
+        await router.complete("completion", {"model": "g/gemini-2.0-flash", "prompt": "x"})
+    assert info.value.status == 400 and info.value.param == "prompt"
 
 
 # Replies: Gemini in, OpenAI out.

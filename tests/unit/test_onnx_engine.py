@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from turnout.config import ModelEntry
 from turnout.errors import ConfigError, InvalidRequestError
 from turnout.providers.embedded.onnx_engine import OnnxEngine, _Adjust, _chat_template, model_folder
+from turnout.providers.embedded.settings import EmbeddedModel
 from turnout.providers.embedded.thread_engine import Sampling
 
 
@@ -50,7 +50,7 @@ def test_the_chat_template_comes_from_the_tokenizer_files(tmp_path: Path) -> Non
 
 def engine(tmp_path: Path, **entry: object) -> OnnxEngine:
     folder = genai_folder(tmp_path)
-    made = OnnxEngine(ModelEntry(name="m", path=str(folder), **entry), lambda: folder)
+    made = OnnxEngine(EmbeddedModel(name="m", path=str(folder), **entry), lambda: folder)
     made.context_length, made.window = 32768, 512
     return made
 

@@ -27,6 +27,7 @@ from turnout.providers import build_provider
 from turnout.providers.openai_compat import OpenAICompatProvider
 from turnout.providers.openai_quirks import StreamMender, mend_response, pool_token_embeddings
 from turnout.providers.presets import ANSWER_TOKENS, PRESETS
+from turnout.routing import Catalog, Router
 from turnout.wire.types import Call, Chunk
 
 MODEL = "fake-model"
@@ -419,7 +420,7 @@ async def test_koboldcpp_fixed_usage_is_recounted() -> None:
         ("mlx", {"embeddings"}),
         ("fastchat", {"tools", "json_schema"}),
         ("koboldcpp-openai", {"embeddings", "json_schema"}),
-        ("llama-cpp-python", {"tools"}),
+        ("llama-cpp-python", set()),  # tools held to a schema by turnout
         ("vllm", set()),
     ],
 )
@@ -432,20 +433,25 @@ def test_presets_declare_what_they_lack(type_: str, lacking: set[str]) -> None:
 
 
 def test_configuration_still_wins_over_a_preset() -> None:
-    config = {"type": "llama-cpp-python", "models": [{"name": "m", "supports_tools": True}]}
+    config = {"type": "fastchat", "models": [{"name": "m", "supports_tools": True}]}
     made = build_provider("up", ProviderConfig.model_validate(config))
     assert made.capabilities("m").tools is True
     assert made.capabilities("other").tools is False
 
 
-def test_a_lacking_capability_is_refused_naming_the_part() -> None:
+async def test_a_lacking_capability_is_refused_naming_the_part() -> None:
     made = build_provider("up", ProviderConfig(type="vllm"))
     assert isinstance(made, OpenAICompatProvider)
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
     messages = [HELLO[0], {"role": "user", "content": [image]}]
+    router = Router(Catalog({"up": made}, {}))  # the router decides; the backend is never asked
     with pytest.raises(CapabilityError) as info:
-        made.payload(Call("chat", {"messages": messages}, MODEL))
+        await router.complete("chat", {"model": f"up/{MODEL}", "messages": messages})
     assert info.value.param == "messages[1].content[0]"
+    assert info.value.message == (
+        "Backend 'up' cannot serve this request: it lacks vision "
+        "(declare it in the configuration if the model can)."
+    )
     assert info.value.fallback is True  # another backend of the same model may take it
     declared = ProviderConfig(type="vllm", models=[{"name": MODEL, "supports_vision": True}])
     vision = build_provider("up", declared)

@@ -23,7 +23,7 @@ from turnout.errors import (
 from turnout.providers.base import Health, ModelInfo, Provider
 from turnout.routing import Catalog, Router, Target
 from turnout.routing.routes import RetryPolicy
-from turnout.wire.types import JSON, Call, Chunk
+from turnout.wire.types import JSON, Call, Capabilities, Chunk
 
 Outcome = JSON | GatewayError | list[Any]
 
@@ -357,6 +357,33 @@ async def test_capability_error_when_no_backend_can() -> None:
     with pytest.raises(CapabilityError, match="a: no tools"):
         await RecordingRouter(await ready(a, b)).complete("chat", body())
     assert (len(a.calls), len(b.calls)) == (1, 1)
+
+
+class NoTools(MemoryProvider):
+    default_capabilities: ClassVar[Capabilities] = Capabilities(tools=False)
+
+
+TOOLS = [{"type": "function", "function": {"name": "f"}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_what_a_target_lacks_is_decided_before_it_is_called(stream: bool) -> None:
+    a, b = NoTools("a", ["m"]), MemoryProvider("b", ["m"], outcomes=[["hi"]] if stream else [])
+    router = RecordingRouter(await ready(a, b))  # the default strategy: priority, not capability
+    _, target = await (router.stream if stream else router.complete)(
+        "chat", {**body(), "tools": TOOLS, "stream": stream}
+    )
+    assert target.provider is b
+    assert (len(a.calls), len(b.calls)) == (0, 1)
+    assert a.in_use == 0
+    only = RecordingRouter(await ready(NoTools("a", ["m"])))
+    with pytest.raises(CapabilityError) as info:
+        await only.complete("chat", {**body(), "tools": TOOLS})
+    assert (info.value.param, info.value.status, info.value.fallback) == ("tools", 400, True)
+    assert info.value.message == (
+        "Backend 'a' cannot serve this request: it lacks tools "
+        "(declare it in the configuration if the model can)."
+    )
 
 
 async def test_a_failure_elsewhere_says_more_than_a_capability_error() -> None:

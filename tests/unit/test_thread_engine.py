@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from turnout.config import ModelEntry
+from turnout.config import ProviderConfig
 from turnout.errors import CapabilityError, ConfigError, InvalidRequestError
+from turnout.providers.embedded import EmbeddedProvider
 from turnout.providers.embedded.llama_engine import LoadCancelled
+from turnout.providers.embedded.settings import EmbeddedModel
 from turnout.providers.embedded.thread_engine import (
     Sampling,
     StopScanner,
@@ -26,7 +28,8 @@ from turnout.providers.embedded.thread_engine import (
     chat_turns,
     template_for,
 )
-from turnout.wire.types import JSON, Call
+from turnout.routing import Catalog, Router
+from turnout.wire.types import JSON, Call, Kind
 
 
 class Scripted(ThreadEngine):
@@ -35,7 +38,7 @@ class Scripted(ThreadEngine):
     kind = "scripted"
 
     def __init__(self, pieces: list[str], delay: float = 0.0, **entry: Any) -> None:
-        super().__init__(ModelEntry(name="m", **entry), lambda: Path("/nonexistent/m"))
+        super().__init__(EmbeddedModel(name="m", **entry), lambda: Path("/nonexistent/m"))
         self.pieces, self.delay = pieces, delay
         self.architecture = "Gemma3ForCausalLM"
         self.prompts: list[str] = []
@@ -271,23 +274,6 @@ async def test_prompt_longer_than_the_context_is_refused() -> None:
 @pytest.mark.parametrize(
     ("call", "param", "words"),
     [
-        (chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools", "lacks tools"),
-        (
-            chat(
-                messages=[
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "text", "text": "see"},
-                            {"type": "image_url", "image_url": {"url": "data:x"}},
-                        ],
-                    }
-                ]
-            ),
-            "messages[0].content[1]",
-            "lacks vision",
-        ),
-        (Call("embedding", {"input": "x"}, "m"), "model", "lacks embeddings"),
         (chat(n=2), "n", "one choice"),
         (chat(logprobs=True), "logprobs", "log probabilities"),
         (chat(response_format={"type": "json_object"}), "response_format", "JSON"),
@@ -299,6 +285,61 @@ async def test_refusals_name_the_field(call: Call, param: str, words: str) -> No
         await engine.complete(call)
     assert err.value.param == param and words in err.value.message
     assert engine.samplings == []  # refused before any generation
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:x"}}
+
+
+def served_by(engine: ThreadEngine, folder: Path, **entry: Any) -> Router:
+    """A router in front of an embedded provider whose model ``m`` runs on ``engine``."""
+    (folder / "config.json").write_text('{"architectures": ["Gemma3ForCausalLM"]}')
+    (folder / "model.safetensors").write_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
+    models = [{"name": "m", "path": str(folder), "engine": "transformers", **entry}]
+    provider = EmbeddedProvider("local", ProviderConfig(type="embedded", models=models))
+    provider.engines["m"] = engine
+    return Router(Catalog({"local": provider}, {}))
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "entry", "param", "words"),
+    [
+        (
+            "chat",
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            {},
+            "tools",
+            "tools",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, IMAGE]}]},
+            {},
+            "messages[0].content[1]",
+            "vision",
+        ),
+        (  # the configuration cannot give an engine what it lacks
+            "chat",
+            {"messages": [{"role": "user", "content": [IMAGE]}]},
+            {"supports_vision": True},
+            "messages[0].content[0]",
+            "vision",
+        ),
+        ("embedding", {"input": "x"}, {}, "model", "embeddings"),
+    ],
+)
+async def test_what_the_engine_lacks_is_refused_before_it_is_asked(
+    tmp_path: Path, kind: Kind, body: JSON, entry: JSON, param: str, words: str
+) -> None:
+    engine = Scripted(["a"])
+    router = served_by(engine, tmp_path, **entry)
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], **body}
+    with pytest.raises(CapabilityError) as err:
+        await router.complete(kind, body)
+    assert err.value.param == param
+    assert err.value.message == (
+        f"The scripted engine of model 'm' cannot serve this request: it lacks {words}."
+    )
+    assert engine.samplings == [] and engine.prompts == []  # never reached the engine
 
 
 # Cancellation, loading, one generation at a time.

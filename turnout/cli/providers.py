@@ -52,7 +52,7 @@ def discover(
 ) -> None:
     """Find runtimes on their default ports (every preset's), name each by its signature
     endpoints and list its models. Exit 1 when nothing answers."""
-    from ..discovery import DEFAULT_PORTS, describe, discover as run
+    from ..providers.discovery import DEFAULT_PORTS, describe, discover as run
 
     targets = hosts or ["127.0.0.1"]
     ports = port or list(DEFAULT_PORTS)

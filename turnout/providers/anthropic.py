@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import ClassVar
 from urllib.parse import quote
 
+from pydantic import Field
+
 from ..config import ProviderConfig
 from ..errors import (
     BackendProtocolError,
@@ -29,7 +31,7 @@ from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
 from .presets import DIALECT_ENDPOINTS
 
-__all__ = ["VERSION", "AnthropicProvider", "reset_wait"]
+__all__ = ["VERSION", "AnthropicConfig", "AnthropicProvider", "reset_wait"]
 
 VERSION = "2023-06-01"
 
@@ -55,10 +57,23 @@ def reset_wait(headers: Mapping[str, str]) -> float | None:
     return max(waits) if waits else None
 
 
+class AnthropicConfig(ProviderConfig):
+    """A provider of type ``anthropic``."""
+
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (the Messages API requires "
+        "one; unset: DEFAULT_MAX_TOKENS)",
+    )
+
+
 class AnthropicProvider(HttpProvider):
     """Anthropic's Messages API (or anything that speaks it): chat, streamed or not."""
 
     dialect: ClassVar[str] = "anthropic"
+    settings: ClassVar[type[ProviderConfig]] = AnthropicConfig
+    config: AnthropicConfig
     default_port = 443
     stream_usage = True  # message_delta always carries the counters
     default_capabilities: ClassVar[Capabilities] = Capabilities(
@@ -69,7 +84,7 @@ class AnthropicProvider(HttpProvider):
         if config.endpoint is None:
             config = config.model_copy(update={"endpoint": DIALECT_ENDPOINTS["anthropic"]})
         super().__init__(name, config)
-        self.max_tokens = config.default_max_tokens or DEFAULT_MAX_TOKENS
+        self.max_tokens = self.config.default_max_tokens or DEFAULT_MAX_TOKENS
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:
@@ -82,18 +97,22 @@ class AnthropicProvider(HttpProvider):
             headers["x-api-key"] = self.config.api_key
         return headers
 
-    def _payload(self, call: Call, stream: bool) -> JSON:
-        if call.kind == "embedding":
-            raise CapabilityError(
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        if "embeddings" in missing:
+            return CapabilityError(
                 f"Anthropic has no embeddings API; '{self.name}' cannot embed. Ask a backend "
                 "that can (OpenAI, Gemini, Ollama, llama.cpp).",
                 param="model",
             )
-        if call.kind != "chat":
-            raise CapabilityError(
+        if "completion" in missing:
+            return CapabilityError(
                 "Anthropic's Messages API has no text completion; use /v1/chat/completions.",
                 param="prompt",
             )
+        return super().refusal(model, missing, body)
+
+    def _payload(self, call: Call, stream: bool) -> JSON:
+        # Chat only: the router sends no embedding or completion here (see `refusal`).
         return to_anthropic(
             call.body, call.model, stream=stream, default_max_tokens=self.max_tokens
         )

@@ -19,7 +19,6 @@ shared/reference/runtimes.md §2 (anthropics/anthropic-sdk-python @009b035, Anth
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -31,13 +30,12 @@ from ..errors import (
     CapabilityError,
     clean_upstream_message,
 )
+from ..wire.openai import ChunkMaker, reply_body, reply_id, usage_dict
 from .base import JSON
 from .cloud import (
-    ChunkMaker,
     call_id,
     inline_image,
     invalid,
-    openai_usage,
     output_limit,
     refuse_unsupported,
     stop_list,
@@ -229,7 +227,7 @@ def _usage(usage: JSON) -> JSON:
     read = int(usage.get("cache_read_input_tokens") or 0)
     written = int(usage.get("cache_creation_input_tokens") or 0)
     prompt = int(usage.get("input_tokens") or 0) + read + written
-    return openai_usage(prompt, int(usage.get("output_tokens") or 0), cached=read, written=written)
+    return usage_dict(prompt, int(usage.get("output_tokens") or 0), cached=read, written=written)
 
 
 def from_anthropic(obj: JSON, model: str) -> JSON:
@@ -255,14 +253,14 @@ def from_anthropic(obj: JSON, model: str) -> JSON:
     if thinking:
         message["reasoning_content"] = "".join(thinking)
     choice = {"index": 0, "message": message, "logprobs": None}
-    return {
-        "id": obj.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": obj.get("model") or model,
-        "choices": [{**choice, "finish_reason": _finish(obj.get("stop_reason"))}],
-        "usage": _usage(obj.get("usage") or {}),
-    }
+    return reply_body(
+        "chat",
+        obj.get("id") or reply_id("chat"),
+        int(time.time()),
+        obj.get("model") or model,
+        [{**choice, "finish_reason": _finish(obj.get("stop_reason"))}],
+        _usage(obj.get("usage") or {}),
+    )
 
 
 class AnthropicStream:
@@ -275,7 +273,7 @@ class AnthropicStream:
     """
 
     def __init__(self, model: str, backend: str) -> None:
-        self.chunks = ChunkMaker(model)
+        self.chunks = ChunkMaker("chat", model)
         self.backend = backend
         self.usage: JSON = {}
         self.tools: dict[Any, int] = {}  # content block index -> OpenAI tool call index

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config import ModelEntry, ProviderConfig
+from ..errors import CapabilityError
+from ..wire.openai import lacking
 from ..wire.types import JSON, Call, Capabilities, Chunk, Kind, Usage, needs
 
 __all__ = [
@@ -56,18 +58,21 @@ class Provider(ABC):
     """
 
     dialect: ClassVar[str]
+    #: the configuration model of this dialect's providers: `ProviderConfig`, or a subclass
+    #: declaring the dialect's own options (registered with turnout/config.py by __init__.py)
+    settings: ClassVar[type[ProviderConfig]] = ProviderConfig
     #: whether the backend reports usage in streams when asked
     stream_usage: bool = True
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
-        self.config = config
+        self.config = self.settings.of(config)
         self._slots = asyncio.Semaphore(config.max_concurrency) if config.max_concurrency else None
         #: model -> (reported, config, capabilities) of the last `capabilities` answer
         self._capabilities: dict[str, tuple[Capabilities, ProviderConfig, Capabilities]] = {}
 
     @property
-    def declared_models(self) -> list[ModelEntry]:
+    def declared_models(self) -> Sequence[ModelEntry]:
         return self.config.models
 
     async def start(self) -> None:  # noqa: B027 - optional hook
@@ -133,6 +138,12 @@ class Provider(ABC):
                 if entry.context_length is not None:
                     updates["context_length"] = entry.context_length
         return dataclasses.replace(caps, **updates) if updates else caps  # type: ignore[arg-type]
+
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        """The error for a request needing what ``model`` lacks (``missing``: names of
+        `Capabilities` fields). The router decides that, before it calls; a dialect only words it
+        (Anthropic has no embeddings API at all)."""
+        return lacking(self.name, missing, body)
 
     async def count_tokens(self, model: str, text: str) -> int | None:
         """Tokens in ``text`` by the model's tokenizer (no BOS), or None if it cannot say."""

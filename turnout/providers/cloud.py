@@ -1,13 +1,13 @@
 """What the cloud dialects (Anthropic, Gemini) share when they translate OpenAI requests and
-answers: output limits, stop lists, inline images, tool call arguments, usage and stream chunks.
+answers: output limits, stop lists, inline images and tool call arguments (usage and stream chunks
+are built by turnout/wire/openai.py).
 
-Pure functions and one small chunk builder; no I/O. Errors name the OpenAI field at fault, in the
+Pure functions; no I/O. Errors name the OpenAI field at fault, in the
 client's terms (``messages[2].content[1].image_url.url``), never the vendor's.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -17,11 +17,9 @@ from ..errors import CapabilityError, InvalidRequestError
 from .base import JSON
 
 __all__ = [
-    "ChunkMaker",
     "call_id",
     "inline_image",
     "invalid",
-    "openai_usage",
     "output_limit",
     "refuse_unsupported",
     "stop_list",
@@ -125,52 +123,3 @@ def tool_arguments(raw: Any, param: str, vendor: str) -> JSON:
             param, f"{vendor} takes tool call arguments as a JSON object, got {str(raw)[:80]!r}"
         )
     return args
-
-
-def openai_usage(
-    prompt: int,
-    completion: int,
-    *,
-    cached: int = 0,
-    written: int = 0,
-    reasoning: int = 0,
-    total: int | None = None,
-) -> JSON:
-    """OpenAI's ``usage``: prompt tokens include cached ones (read from or ``written`` to the
-    cache), completion tokens reasoning ones."""
-    usage: JSON = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion if total is None else total,
-    }
-    if cached or written:
-        details = {"cached_tokens": cached}
-        usage["prompt_tokens_details"] = (
-            {**details, "cache_write_tokens": written} if written else details
-        )
-    if reasoning:
-        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
-    return usage
-
-
-class ChunkMaker:
-    """OpenAI ``chat.completion.chunk`` objects sharing one id, created time and model."""
-
-    __slots__ = ("created", "id", "model")
-
-    def __init__(self, model: str, chunk_id: str | None = None) -> None:
-        self.id = chunk_id or f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model
-
-    def choice(self, delta: JSON, finish: str | None = None, index: int = 0) -> JSON:
-        entry = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._chunk([entry])
-
-    def usage(self, usage: JSON) -> JSON:
-        """The usage-only chunk ``stream_options.include_usage`` asks for (``choices: []``)."""
-        return {**self._chunk([]), "usage": usage}
-
-    def _chunk(self, choices: list[JSON]) -> JSON:
-        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created}
-        return {**head, "model": self.model, "choices": choices}

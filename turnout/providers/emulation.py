@@ -3,33 +3,19 @@ stop strings applied to a reply, and a clear refusal of what cannot be emulated.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from ..errors import CapabilityError
+from ..wire.openai import ChunkMaker
 from .base import JSON, Kind
 
 __all__ = [
     "chunks_from_response",
     "cut_at_stop",
-    "lacking",
     "refuse_unsupported",
     "single_prompt",
     "unsupported",
 ]
-
-_CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
-#: the request field that asks for each capability
-_PARAM = {
-    "tools": "tools",
-    "vision": "messages",
-    "json_schema": "response_format",
-    "streaming": "stream",
-    "embeddings": "model",
-    "completion": "model",
-    "chat": "model",
-}
 
 
 def unsupported(message: str, param: str) -> CapabilityError:
@@ -38,26 +24,6 @@ def unsupported(message: str, param: str) -> CapabilityError:
     error = CapabilityError(message, param=param)
     error.fallback = True
     return error
-
-
-def lacking(backend: str, missing: list[str], body: JSON) -> CapabilityError:
-    """The refusal of a request needing capabilities (names of `Capabilities` fields) that the
-    backend is declared to lack; the configuration can declare them (``supports_tools`` ...)."""
-    param = _PARAM.get(missing[0], "model")
-    if missing[0] == "vision":  # name the first image part
-        for i, message in enumerate(body.get("messages") or ()):
-            content = message.get("content") if isinstance(message, dict) else None
-            for j, part in enumerate(content if isinstance(content, list) else ()):
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    param = f"messages[{i}].content[{j}]"
-                    break
-            if param != "messages":
-                break
-    return unsupported(
-        f"Backend '{backend}' cannot serve this request: it lacks {', '.join(missing)} "
-        f"(declare it in the configuration if the model can).",
-        param,
-    )
 
 
 def refuse_unsupported(body: JSON, runtime: str) -> None:
@@ -94,27 +60,18 @@ def cut_at_stop(text: str, stop: Any) -> tuple[str, bool]:
 def chunks_from_response(result: JSON, kind: Kind) -> list[JSON]:
     """A whole reply as the stream OpenAI would have sent: per choice one content chunk (the role
     with it) and a finish chunk, then the ``choices: []`` usage chunk."""
-    head = {
-        "id": result.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
-        "object": _CHUNK_OBJECT.get(kind, "chat.completion.chunk"),
-        "created": result.get("created") or int(time.time()),
-        "model": result.get("model", ""),
-    }
+    chunks = ChunkMaker(kind, result.get("model", ""), result.get("id"), result.get("created"))
     out: list[JSON] = []
     for choice in result.get("choices") or ():
         index = choice.get("index", 0)
-        body: JSON
-        end: JSON
-        if kind == "chat":
-            message = choice.get("message") or {}
-            body = {"delta": {"role": "assistant", "content": message.get("content") or ""}}
-            end = {"delta": {}}
-        else:
-            body, end = {"text": choice.get("text") or ""}, {"text": ""}
         finish = choice.get("finish_reason") or "stop"
-        for part, reason in ((body, None), (end, finish)):
-            piece = {"index": index, **part, "logprobs": None, "finish_reason": reason}
-            out.append({**head, "choices": [piece]})
+        if kind == "chat":
+            content = (choice.get("message") or {}).get("content") or ""
+            out.append(chunks.choice({"role": "assistant", "content": content}, None, index))
+            out.append(chunks.choice({}, finish, index))
+        else:
+            out.append(chunks.text(choice.get("text") or "", None, index))
+            out.append(chunks.text("", finish, index))
     if isinstance(result.get("usage"), dict):
-        out.append({**head, "choices": [], "usage": result["usage"]})
+        out.append(chunks.usage(result["usage"]))
     return out

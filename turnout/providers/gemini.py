@@ -25,6 +25,7 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
+from ..wire.openai import embedding_list, embedding_usage
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .gemini_translate import GeminiStream, from_gemini, to_gemini
 from .http import HttpProvider, error_message, json_or_none
@@ -83,9 +84,7 @@ def from_gemini_embed(obj: JSON, model: str, body: JSON) -> JSON:
     vectors = [(e or {}).get("values") or [] for e in found or ()]
     value = body["input"]
     tokens = sum((len(t) + 3) // 4 for t in ([value] if isinstance(value, str) else value))
-    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return {"object": "list", "data": data, "model": model, "usage": usage}
+    return embedding_list(vectors, model, embedding_usage(tokens))
 
 
 class GeminiProvider(HttpProvider):
@@ -128,12 +127,15 @@ class GeminiProvider(HttpProvider):
         result = self._object(await self.call_json("POST", path, self._payload(call)))
         return from_gemini(result, call.model)
 
-    def _payload(self, call: Call) -> JSON:
-        if call.kind != "chat":
-            raise CapabilityError(
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        if "completion" in missing:
+            return CapabilityError(
                 "Gemini has no text completion; use /v1/chat/completions.", param="prompt"
             )
-        return to_gemini(call.body)
+        return super().refusal(model, missing, body)
+
+    def _payload(self, call: Call) -> JSON:
+        return to_gemini(call.body)  # chat only: the router sends no completion (`refusal`)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         path = self.path(call.model, "streamGenerateContent") + "?alt=sse"

@@ -27,13 +27,12 @@ from typing import Any
 import orjson
 
 from ..errors import BackendError, BackendRateLimitedError, BackendUnavailableError, CapabilityError
+from ..wire.openai import ChunkMaker, reply_body, usage_dict
 from .base import JSON
 from .cloud import (
-    ChunkMaker,
     call_id,
     inline_image,
     invalid,
-    openai_usage,
     output_limit,
     refuse_unsupported,
     stop_list,
@@ -291,7 +290,7 @@ def _usage(meta: JSON | None) -> JSON:
     completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
     cached = int(meta.get("cachedContentTokenCount") or 0)
     prompt = int(meta.get("promptTokenCount") or 0)
-    return openai_usage(prompt, completion, cached=cached, reasoning=thoughts)
+    return usage_dict(prompt, completion, cached=cached, reasoning=thoughts)
 
 
 def _read_parts(parts: Any) -> tuple[str, str, list[JSON]]:
@@ -338,14 +337,14 @@ def from_gemini(obj: JSON, model: str) -> JSON:
         choices = [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": "content_filter"}
         ]
-    return {
-        "id": f"chatcmpl-{obj.get('responseId') or uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": obj.get("modelVersion") or model,
-        "choices": choices,
-        "usage": _usage(obj.get("usageMetadata")),
-    }
+    return reply_body(
+        "chat",
+        f"chatcmpl-{obj.get('responseId') or uuid.uuid4().hex}",
+        int(time.time()),
+        obj.get("modelVersion") or model,
+        choices,
+        _usage(obj.get("usageMetadata")),
+    )
 
 
 class GeminiStream:
@@ -358,7 +357,7 @@ class GeminiStream:
     """
 
     def __init__(self, model: str, backend: str) -> None:
-        self.chunks = ChunkMaker(model)
+        self.chunks = ChunkMaker("chat", model)
         self.backend = backend
         self.usage: JSON | None = None
         self.calls: dict[int, int] = {}  # candidate index -> tool calls so far

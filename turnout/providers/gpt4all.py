@@ -21,6 +21,9 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
+from pydantic import Field
+
+from ..config import ProviderConfig
 from ..errors import BackendProtocolError, BackendUnavailableError, CapabilityError, GatewayError
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .emulation import (
@@ -33,7 +36,7 @@ from .emulation import (
 from .http import HttpProvider
 from .presets import ANSWER_TOKENS
 
-__all__ = ["GPT4AllProvider", "to_gpt4all"]
+__all__ = ["GPT4AllConfig", "GPT4AllProvider", "to_gpt4all"]
 
 _RUNTIME = "GPT4All's API server"
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -78,10 +81,23 @@ def _message(message: JSON, i: int) -> JSON:
     return {"role": role, "content": content or ""}
 
 
+class GPT4AllConfig(ProviderConfig):
+    """A provider of type ``gpt4all``."""
+
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (GPT4All's own is 16; "
+        "unset: ANSWER_TOKENS)",
+    )
+
+
 class GPT4AllProvider(HttpProvider):
     """GPT4All desktop's local API server."""
 
     dialect: ClassVar[str] = "gpt4all"
+    settings: ClassVar[type[ProviderConfig]] = GPT4AllConfig
+    config: GPT4AllConfig
     default_port = 4891
     stream_usage = True  # the emulated stream ends with the usage GPT4All reported
     default_capabilities: ClassVar[Capabilities] = Capabilities(

@@ -15,15 +15,14 @@ stream and no token counter: turnout emulates the stream from a whole reply and 
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import ClassVar
 
 import orjson
+from pydantic import Field
 
-from ..config import ProviderConfig
+from ..config import ModelEntry, ProviderConfig
 from ..errors import (
     BackendError,
     BackendProtocolError,
@@ -32,6 +31,7 @@ from ..errors import (
     ConfigError,
     GatewayError,
 )
+from ..wire.openai import ChunkMaker, count_usage, reply_body, reply_id, usage_dict
 from ..wire.sse import SSEDecoder
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .chat_templates import DEFAULT_TEMPLATE, TEMPLATES, Template
@@ -44,7 +44,15 @@ from .emulation import (
 )
 from .http import HttpProvider
 
-__all__ = ["DEFAULT_TEMPLATE", "TEMPLATES", "KoboldProvider", "Template", "to_kobold"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "TEMPLATES",
+    "KoboldConfig",
+    "KoboldModel",
+    "KoboldProvider",
+    "Template",
+    "to_kobold",
+]
 
 #: the most a Kobold API client may ask for (KoboldAI's documented max_length range is 1-512);
 #: KoboldCpp's own default is 180, too short for a chat answer
@@ -144,10 +152,29 @@ class _NoRoute(BackendError):
     retryable = False
 
 
+class KoboldModel(ModelEntry):
+    """A model a Kobold API server serves."""
+
+    chat_format: str | None = Field(
+        None, description="the template that turns a chat into its prompt (TEMPLATES); chatml"
+    )
+
+
+class KoboldConfig(ProviderConfig):
+    """A provider of type ``kobold`` (or ``koboldai``)."""
+
+    models: Sequence[KoboldModel] = Field(default_factory=list)
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="max_length sent when a request gives none (KOBOLD_MAX_LENGTH)"
+    )
+
+
 class KoboldProvider(HttpProvider):
     """KoboldCpp (or the original KoboldAI) through its native Kobold API."""
 
     dialect: ClassVar[str] = "kobold"
+    settings: ClassVar[type[ProviderConfig]] = KoboldConfig
+    config: KoboldConfig
     default_port = 5001
     # Usage is counted by the provider itself (on the rendered prompt) when the client asks.
     stream_usage = True
@@ -158,7 +185,7 @@ class KoboldProvider(HttpProvider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self.templates: dict[str, Template] = {}
-        for i, entry in enumerate(config.models):
+        for i, entry in enumerate(self.config.models):
             chosen = entry.chat_format or DEFAULT_TEMPLATE
             if chosen not in TEMPLATES:
                 raise ConfigError(
@@ -167,7 +194,7 @@ class KoboldProvider(HttpProvider):
                     f"{', '.join(sorted(TEMPLATES))}"
                 )
             self.templates[entry.name] = TEMPLATES[chosen]
-        self.max_length = config.default_max_tokens or KOBOLD_MAX_LENGTH
+        self.max_length = self.config.default_max_tokens or KOBOLD_MAX_LENGTH
         self._native_stream = True  # until the backend says it has no stream endpoint
         self._can_count = True  # until it says it has no token counter
 
@@ -198,41 +225,18 @@ class KoboldProvider(HttpProvider):
         if isinstance(first.get("prompt_tokens"), int) and isinstance(
             first.get("completion_tokens"), int
         ):  # newer KoboldCpp reports them
-            counts = (first["prompt_tokens"], first["completion_tokens"])
+            used = usage_dict(first["prompt_tokens"], first["completion_tokens"])
         else:
-            counts = await self._counts(call.model, payload["prompt"], text)
-        return self._response(call, text, finish, counts)
-
-    async def _counts(self, model: str, prompt: str, text: str) -> tuple[int, int]:
-        async def one(part: str) -> int:
-            try:
-                n = await self.count_tokens(model, part) if part else 0
-            except GatewayError:  # best effort: an estimate beats no usage
-                n = None
-            return n if n is not None else (len(part) + 3) // 4
-
-        prompt_tokens, completion_tokens = await asyncio.gather(one(prompt), one(text))
-        return prompt_tokens, completion_tokens
-
-    def _response(self, call: Call, text: str, finish: str, counts: tuple[int, int]) -> JSON:
-        chat = call.kind == "chat"
+            used = await count_usage(
+                self.count_tokens, call.model, payload["prompt"], text, at_once=True
+            )
         choice: JSON = {"index": 0, "logprobs": None, "finish_reason": finish}
-        if chat:
+        if call.kind == "chat":
             choice["message"] = {"role": "assistant", "content": text, "refusal": None}
         else:
             choice["text"] = text
-        return {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": call.model,
-            "choices": [choice],
-            "usage": {
-                "prompt_tokens": counts[0],
-                "completion_tokens": counts[1],
-                "total_tokens": counts[0] + counts[1],
-            },
-        }
+        made = reply_id(call.kind)
+        return reply_body(call.kind, made, int(time.time()), call.model, [choice], used)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
         wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
@@ -250,12 +254,7 @@ class KoboldProvider(HttpProvider):
                 yield Chunk(data)
 
     async def _native(self, call: Call, payload: JSON, wants_usage: bool) -> AsyncIterator[Chunk]:
-        head = {
-            "id": f"{'chatcmpl' if call.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
-            "created": int(time.time()),
-            "model": call.model,
-        }
+        chunks = ChunkMaker(call.kind, call.model)
         pieces: list[str] = []
         finish: str | None = None
         async with self.request("POST", "/api/extra/generate/stream", payload) as resp:
@@ -265,7 +264,7 @@ class KoboldProvider(HttpProvider):
                     token, finish = self._token(event.data, event.event)
                     if token:
                         pieces.append(token)
-                        yield Chunk(self._piece(head, call.kind, token, len(pieces) == 1))
+                        yield Chunk(_piece(chunks, token, len(pieces) == 1))
                     if finish is not None:
                         break
                 if finish is not None:  # KoboldCpp sends no [DONE]: this was the last event
@@ -275,20 +274,14 @@ class KoboldProvider(HttpProvider):
                 f"backend '{self.name}' closed the stream before it was done", backend=self.name
             )
         if not pieces and call.kind == "chat":  # nothing generated: the role still comes first
-            yield Chunk(self._piece(head, call.kind, "", True))
-        end: JSON = {"delta": {}} if call.kind == "chat" else {"text": ""}
-        choice = {"index": 0, **end, "logprobs": None, "finish_reason": finish}
-        yield Chunk({**head, "choices": [choice]})
+            yield Chunk(_piece(chunks, "", True))
+        yield Chunk(chunks.choice({}, finish) if chunks.chat else chunks.text("", finish))
         if wants_usage:
-            prompt_tokens, completion_tokens = await self._counts(
-                call.model, payload["prompt"], "".join(pieces)
+            text = "".join(pieces)
+            used = await count_usage(
+                self.count_tokens, call.model, payload["prompt"], text, at_once=True
             )
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            }
-            yield Chunk({**head, "choices": [], "usage": usage})
+            yield Chunk(chunks.usage(used))
 
     def _token(self, data: bytes, event: str | None) -> tuple[str, str | None]:
         """One stream event's token and finish reason (None while generating)."""
@@ -306,15 +299,6 @@ class KoboldProvider(HttpProvider):
         reason = obj.get("finish_reason")
         finish = None if reason in (None, "null", "") else str(reason)  # "null": a string (§16.2)
         return str(obj.get("token") or ""), finish
-
-    @staticmethod
-    def _piece(head: JSON, kind: Kind, text: str, first: bool) -> JSON:
-        if kind == "chat":
-            delta: JSON = {"role": "assistant", "content": text} if first else {"content": text}
-            body: JSON = {"delta": delta}
-        else:
-            body = {"text": text}
-        return {**head, "choices": [{"index": 0, **body, "logprobs": None, "finish_reason": None}]}
 
     def error_from_reply(
         self, status: int, body: bytes, headers: Mapping[str, str]
@@ -354,3 +338,9 @@ class KoboldProvider(HttpProvider):
     def matches(self, requested: str, served: str) -> bool:
         # KoboldCpp names its one model "koboldcpp/<name>"; the bare name means it too.
         return requested == served or served.endswith("/" + requested)
+
+
+def _piece(chunks: ChunkMaker, text: str, first: bool) -> JSON:
+    if not chunks.chat:
+        return chunks.text(text)
+    return chunks.choice({"role": "assistant", "content": text} if first else {"content": text})

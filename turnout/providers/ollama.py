@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -33,9 +34,17 @@ from ..errors import (
     clean_upstream_message,
 )
 from ..wire.ndjson import NDJSONDecoder
-from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo, Usage, needs
-from .emulation import lacking
+from ..wire.openai import (
+    ChunkMaker,
+    embedding_list,
+    embedding_usage,
+    reply_body,
+    reply_id,
+    usage_dict,
+)
+from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .http import HttpProvider
+from .tool_schema import ToolPlan, plan_tools
 
 __all__ = [
     "OllamaProvider", "StreamTranslator", "from_ollama_chat", "from_ollama_embed",
@@ -95,8 +104,8 @@ def to_ollama_chat(body: JSON, model: str, *, stream: bool = False) -> JSON:
     for i, tool in enumerate(tools):
         if tool.get("type", "function") != "function":
             raise CapabilityError("Ollama takes function tools only.", param=f"tools[{i}].type")
-    # Ollama cannot force a call ("required" or a named function): offering the tools is the
-    # most it takes. "none" is honoured by not offering them.
+    # Ollama cannot force a call itself ("required" or a named function): the provider holds
+    # those to a JSON schema (`forced_tools`). "none" is honoured by not offering them.
     if tools and body.get("tool_choice") != "none":
         out["tools"] = tools
     fmt = body.get("response_format") or {}
@@ -237,7 +246,7 @@ def _finish(done_reason: Any, tool_calls: bool) -> str:
 
 def _usage(obj: JSON) -> JSON:
     prompt, completion = (int(obj.get(k) or 0) for k in ("prompt_eval_count", "eval_count"))
-    return Usage(prompt, completion).to_openai()
+    return usage_dict(prompt, completion)
 
 
 def _openai_calls(calls: Any) -> list[JSON]:
@@ -253,16 +262,15 @@ def _openai_calls(calls: Any) -> list[JSON]:
     return out
 
 
-def _response(obj: JSON, model: str, kind: str, choice: JSON, finish: str) -> JSON:
-    chat = kind == "chat.completion"
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}",
-        "object": kind,
-        "created": _unix(obj.get("created_at")) or int(time.time()),
-        "model": obj.get("model") or model,
-        "choices": [{"index": 0, **choice, "logprobs": None, "finish_reason": finish}],
-        "usage": _usage(obj),
-    }
+def _response(obj: JSON, model: str, kind: Kind, choice: JSON, finish: str) -> JSON:
+    return reply_body(
+        kind,
+        reply_id(kind),
+        _unix(obj.get("created_at")) or int(time.time()),
+        obj.get("model") or model,
+        [{"index": 0, **choice, "logprobs": None, "finish_reason": finish}],
+        _usage(obj),
+    )
 
 
 def from_ollama_chat(obj: JSON, model: str) -> JSON:
@@ -276,13 +284,13 @@ def from_ollama_chat(obj: JSON, model: str) -> JSON:
     if message.get("thinking"):
         reply["reasoning_content"] = message["thinking"]
     finish = _finish(obj.get("done_reason"), bool(calls))
-    return _response(obj, model, "chat.completion", {"message": reply}, finish)
+    return _response(obj, model, "chat", {"message": reply}, finish)
 
 
 def from_ollama_generate(obj: JSON, model: str) -> JSON:
     """Ollama's ``/api/generate`` reply (``stream: false``) as an OpenAI ``text_completion``."""
     finish = _finish(obj.get("done_reason"), False)
-    return _response(obj, model, "text_completion", {"text": obj.get("response") or ""}, finish)
+    return _response(obj, model, "completion", {"text": obj.get("response") or ""}, finish)
 
 
 def from_ollama_embed(obj: JSON, model: str) -> JSON:
@@ -290,14 +298,7 @@ def from_ollama_embed(obj: JSON, model: str) -> JSON:
     base64 when the client asks for it, whichever backend answered)."""
     vectors = obj.get("embeddings") or ()
     tokens = int(obj.get("prompt_eval_count") or 0)
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
-        ],
-        "model": obj.get("model") or model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return embedding_list(vectors, obj.get("model") or model, embedding_usage(tokens))
 
 
 def model_info(entry: JSON, owner: str) -> ModelInfo:
@@ -317,10 +318,8 @@ class StreamTranslator:
 
     def __init__(self, kind: Kind, model: str, backend: str) -> None:
         self.chat = kind == "chat"
-        self.model = model
+        self.chunks = ChunkMaker(kind, model)
         self.backend = backend
-        self.id = f"chatcmpl-{uuid.uuid4().hex}" if self.chat else f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
         self.started = self.done = False
         self.tool_calls = 0
 
@@ -331,21 +330,22 @@ class StreamTranslator:
                 f"backend '{self.backend}' failed mid-stream: {message}", backend=self.backend
             )
         first, self.started = not self.started, True
+        chunks = self.chunks
         if first:
-            self.created = _unix(obj.get("created_at")) or self.created
-            self.model = obj.get("model") or self.model
+            chunks.created = _unix(obj.get("created_at")) or chunks.created
+            chunks.model = obj.get("model") or chunks.model
         out: list[JSON] = []
         if self.chat:
             delta = self._delta(obj.get("message") or {}, first)
             if delta:
-                out.append(self._choice({"delta": delta}, None))
+                out.append(chunks.choice(delta))
         elif obj.get("response"):
-            out.append(self._choice({"text": obj["response"]}, None))
+            out.append(chunks.text(obj["response"]))
         if obj.get("done"):
             self.done = True
             finish = _finish(obj.get("done_reason"), self.tool_calls > 0)
-            out.append(self._choice({"delta": {}} if self.chat else {"text": ""}, finish))
-            out.append({**self._chunk([]), "usage": _usage(obj)})
+            out.append(chunks.choice({}, finish) if self.chat else chunks.text("", finish))
+            out.append(chunks.usage(_usage(obj)))
         return out
 
     def _delta(self, message: JSON, first: bool) -> JSON:
@@ -360,13 +360,15 @@ class StreamTranslator:
             self.tool_calls += 1
         return {**delta, "tool_calls": calls} if calls else delta
 
-    def _choice(self, body: JSON, finish: str | None) -> JSON:
-        return self._chunk([{"index": 0, **body, "logprobs": None, "finish_reason": finish}])
 
-    def _chunk(self, choices: list[JSON]) -> JSON:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
-        return {**head, "choices": choices}
+def forced_tools(call: Call) -> tuple[Call, ToolPlan | None]:
+    """A chat that must call a tool (``tool_choice`` ``required`` or a named function), which
+    Ollama cannot force, held to the JSON schema of a call through ``format`` instead."""
+    choice = call.body.get("tool_choice")
+    if call.kind != "chat" or not call.body.get("tools") or choice in (None, "auto", "none"):
+        return call, None
+    plan = plan_tools(call.body)
+    return dataclasses.replace(call, body=plan.body), plan
 
 
 class OllamaProvider(HttpProvider):
@@ -410,9 +412,6 @@ class OllamaProvider(HttpProvider):
         return endpoint.rstrip("/").removesuffix("/api").removesuffix("/v1")
 
     def _plan(self, call: Call, stream: bool) -> tuple[str, JSON]:
-        missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
-        if missing:  # /api/show or the configuration says the model cannot: never sent
-            raise lacking(self.name, missing, call.body)
         if call.kind == "chat":
             return "/api/chat", to_ollama_chat(call.body, call.model, stream=stream)
         if call.kind == "completion":
@@ -420,6 +419,9 @@ class OllamaProvider(HttpProvider):
         return "/api/embed", to_ollama_embed(call.body, call.model)
 
     async def complete(self, call: Call) -> JSON:
+        call, plan = forced_tools(call)
+        if plan is not None:
+            return plan.reply(await self.complete(call))
         path, payload = self._plan(call, stream=False)
         obj = self._object(await self.call_json("POST", path, payload), path)
         if "error" in obj:
@@ -433,6 +435,14 @@ class OllamaProvider(HttpProvider):
         return from_ollama_embed(obj, call.model)
 
     async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        call, plan = forced_tools(call)
+        if plan is not None:
+            held = plan.stream()
+            async with contextlib.aclosing(self.stream(call)) as chunks:  # type: ignore[type-var]
+                async for chunk in chunks:
+                    for data in held(chunk.data):
+                        yield Chunk(data)
+            return
         path, payload = self._plan(call, stream=True)
         translator = StreamTranslator(call.kind, call.model, self.name)
         async with (

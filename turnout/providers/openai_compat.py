@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import ClassVar
 
 import orjson
+from pydantic import Field
 
 from ..config import ProviderConfig
 from ..errors import (
@@ -26,21 +27,21 @@ from ..errors import (
     GatewayError,
     clean_upstream_message,
 )
+from ..wire.openai import count_usage, prompt_text, reply_text
 from ..wire.sse import SSEEvent
-from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, needs
-from .emulation import lacking
+from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
+from .emulation import unsupported
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
 from .openai_quirks import (
     StreamMender,
     fastchat_status,
     mend_response,
     pool_token_embeddings,
-    prompt_text,
-    reply_text,
 )
 from .presets import PRESETS, Preset
+from .tool_schema import ToolPlan, has_tool_history, plan_tools
 
-__all__ = ["OpenAICompatProvider"]
+__all__ = ["OpenAICompatConfig", "OpenAICompatProvider"]
 
 
 class BackendBusyError(BackendUnavailableError):
@@ -77,8 +78,20 @@ _DEFAULT_PATHS = {
 }
 
 
+class OpenAICompatConfig(ProviderConfig):
+    """A provider of the OpenAI-compatible dialect (``openai`` or a runtime preset)."""
+
+    default_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="output token limit sent when a request gives none (unset: the preset's)",
+    )
+
+
 class OpenAICompatProvider(HttpProvider):
     dialect: ClassVar[str] = "openai"
+    settings: ClassVar[type[ProviderConfig]] = OpenAICompatConfig
+    config: OpenAICompatConfig
     default_port = 8000
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
@@ -100,6 +113,7 @@ class OpenAICompatProvider(HttpProvider):
         }
         self.health_path = paths.health or preset.health_path or self.paths["models"]
         self.tokenize_path = paths.tokenize or preset.tokenize_path
+        self._schema_tools = False  # llama-server without --jinja: tools held to a schema
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:
@@ -107,9 +121,6 @@ class OpenAICompatProvider(HttpProvider):
         return endpoint.rstrip("/").removesuffix("/v1")
 
     def payload(self, call: Call) -> JSON:
-        missing = self.capabilities(call.model).lacks(needs(call.kind, call.body))
-        if missing:  # declared lacking (preset or configuration): never sent there
-            raise lacking(self.name, missing, call.body)
         body = dict(call.body)
         body["model"] = call.model
         if self.preset.token_field == "max_completion_tokens":
@@ -124,6 +135,8 @@ class OpenAICompatProvider(HttpProvider):
                 body["max_tokens"] = limit
         if call.kind == "embedding":
             return body
+        if call.kind == "chat":
+            self._chat_fields(body)
         field = self.preset.token_field
         if body.get(field) is None:  # the runtime's own default may be tiny (GPT4All: 16)
             default = self.config.default_max_tokens or self.preset.default_max_tokens.get(
@@ -131,8 +144,6 @@ class OpenAICompatProvider(HttpProvider):
             )
             if default:
                 body[field] = default
-        if "tools_need_tool_choice" in self.preset.quirks and body.get("tools"):
-            body.setdefault("tool_choice", "auto")  # KoboldCpp ignores tools without it
         if call.stream:
             body["stream"] = True
             if self.stream_usage:
@@ -144,7 +155,57 @@ class OpenAICompatProvider(HttpProvider):
             body.pop("stream_options", None)
         return body
 
+    def _chat_fields(self, body: JSON) -> None:
+        """The chat fields this runtime spells its own way: ``developer`` messages as
+        ``system`` (only OpenAI's own API has the role), and a JSON schema as llama-cpp-python's
+        ``json_object`` with a ``schema``."""
+        if "developer_role" not in self.preset.quirks and any(
+            m.get("role") == "developer" for m in body["messages"]
+        ):
+            body["messages"] = [
+                {**m, "role": "system"} if m.get("role") == "developer" else m
+                for m in body["messages"]
+            ]
+        fmt = body.get("response_format")
+        quirks = self.preset.quirks
+        if "json_object_schema" in quirks and isinstance(fmt, dict) and "json_schema" in fmt:
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        if "tools_need_tool_choice" in quirks and body.get("tools"):
+            body.setdefault("tool_choice", "auto")  # KoboldCpp ignores tools without it
+
+    def _tool_plan(self, call: Call) -> tuple[Call, ToolPlan | None]:
+        """Tools held to a JSON schema by turnout (`tool_schema`) for a runtime that cannot call
+        them itself: the preset says so, or llama-server said it runs without ``--jinja``."""
+        if (
+            call.kind != "chat"
+            or not ("schema_tools" in self.preset.quirks or self._schema_tools)
+            or not has_tool_history(call.body)
+        ):
+            return call, None
+        plan = plan_tools(call.body)
+        return dataclasses.replace(call, body=plan.body), plan
+
+    def _no_native_tools(self, error: GatewayError, call: Call) -> bool:
+        """Whether ``error`` is llama-server refusing tools for want of ``--jinja``; if so,
+        tools are held to a schema by turnout from now on."""
+        if "jinja_tools" not in self.preset.quirks or self._schema_tools:
+            return False
+        if "jinja" not in error.message or not call.body.get("tools"):
+            return False
+        self._schema_tools = True
+        return True
+
     async def complete(self, call: Call) -> JSON:
+        try:
+            return await self._complete(call)
+        except BackendRejectedError as exc:
+            if not self._no_native_tools(exc, call):
+                raise
+        return await self._complete(call)
+
+    async def _complete(self, call: Call) -> JSON:
+        call, plan = self._tool_plan(call)
         result = await self.call_json("POST", self.paths[call.kind], self.payload(call))
         if not isinstance(result, dict):
             raise BackendProtocolError(
@@ -157,24 +218,37 @@ class OpenAICompatProvider(HttpProvider):
         if call.kind == "embedding":
             return pool_token_embeddings(result)
         if "fixed_usage" in self.preset.quirks:  # KoboldCpp: always 100/100/200
-            result["usage"] = await self._recount(call, result)
-        return mend_response(result)
+            result["usage"] = await count_usage(  # an estimate beats a made-up figure
+                self.count_tokens, call.model, prompt_text(call.kind, call.body), reply_text(result)
+            )
+        return plan.reply(result) if plan is not None else mend_response(result)
 
-    async def _recount(self, call: Call, result: JSON) -> JSON:
-        counts = []
-        for text in (prompt_text(call.kind, call.body), reply_text(result)):
-            try:
-                n = await self.count_tokens(call.model, text) if text else 0
-            except GatewayError:  # counting is best effort; an estimate beats a made-up figure
-                n = None
-            counts.append(n if n is not None else (len(text) + 3) // 4)
-        return {
-            "prompt_tokens": counts[0],
-            "completion_tokens": counts[1],
-            "total_tokens": counts[0] + counts[1],
-        }
+    def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        if "jinja_tools" in self.preset.quirks and call.body.get("tools"):
+            return self._stream_learning(call)
+        return self._stream(call)
 
-    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+    async def _stream_learning(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        """A stream with tools to llama-server, asked again with the tools held to a schema
+        when it answers that it runs without ``--jinja``."""
+        chunks = self._stream(call)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except BackendRejectedError as exc:
+            if not self._no_native_tools(exc, call):
+                raise
+            chunks = self._stream(call)
+            first = await anext(chunks)
+        yield first
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+    async def _stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        call, plan = self._tool_plan(call)
+        held = plan.stream() if plan is not None else None
         mend = StreamMender(call.kind)
         finished = False
         events = self.sse_events(self.paths[call.kind], self.payload(call))
@@ -185,7 +259,11 @@ class OpenAICompatProvider(HttpProvider):
                 if (chunk := self._event(event)) is not None:
                     for mended in mend(chunk):
                         finished = finished or _finishes(mended)
-                        yield mended
+                        if held is None:
+                            yield mended
+                        else:
+                            for data in held(mended.data):
+                                yield Chunk(data)
             if not finished:
                 # A clean end of body with neither [DONE] nor a finish reason is a reply cut
                 # short (a crashed worker, a proxy timeout): say so rather than pass it as whole.
@@ -235,10 +313,21 @@ class OpenAICompatProvider(HttpProvider):
     def error_from_reply(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> GatewayError:
-        if status == 500 and "traceback_errors" in self.preset.quirks:
-            # llama-cpp-python answers a field it cannot parse with 500, pydantic's error and a
-            # traceback: that is the client's mistake, so a 400 naming the field, not retried.
-            invalid = _pydantic_field_error(error_message(body))
+        text = error_message(body)
+        if status >= 500 and ("--embedding" in text or "embedding=True" in text):
+            # llama-server without --embeddings (501), llama-cpp-python without embedding=True
+            refused = unsupported(
+                f"Backend '{self.name}' does not serve embeddings (its server was started "
+                "without them).",
+                "model",
+            )
+            refused.backend = self.name
+            return refused
+        if status in (422, 500):
+            # A FastAPI server (llama-cpp-python's, behind its preset or the generic type)
+            # answers a field it cannot parse with pydantic's error, and a traceback: that is
+            # the client's mistake, so a 400 naming the field, not retried.
+            invalid = _pydantic_field_error(text)
             if invalid is not None:
                 param, why = invalid
                 return BackendRejectedError(

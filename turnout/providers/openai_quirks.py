@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ..wire.openai import chunk_object
 from .base import JSON, Chunk, Kind
 from .http import json_or_none
 
@@ -20,12 +21,8 @@ __all__ = [
     "fastchat_status",
     "mend_response",
     "pool_token_embeddings",
-    "prompt_text",
-    "reply_text",
     "stringify_arguments",
 ]
-
-_CHUNK_OBJECT = {"chat": "chat.completion.chunk", "completion": "text_completion"}
 
 
 def stringify_arguments(calls: Any) -> bool:
@@ -70,7 +67,7 @@ class StreamMender:
     __slots__ = ("_finished", "_head", "_object", "_text")
 
     def __init__(self, kind: Kind) -> None:
-        self._object = _CHUNK_OBJECT.get(kind, "chat.completion.chunk")
+        self._object = chunk_object(kind)
         self._text = kind == "completion"
         self._finished: set[int] = set()
         self._head: tuple[Any, Any] | None = None  # (id, created) of the first chunk
@@ -168,31 +165,3 @@ def fastchat_status(status: int, body: bytes) -> int:
     if code == 40301:  # INVALID_MODEL: "Only ... allowed now, your model ..."
         return 404
     return code // 100
-
-
-def prompt_text(kind: Kind, body: JSON) -> str:
-    """The text a request asks about, for counting its tokens."""
-    if kind != "chat":
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            return prompt
-        return "\n".join(p for p in prompt or () if isinstance(p, str))
-    parts: list[str] = []
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if isinstance(p, dict) and p.get("text"))
-    return "\n".join(parts)
-
-
-def reply_text(result: JSON) -> str:
-    """The text a non-streaming reply generated, over all its choices."""
-    out: list[str] = []
-    for choice in result.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        text = message.get("content") if isinstance(message, dict) else choice.get("text")
-        if isinstance(text, str):
-            out.append(text)
-    return "".join(out)

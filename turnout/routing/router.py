@@ -26,6 +26,7 @@ from typing import TypeVar
 from ..errors import CapabilityError, GatewayError, NoBackendAvailableError
 from ..providers.base import Kind, Provider
 from ..telemetry.record import Trace
+from ..wire.openai import CAPABILITY_PARAM
 from ..wire.types import JSON, Call, Chunk
 from .attempt import Attempts, Backend, Expired, failure_class, request_timeout
 from .breaker import Admission
@@ -38,8 +39,7 @@ __all__ = ["Backend", "Router", "failure_class"]
 
 T = TypeVar("T")
 
-_PARAM = {"tools": "tools", "vision": "messages", "json_schema": "response_format"}
-_PARAM.update({"streaming": "stream", "context_length": "messages"})
+_PARAM = {**CAPABILITY_PARAM, "context_length": "messages"}
 
 
 class _Run:
@@ -53,6 +53,7 @@ class _Run:
         "kind",
         "last",
         "offered",
+        "pick",
         "stream",
         "total",
         "trace",
@@ -68,8 +69,9 @@ class _Run:
         trace: Trace,
         total: float | None,
         deadline: float | None,
+        pick: Pick,
     ) -> None:
-        self.kind, self.body, self.stream, self.trace = kind, body, stream, trace
+        self.kind, self.body, self.stream, self.trace, self.pick = kind, body, stream, trace, pick
         self.total, self.deadline = total, deadline
         self.last: GatewayError | None = None
         self.unable: CapabilityError | None = None  # the first backend that could not do it
@@ -164,9 +166,9 @@ class Router:
         routes = await self.routes.plan(body["model"])
         loop = asyncio.get_running_loop()
         total = trace.timeout or routes[0].total
-        run = _Run(kind, body, stream, trace, total, loop.time() + total if total else None)
-        recover_by: float | None = None  # set when every option first turns out to be cooling
         pick = Pick(kind, body, stream, self._rng, 0, *self._signals)
+        run = _Run(kind, body, stream, trace, total, loop.time() + total if total else None, pick)
+        recover_by: float | None = None  # set when every option first turns out to be cooling
         while True:
             run.blocked, run.full, run.offered, run.tried = [], [], False, False
             for route in routes:
@@ -205,6 +207,11 @@ class Router:
     ) -> tuple[T] | None:
         """Try one option, with the route's retries; None when the next option should be tried."""
         provider = option.target.provider
+        missing = provider.capabilities(option.target.model).lacks(run.pick.needs())
+        if missing:  # the one place fitness is decided: a provider is never sent what it lacks
+            run.tried = True
+            run.unable = run.unable or provider.refusal(option.target.model, missing, run.body)
+            return None
         backend = self.backend(provider)
         if backend.limiter.full():
             run.full.append(backend)

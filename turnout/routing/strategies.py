@@ -12,10 +12,11 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..wire.openai import prompt_text
 from ..wire.types import JSON, Kind, needs
 from .routes import Option
 
-__all__ = ["STRATEGIES", "Pick", "Strategy", "prompt_prefix", "prompt_text", "unfit"]
+__all__ = ["STRATEGIES", "Pick", "Strategy", "prompt_prefix", "unfit"]
 
 #: characters of the prompt that identify a prefix for ``prefix_affinity`` (see `prompt_prefix`)
 PREFIX_CHARS = 1024
@@ -189,28 +190,6 @@ STRATEGIES: dict[str, Strategy] = {
     "capability": capability,
     "prefix_affinity": prefix_affinity,
 }
-
-
-def prompt_text(kind: Kind, body: JSON) -> str:
-    """The text a request sends: a chat's message texts, or a completion's prompt(s)."""
-    if kind == "embedding":
-        value = body.get("input")
-        return value if isinstance(value, str) else ""
-    if kind != "chat":
-        prompt = body.get("prompt")
-        return (
-            prompt
-            if isinstance(prompt, str)
-            else "\n".join(p for p in prompt or () if isinstance(p, str))
-        )
-    parts: list[str] = []
-    for message in body.get("messages", ()):
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p["text"] for p in content if p.get("type") == "text")
-    return "\n".join(parts)
 
 
 def prompt_prefix(kind: Kind, body: JSON, limit: int = PREFIX_CHARS) -> str:

@@ -41,15 +41,10 @@ class Chunk:
 
 @dataclass(slots=True, frozen=True)
 class Usage:
+    """Token counts; `turnout.wire.openai.usage_dict` writes them in OpenAI's shape."""
+
     prompt_tokens: int
     completion_tokens: int
-
-    def to_openai(self) -> JSON:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
 
 
 @dataclass(slots=True, frozen=True)

@@ -156,7 +156,7 @@ def validate_chat(raw: Any) -> JSON:
     if body.get("tools") is not None:
         _tools(body["tools"])
     if body.get("tool_choice") is not None:
-        _tool_choice(body["tool_choice"], has_tools=bool(body.get("tools")))
+        _tool_choice(body["tool_choice"], body.get("tools") or [])
     if body.get("response_format") is not None:
         _response_format(body["response_format"])
     return body
@@ -237,7 +237,8 @@ def _tools(tools: Any) -> None:
             raise _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
 
 
-def _tool_choice(choice: Any, *, has_tools: bool) -> None:
+def _tool_choice(choice: Any, tools: list[Any]) -> None:
+    has_tools = bool(tools)
     if isinstance(choice, str):
         if choice not in ("none", "auto", "required"):
             raise _fail("tool_choice", "must be 'none', 'auto', 'required' or an object")
@@ -252,6 +253,9 @@ def _tool_choice(choice: Any, *, has_tools: bool) -> None:
         fn = choice.get("function")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise _fail("tool_choice.function.name", "required, a string")
+        names = {(t.get("function") or {}).get("name") for t in tools}
+        if fn["name"] not in names:
+            raise _fail("tool_choice.function.name", f"{fn['name']!r} is not one of 'tools'")
 
 
 def _response_format(fmt: Any) -> None:

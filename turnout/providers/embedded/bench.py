@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ModelEntry
 from ...models.directory import describe
 from ..base import Call
 from .llama_engine import LlamaEngine
 from .server_engine import ServerEngine, find_llama_server
+from .settings import EmbeddedModel
 from .thread_engine import ThreadEngine
 
 __all__ = ["PROMPT", "EngineResult", "bench_engines"]
@@ -98,7 +98,7 @@ async def bench_engines(
     from .provider import model_format
 
     path = Path(model)
-    entry = ModelEntry(
+    entry = EmbeddedModel(
         name=path.stem, path=str(path), n_ctx=n_ctx, n_threads=threads, chat_format=chat_format
     )
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.0}
@@ -127,7 +127,7 @@ _LABELS = {"transformers": "transformers (in-process)", "onnx": "onnxruntime-gen
 
 async def _bench_thread_engine(
     fmt: str,
-    entry: ModelEntry,
+    entry: EmbeddedModel,
     path: Path,
     body: dict[str, Any],
     runs: int,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...config import ModelEntry
 from ...models.formats import Header
+from .settings import EmbeddedModel
 
 __all__ = ["LlamaEngine", "LoadCancelled", "estimate_bytes"]
 
@@ -67,7 +67,7 @@ def _install_progress_hook() -> None:
 class LlamaEngine:
     """One model's pool of ``parallel`` llama.cpp instances, plus a lazily loaded embedder."""
 
-    def __init__(self, entry: ModelEntry, parallel: int, resolve: Callable[[], Path]) -> None:
+    def __init__(self, entry: EmbeddedModel, parallel: int, resolve: Callable[[], Path]) -> None:
         self.entry = entry
         self.parallel = parallel
         self.pool: asyncio.Queue[Any] = asyncio.Queue()

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...config import ModelEntry, ProviderConfig
+from ...config import ProviderConfig
 from ...errors import (
     BackendError,
     CapabilityError,
@@ -35,10 +36,13 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...wire.durations import FOREVER, parse_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..emulation import unsupported
+from ..tool_schema import has_tool_history, plan_tools
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Scheduler
 from .server_engine import ServerEngine, find_llama_server
+from .settings import EmbeddedConfig, EmbeddedModel
 from .thread_engine import ThreadEngine
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
@@ -48,6 +52,8 @@ DEFAULT_CHAT_FORMAT = "gemma"
 #: how long a model found in models_dir stays loaded after its last request (Ollama's default)
 DIRECTORY_KEEP_ALIVE = 300.0
 _MB = 1024 * 1024
+#: the capabilities a model entry (or the provider's ``streaming``) may declare
+_SWITCHES = ("streaming", "tools", "vision")
 #: llama-cpp-python chat formats for GGUFs that carry no chat template, by architecture
 _FORMAT_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
@@ -69,12 +75,12 @@ def default_model_path() -> Path:
     return Path(gemma.assemble())
 
 
-def _directory_entry(model: ModelFile) -> ModelEntry:
+def _directory_entry(model: ModelFile) -> EmbeddedModel:
     """Engine settings for a GGUF found in models_dir: the defaults, and a chat format when the
     file has no template of its own."""
     template = model.header.metadata.get("tokenizer.chat_template")
     fmt = None if template else _FORMAT_BY_ARCH.get(model.header.architecture or "")
-    return ModelEntry(name=model.name, path=str(model.path), chat_format=fmt)
+    return EmbeddedModel(name=model.name, path=str(model.path), chat_format=fmt)
 
 
 def _default_budget() -> int | None:
@@ -145,14 +151,18 @@ def _give_back(engine: LlamaEngine, llm: Any, lease: Lease) -> None:
 
 class EmbeddedProvider(Provider):
     dialect: ClassVar[str] = "embedded"
+    settings: ClassVar[type[ProviderConfig]] = EmbeddedConfig
+    config: EmbeddedConfig
     stream_usage = True
-    # llama-cpp-python's template-based chat formats ignore tools; a GGUF alone has no vision.
-    default_capabilities: ClassVar[Capabilities] = Capabilities(tools=False, vision=False)
+    # Tools are held to a JSON schema by the engine's grammar (llama-cpp-python's template
+    # chat formats ignore tools themselves); a GGUF alone has no vision.
+    default_capabilities: ClassVar[Capabilities] = Capabilities(vision=False)
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
+        config = EmbeddedConfig.of(config)
         # The packaged Gemma GGUF carries no chat template, and llama-cpp-python's fallback
         # (llama-2) makes it stop at once: give the default model its format unless one is set.
-        default = [] if config.models_dir else [ModelEntry(name=DEFAULT_MODEL)]
+        default = [] if config.models_dir else [EmbeddedModel(name=DEFAULT_MODEL)]
         models = [
             m.model_copy(update={"chat_format": DEFAULT_CHAT_FORMAT})
             if m.name == DEFAULT_MODEL and m.path is None and m.chat_format is None
@@ -193,7 +203,7 @@ class EmbeddedProvider(Provider):
     # Models: declared ones, loaded at start while they fit; the directory's, loaded on demand.
 
     def _engine_for(
-        self, entry: ModelEntry, resolve: Callable[[], Path], fmt: str | None = None
+        self, entry: EmbeddedModel, resolve: Callable[[], Path], fmt: str | None = None
     ) -> Engine:
         """The engine the model asks for; else the provider's, where it serves the model's
         format; else the format's own (``ENGINE_BY_FORMAT``). A model forcing an engine that
@@ -215,7 +225,7 @@ class EmbeddedProvider(Provider):
             return ServerEngine(entry, resolve, self._binary)
         return LlamaEngine(entry, self.parallel, resolve)
 
-    def _resolver(self, entry: ModelEntry) -> Callable[[], Path]:
+    def _resolver(self, entry: EmbeddedModel) -> Callable[[], Path]:
         def resolve() -> Path:
             if entry.path:
                 path = Path(entry.path).expanduser()
@@ -231,7 +241,7 @@ class EmbeddedProvider(Provider):
 
         return resolve
 
-    def _declared_estimate(self, entry: ModelEntry) -> int:
+    def _declared_estimate(self, entry: EmbeddedModel) -> int:
         path = self._resolver(entry)()
         engine = self.engines.get(entry.name)
         if isinstance(engine, ThreadEngine):
@@ -314,6 +324,27 @@ class EmbeddedProvider(Provider):
         if isinstance(engine, ThreadEngine):
             return engine.capabilities
         return self.default_capabilities
+
+    def refusal(self, model: str, missing: list[str], body: JSON) -> CapabilityError:
+        engine = self.engines.get(model)
+        if not isinstance(engine, ThreadEngine):
+            return super().refusal(model, missing, body)
+        param = super().refusal(model, missing, body).param or "model"  # the field at fault
+        return unsupported(
+            f"The {engine.kind} engine of model '{model}' cannot serve this request: it "
+            f"lacks {', '.join(missing)}.",
+            param,
+        )
+
+    def configured_capabilities(self, model: str, reported: Capabilities) -> Capabilities:
+        """The configuration may narrow what a token-by-token engine can do, never widen it:
+        the router sends it nothing its engine lacks (a ``supports_vision`` would not make it
+        read images)."""
+        caps = super().configured_capabilities(model, reported)
+        if not isinstance(self.engines.get(model), ThreadEngine):
+            return caps
+        beyond = {f: False for f in _SWITCHES if getattr(caps, f) and not getattr(reported, f)}
+        return dataclasses.replace(caps, **beyond) if beyond else caps
 
     async def probe(self) -> Health:
         return Health(self._started, 0.0, "" if self._started else "not started")
@@ -404,6 +435,10 @@ class EmbeddedProvider(Provider):
         return engine, await self.scheduler.acquire(call.model, keep_alive)
 
     async def complete(self, call: Call) -> JSON:
+        if isinstance(self.engines.get(call.model), ServerEngine) and has_tool_history(call.body):
+            plan = plan_tools(call.body)  # a managed llama-server: tools held to a schema
+            reply: JSON = await self.complete(dataclasses.replace(call, body=plan.body))
+            return plan.reply(reply)
         if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             engine, lease = await self._lease(call)
             try:
@@ -412,8 +447,6 @@ class EmbeddedProvider(Provider):
                 lease.release()
         if call.kind == "embedding":
             return await self._embed(call)
-        if call.body.get("logprobs"):
-            return await self._complete_whole(call)
         # Served from the engine's own stream, so a client that goes away stops the generation
         # between two tokens, as it does for a stream.
         async with contextlib.aclosing(self.stream(call)) as chunks:
@@ -439,20 +472,6 @@ class EmbeddedProvider(Provider):
         work.add_done_callback(done)
         return await work
 
-    async def _complete_whole(self, call: Call) -> JSON:
-        """llama-cpp-python's own non-streaming call (logprobs are not rebuilt from chunks);
-        it runs to its end even if cancelled, and only then frees its instance."""
-        kwargs = request_kwargs(self.name, call)
-        create = "create_chat_completion" if call.kind == "chat" else "create_completion"
-        engine, lease = await self._lease(call)
-        assert isinstance(engine, LlamaEngine)
-        llm = await self._instance(engine, lease)
-        work = asyncio.get_running_loop().run_in_executor(
-            None, self._guarded, lambda: getattr(llm, create)(**kwargs)
-        )
-        work.add_done_callback(lambda _: _give_back(engine, llm, lease))
-        return await work
-
     @staticmethod
     async def _instance(engine: LlamaEngine, lease: Lease) -> Any:
         try:
@@ -461,12 +480,32 @@ class EmbeddedProvider(Provider):
             lease.release()
             raise
 
-    async def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
+    def stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        engine = self.engines.get(call.model)
+        if not isinstance(engine, ThreadEngine) and has_tool_history(call.body):
+            return self._held(call)
+        return self._stream(call)
+
+    async def _held(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        """Tools held to a JSON schema (`tool_schema`): the engine's grammar (llama-cpp-python)
+        or a managed llama-server's ``json_schema`` makes every call valid."""
+        plan = plan_tools(call.body)
+        held = plan.stream()
+        async with contextlib.aclosing(
+            self._stream(dataclasses.replace(call, body=plan.body))
+        ) as chunks:
+            async for chunk in chunks:
+                for data in held(chunk.data):
+                    yield Chunk(data)
+
+    async def _stream(self, call: Call) -> AsyncGenerator[Chunk, None]:
         if isinstance(self.engines.get(call.model), ServerEngine | ThreadEngine):
             async for chunk in self._relay(call):
                 yield chunk
             return
-        kwargs = request_kwargs(self.name, call)
+        engine = self.engines.get(call.model)
+        chat_format = engine.entry.chat_format if engine is not None else None
+        kwargs = request_kwargs(self.name, call, chat_format)
         engine, lease = await self._lease(call)
         assert isinstance(engine, LlamaEngine)
         loop = asyncio.get_running_loop()

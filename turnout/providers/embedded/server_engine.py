@@ -25,10 +25,12 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
-from ...config import ModelEntry, ProviderConfig
+from ...config import ProviderConfig
 from ...errors import BackendError
+from ...wire.openai import ChunkMaker, usage_dict
 from ..base import JSON, Call, Chunk
 from .llama_engine import LoadCancelled
+from .settings import EmbeddedModel
 
 __all__ = ["PYTHON_SERVER", "ManagedServer", "ServerEngine", "find_llama_server"]
 
@@ -66,7 +68,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def command(binary: str | None, entry: ModelEntry, path: Path, port: int) -> list[str]:
+def command(binary: str | None, entry: EmbeddedModel, path: Path, port: int) -> list[str]:
     """The command line serving ``path`` as model ``entry.name`` on ``port``."""
     threads = str(entry.n_threads or os.cpu_count() or 1)
     if binary is None:
@@ -140,7 +142,7 @@ class ManagedServer:
 class ServerEngine:
     """A model served by a managed server process: what the scheduler loads and unloads."""
 
-    def __init__(self, entry: ModelEntry, resolve: Callable[[], Path], binary: str | None):
+    def __init__(self, entry: EmbeddedModel, resolve: Callable[[], Path], binary: str | None):
         self.entry, self._resolve, self.binary = entry, resolve, binary
         self.server: ManagedServer | None = None
         self.start_timeout = 300.0
@@ -249,10 +251,5 @@ class ServerEngine:
         for text in (prompt, completion):
             counts.append((await provider.count_tokens(call.model, text) or 0) if text else 0)
         counts[0] += 0 if has_bos else 1
-        return {
-            "id": f"usage-{call.model}", "object": "chat.completion.chunk"
-            if call.kind == "chat" else "text_completion", "created": int(time.time()),
-            "model": call.model, "choices": [],
-            "usage": {"prompt_tokens": counts[0], "completion_tokens": counts[1],
-                      "total_tokens": sum(counts)},
-        }  # fmt: skip
+        chunks = ChunkMaker(call.kind, call.model, f"usage-{call.model}")
+        return chunks.usage(usage_dict(counts[0], counts[1]))

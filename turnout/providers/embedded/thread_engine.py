@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...config import ModelEntry
 from ...errors import BackendError, CapabilityError, ConfigError, InvalidRequestError
-from ..base import JSON, Call, Capabilities, Chunk, needs
+from ..base import JSON, Call, Capabilities, Chunk
 from ..chat_templates import TEMPLATES, Template
-from ..emulation import lacking, refuse_unsupported, single_prompt, unsupported
+from ..emulation import refuse_unsupported, single_prompt, unsupported
 from .llama_engine import LoadCancelled
 from .llama_wire import assemble
+from .settings import EmbeddedModel
 from .token_text import Chunks, StopScanner, chat_turns, parse_logit_bias, template_for
 
 __all__ = [
@@ -104,7 +104,7 @@ class ThreadEngine(ABC):
     #: the answer)
     sampling_fields: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, entry: ModelEntry, resolve: Callable[[], Path]) -> None:
+    def __init__(self, entry: EmbeddedModel, resolve: Callable[[], Path]) -> None:
         if entry.chat_format and entry.chat_format not in TEMPLATES:
             raise ConfigError(
                 f"model '{entry.name}': chat_format {entry.chat_format!r} is not a template of "
@@ -207,15 +207,7 @@ class ThreadEngine(ABC):
     def _plan(self, call: Call) -> tuple[Sampling, list[str]]:
         """Refuse what this engine cannot do, before any waiting; the sampling asked and the
         request's own stop strings."""
-        body = call.body
-        missing = self.capabilities.lacks(needs(call.kind, body) - {"streaming"})
-        if missing:  # the field to name, as for any backend lacking it; the engine's own words
-            param = lacking(self.kind, missing, body).param or "model"
-            raise unsupported(
-                f"The {self.kind} engine of model '{call.model}' cannot serve this request: it "
-                f"lacks {', '.join(missing)}.",
-                param,
-            )
+        body = call.body  # what it lacks (`capabilities`) the router never sends it
         refuse_unsupported(body, f"The {self.kind} engine")
         if (body.get("n") or 1) > 1:
             raise CapabilityError(

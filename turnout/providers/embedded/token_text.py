@@ -4,11 +4,10 @@ OpenAI's ``logit_bias`` checked, and the OpenAI chunks of one generation."""
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
 from ...errors import InvalidRequestError
+from ...wire.openai import ChunkMaker, usage_dict
 from ..base import JSON, Call
 from ..chat_templates import DEFAULT_TEMPLATE
 
@@ -105,35 +104,22 @@ class Chunks:
     """OpenAI stream chunks of one generation: ``chat.completion.chunk`` (the role first) or
     ``text_completion``, sharing one id; a finish chunk, then a ``choices: []`` usage chunk."""
 
+    __slots__ = ("chat", "chunks")
+
     def __init__(self, call: Call) -> None:
         self.chat = call.kind == "chat"
-        self.head = {
-            "id": f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": int(time.time()),
-            "model": call.model,
-        }
-
-    def _choice(self, delta: JSON, text: str, finish: str | None) -> JSON:
-        if self.chat:
-            choice: JSON = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        return {**self.head, "choices": [choice]}
+        self.chunks = ChunkMaker(call.kind, call.model)
 
     def role(self) -> JSON:
-        return self._choice({"role": "assistant", "content": ""}, "", None)
+        if self.chat:
+            return self.chunks.choice({"role": "assistant", "content": ""})
+        return self.chunks.text("")
 
     def text(self, text: str) -> JSON:
-        return self._choice({"content": text}, text, None)
+        return self.chunks.choice({"content": text}) if self.chat else self.chunks.text(text)
 
     def finish(self, reason: str) -> JSON:
-        return self._choice({}, "", reason)
+        return self.chunks.choice({}, reason) if self.chat else self.chunks.text("", reason)
 
     def usage(self, prompt: int, completion: int) -> JSON:
-        counts = {"prompt_tokens": prompt, "completion_tokens": completion}
-        return {
-            **self.head,
-            "choices": [],
-            "usage": {**counts, "total_tokens": prompt + completion},
-        }
+        return self.chunks.usage(usage_dict(prompt, completion))

@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...config import ModelEntry
 from ...errors import BackendError
 from ..base import JSON
 from .llama_engine import LoadCancelled
+from .settings import EmbeddedModel
 from .thread_engine import Sampling, ThreadEngine, chat_turns, require_packages
 
 __all__ = ["PACKAGES", "TransformersEngine"]
@@ -64,7 +64,7 @@ class TransformersEngine(ThreadEngine):
         {"logit_bias", "presence_penalty", "frequency_penalty"}
     )
 
-    def __init__(self, entry: ModelEntry, resolve: Callable[[], Path]) -> None:
+    def __init__(self, entry: EmbeddedModel, resolve: Callable[[], Path]) -> None:
         super().__init__(entry, resolve)
         self.model: Any = None
         self.tokenizer: Any = None
