@@ -73,6 +73,7 @@ class Authenticate:
         try:
             principal = access.authenticate(scope["headers"], scope["path"])
         except AuthenticationError as exc:
+            log.debug("401 %s %s: %s", scope["method"], scope["path"], exc.message)
             await render_error(scope["path"], exc)(scope, receive, send)
             return
         if principal is not None and trace is not None:

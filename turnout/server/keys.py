@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..access.auth import not_admin
+from ..access.auth import missing, not_admin
 from ..access.keys import KeyRecord, parse_duration
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..store.keyring import KeyError_, announce, create_key, key_json, revoke_key, rotate_key
@@ -41,12 +41,14 @@ def _principal() -> KeyRecord | None:
 
 
 def _admin(request: Request) -> Access:
+    """The gateway's access, for an admin key; 403 for another key. Without any key in use and
+    without ``server.admin_key``, on loopback, it is open like every other route."""
     access = _access(request)
     principal = _principal()
     if principal is not None and not principal.admin:
         raise not_admin(principal, f"{request.method} {request.url.path}")
-    if principal is None and access.required:
-        raise not_admin(KeyRecord(name="(none)", prefix=""), request.url.path)
+    if principal is None and (access.required or access.config.server.admin_key is not None):
+        raise missing(f"{request.method} {request.url.path}")
     return access
 
 
@@ -144,8 +146,8 @@ async def usage(request: Request) -> Response:
     key = params.get("key")
     if principal is not None and not principal.admin:
         key = principal.name  # a key sees its own usage
-    elif principal is None and access.required:
-        raise not_admin(KeyRecord(name="(none)", prefix=""), request.url.path)
+    elif principal is None and (access.required or access.config.server.admin_key is not None):
+        raise missing(f"{request.method} {request.url.path}")
     since = None
     if params.get("since"):
         try:
