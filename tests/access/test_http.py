@@ -232,3 +232,47 @@ def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "without authentication" in done.stderr and "--allow-unauthenticated" in done.stderr
+
+
+async def test_cors_and_end_user_limits(tmp_path: Path, paced: Paced) -> None:
+    cfg = gateway_config(
+        tmp_path,
+        paced.url,
+        server={"cors_origins": ["https://app.example"]},
+        limits={"user_rpm": 1},
+    )
+    raw = await make_key(cfg["storage"]["database_url"], "web")
+    chat = {"model": "paced", "messages": [{"role": "user", "content": "hi"}]}
+    with run_gateway(cfg) as base:
+        async with aiohttp.ClientSession() as http:
+            preflight = {
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            }
+            async with http.options(f"{base}/v1/chat/completions", headers=preflight) as r:
+                assert r.status == 204  # answered without a key, as browsers send none
+                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                assert r.headers["Access-Control-Allow-Credentials"] == "true"
+            other = {**preflight, "Origin": "https://evil.example"}
+            async with http.options(f"{base}/v1/chat/completions", headers=other) as r:
+                assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+            headers = {"X-API-Key": raw, "Origin": "https://app.example"}
+            statuses = []
+            for user in ("ann", "bob", "ann"):
+                async with http.post(
+                    f"{base}/v1/chat/completions",
+                    json={**chat, "user": user},
+                    headers=headers,
+                ) as r:
+                    statuses.append(r.status)
+                    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+                    text = await r.text()
+            assert statuses == [200, 200, 429]
+            assert "user 'ann' on chat" in text
+            async with http.post(
+                f"{base}/v1/chat/completions",
+                json=chat,
+                headers={**headers, "X-Turnout-User": "cid"},
+            ) as r:
+                assert r.status == 200

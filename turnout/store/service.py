@@ -139,9 +139,11 @@ class Access:
         if not key.allows(model):
             raise out_of_scope(key, model)
         limits = self.config.limits
-        if key.rpm is None and key.tpm is None and key.budget is None and trace.user is None:
-            return
-        user_limited = limits.user_rpm is not None or limits.user_tpm is not None
+        user_limited = trace.user is not None and (
+            limits.user_rpm is not None or limits.user_tpm is not None
+        )
+        if key.rpm is None and key.tpm is None and key.budget is None and not user_limited:
+            return  # nothing to count: no round trip, no reservation
         request = Admission(
             key,
             trace.user if user_limited else None,
