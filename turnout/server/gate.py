@@ -81,18 +81,23 @@ class Authenticate:
         if trace is None:
             await self.app(scope, receive, send)
             return
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start" and trace.rate_headers:
-                message = {**message, "headers": [*message.get("headers", ()), *trace.rate_headers]}
-            await send(message)
-
+        if principal is not None:  # only a key's limits leave headers to add
+            send = _with_limits(trace, send)
         try:
-            await self.app(scope, receive, send_with_limits)
+            await self.app(scope, receive, send)
         finally:
             if trace.kind is not None and not trace.emitted:
                 trace.failed(asyncio.CancelledError())
                 gateway.telemetry.emit(trace)
+
+
+def _with_limits(trace: Any, send: Send) -> Send:
+    async def send_with_limits(message: Message) -> None:
+        if message["type"] == "http.response.start" and trace.rate_headers:
+            message = {**message, "headers": [*message.get("headers", ()), *trace.rate_headers]}
+        await send(message)
+
+    return send_with_limits
 
 
 def _identify(trace: Any, principal: Any, scope: Scope) -> None:
