@@ -80,6 +80,8 @@ def test_config_check_prints_the_valid_config_with_secrets_masked(tmp_path: Path
         "models_refresh_seconds": 60.0,
         "log_level": "info",
         "admin_key": None,
+        "allow_unauthenticated": False,
+        "cors_origins": [],
     }
     assert shown["aliases"] == {"fast": "local/qwen"}
 
@@ -122,7 +124,8 @@ def test_long_error_lines_are_not_wrapped(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert (
         "  server.prot: unknown setting; allowed: host, port, max_body_bytes, "
-        "sse_keepalive_seconds, models_refresh_seconds, log_level, admin_key\n"
+        "sse_keepalive_seconds, models_refresh_seconds, log_level, admin_key, "
+        "allow_unauthenticated, cors_origins\n"
     ) in result.stderr
 
 

@@ -215,6 +215,11 @@ def config_check(config: ConfigOption = None) -> None:
         for header in provider.get("headers") or {}:
             if _SECRET_HEADER.search(header):
                 provider["headers"][header] = "***"
+    from ..store import safe_url
+
+    for url in ("database_url", "redis_url"):  # their passwords, if any
+        if shown["storage"].get(url):
+            shown["storage"][url] = safe_url(shown["storage"][url])
     import yaml
 
     # soft_wrap: a wrapped line would no longer be the YAML it shows
