@@ -1,11 +1,13 @@
-"""The authenticate stage: every request but ``GET /health`` shows a gateway key once keys are in
-use (or ``auth.required``); a missing or wrong key is 401 in the dialect of the route's front.
+"""The authenticate stage of the pipeline: every request but ``GET /health`` shows a gateway key
+once keys are in use (or ``auth.required``); a missing or wrong key is 401 in the dialect of the
+route's front (the pipeline renders it with the route's error renderer).
+
 The key's name and priority go on the request's trace, where the gateway checks its scope and
-limits (403, 429) and the backends' fair queues read its priority. The stage also adds the
-rate-limit headers the gateway left on the trace to the response, answers CORS preflights for
-``server.cors_origins``, and records a request that asked for a model but never reached
-telemetry (a client gone at just the wrong moment), so that the ledger has exactly one row per
-request.
+limits (403, 429; the rate-limit headers it leaves on the trace go out with the response) and
+the backends' fair queues read its priority. The stage also answers CORS preflights for
+``server.cors_origins`` (before any key: browsers send none), and records a request that asked
+for a model but never reached telemetry (a client gone at just the wrong moment), so that the
+ledger has exactly one row per request.
 """
 
 from __future__ import annotations
@@ -13,18 +15,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from typing import Any
 
-import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from ..access.auth import AuthenticationError
+from ..access.keys import KeyRecord
 from ..config import ServerConfig
-from ..errors import GatewayError
-from ..telemetry import CURRENT
-from .responses import error_response
+from ..telemetry import Trace
+from .pipeline import Exchange, Handler
 
-__all__ = ["Authenticate", "StartupRefused", "loopback", "refuse_if_open", "render_error"]
+__all__ = ["StartupRefused", "authenticate", "loopback", "refuse_if_open"]
 
 log = logging.getLogger("turnout.server")
 
@@ -32,75 +32,38 @@ _OPEN = frozenset({"/health"})
 _USER = b"x-turnout-user"
 
 
-def render_error(path: str, exc: GatewayError) -> ASGIApp:
-    """``exc`` as the front that serves ``path`` writes errors."""
-    headers = exc.headers()
-    if "/api/" in path or path.startswith("/api"):  # Ollama's dialect
-        body = orjson.dumps({"error": exc.message})
-    elif path.startswith("/v1/messages"):  # Anthropic's
-        body = orjson.dumps({"type": "error", "error": {"type": exc.type, "message": exc.message}})
-    else:
-        return error_response(exc)
-    raw = [(b"content-type", b"application/json")]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+def authenticate(next: Handler) -> Handler:
+    """The pipeline stage (turnout/server/app.py `STAGES`)."""
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": exc.status, "headers": raw})
-        await send({"type": "http.response.body", "body": body})
-
-    return app
-
-
-class Authenticate:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        gateway = scope["app"].state.gateway
-        access = gateway.access
+    async def stage(x: Exchange) -> None:
+        gateway = x.app.state.gateway
+        scope = x.scope
         cors = gateway.config.server.cors_origins
-        if cors and await _cors(scope, receive, send, cors):
+        if cors and await _cors(x, cors):
             return  # a preflight, answered
-        if cors:
-            send = _with_cors(scope, send, cors)
+        access = gateway.access
         if access is None or scope["path"] in _OPEN:
-            await self.app(scope, receive, send)
+            await next(x)
             return
-        trace = CURRENT.get()
+        trace = x.trace
         try:
             principal = access.authenticate(scope["headers"], scope["path"])
         except AuthenticationError as exc:
             log.debug("401 %s %s: %s", scope["method"], scope["path"], exc.message)
-            await render_error(scope["path"], exc)(scope, receive, send)
-            return
-        if principal is not None and trace is not None:
+            raise  # told in the route's dialect by the pipeline
+        if principal is not None:
             _identify(trace, principal, scope)
-        if trace is None:
-            await self.app(scope, receive, send)
-            return
-        if principal is not None:  # only a key's limits leave headers to add
-            send = _with_limits(trace, send)
         try:
-            await self.app(scope, receive, send)
+            await next(x)
         finally:
             if trace.kind is not None and not trace.emitted:
                 trace.failed(asyncio.CancelledError())
                 gateway.telemetry.emit(trace)
 
-
-def _with_limits(trace: Any, send: Send) -> Send:
-    async def send_with_limits(message: Message) -> None:
-        if message["type"] == "http.response.start" and trace.rate_headers:
-            message = {**message, "headers": [*message.get("headers", ()), *trace.rate_headers]}
-        await send(message)
-
-    return send_with_limits
+    return stage
 
 
-def _identify(trace: Any, principal: Any, scope: Scope) -> None:
+def _identify(trace: Trace, principal: KeyRecord, scope: Scope) -> None:
     trace.principal = principal
     trace.key = principal.name
     trace.priority = principal.priority
@@ -109,52 +72,34 @@ def _identify(trace: Any, principal: Any, scope: Scope) -> None:
             trace.user = value.decode("latin-1")[:256]
 
 
-async def _cors(scope: Scope, receive: Receive, send: Send, origins: list[str]) -> bool:
-    """Answer a CORS preflight from a listed origin (204) or refuse one from another (403)."""
-    if scope["method"] != "OPTIONS":
-        return False
-    headers = dict(scope["headers"])
+async def _cors(x: Exchange, origins: list[str]) -> bool:
+    """Answer a CORS preflight from a listed origin (204) or refuse one from another (403);
+    for any other request from a listed origin, add the CORS headers to its response."""
+    headers = dict(x.scope["headers"])
     origin = headers.get(b"origin")
-    wanted = headers.get(b"access-control-request-method")
-    if origin is None or wanted is None:
+    if origin is None:
         return False
-    allowed = _allowed(origin, origins)
+    allowed = "*" in origins or origin.decode("latin-1") in origins
     out = [(b"vary", b"Origin")]
     if allowed:
-        out += [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
-            (
-                b"access-control-allow-headers",
-                headers.get(b"access-control-request-headers", b"authorization, content-type"),
-            ),
-            (b"access-control-max-age", b"600"),
-        ]
+        out.append((b"access-control-allow-origin", origin))
         if "*" not in origins:
             out.append((b"access-control-allow-credentials", b"true"))
-    await send({"type": "http.response.start", "status": 204 if allowed else 403, "headers": out})
-    await send({"type": "http.response.body", "body": b""})
+    wanted = headers.get(b"access-control-request-method")
+    if x.scope["method"] != "OPTIONS" or wanted is None:
+        if allowed:
+            x.extra = [*(x.extra or ()), *out]
+        return False
+    if allowed:
+        asked = headers.get(b"access-control-request-headers", b"authorization, content-type")
+        out += [
+            (b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+            (b"access-control-allow-headers", asked),
+            (b"access-control-max-age", b"600"),
+        ]
+    await x.send({"type": "http.response.start", "status": 204 if allowed else 403, "headers": out})
+    await x.send({"type": "http.response.body", "body": b""})
     return True
-
-
-def _allowed(origin: bytes, origins: list[str]) -> bool:
-    return "*" in origins or origin.decode("latin-1") in origins
-
-
-def _with_cors(scope: Scope, send: Send, origins: list[str]) -> Send:
-    origin = dict(scope["headers"]).get(b"origin")
-    if origin is None or not _allowed(origin, origins):
-        return send
-    extra = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-    if "*" not in origins:
-        extra.append((b"access-control-allow-credentials", b"true"))
-
-    async def send_with_cors(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
-        await send(message)
-
-    return send_with_cors
 
 
 def loopback(host: str) -> bool:

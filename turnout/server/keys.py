@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..access.auth import missing, not_admin
 from ..access.keys import KeyRecord, parse_duration
@@ -18,7 +17,8 @@ from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..store.keyring import KeyError_, announce, create_key, key_json, revoke_key, rotate_key
 from ..store.service import Access
 from ..telemetry import CURRENT
-from .responses import error_response, json_response
+from .pipeline import Route
+from .responses import json_response
 
 __all__ = ["routes"]
 
@@ -64,13 +64,13 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _handled(endpoint: Any) -> Any:
+    """``endpoint`` with a refused key operation (bad name, exists) as a 400."""
+
     async def run(request: Request) -> Response:
         try:
             return await endpoint(request)  # type: ignore[no-any-return]
-        except GatewayError as exc:
-            return error_response(exc)
         except KeyError_ as exc:
-            return error_response(InvalidRequestError(str(exc), code="invalid_key_request"))
+            raise InvalidRequestError(str(exc), code="invalid_key_request") from None
 
     run.__name__ = endpoint.__name__
     return run
@@ -192,9 +192,9 @@ def _text(body: dict[str, Any], name: str) -> str | None:
 
 
 routes = [
-    Route("/v1/keys", _handled(list_keys), methods=["GET"]),
-    Route("/v1/keys", _handled(new_key), methods=["POST"]),
-    Route("/v1/keys/{name}", _handled(delete_key), methods=["DELETE"]),
-    Route("/v1/keys/{name}/rotate", _handled(rotate), methods=["POST"]),
-    Route("/v1/usage", _handled(usage), methods=["GET"]),
+    Route("/v1/keys", list_keys, ("GET",), admin=True),
+    Route("/v1/keys", _handled(new_key), ("POST",), admin=True),
+    Route("/v1/keys/{name}", delete_key, ("DELETE",), admin=True),
+    Route("/v1/keys/{name}/rotate", rotate, ("POST",), admin=True),
+    Route("/v1/usage", usage),
 ]
