@@ -36,6 +36,7 @@ from pydantic import (
 
 from .config_access import AuthConfig, LimitsConfig, StorageConfig
 from .errors import ConfigError
+from .wire.screen import SecurityConfig
 
 __all__ = [
     "Config",
@@ -376,6 +377,7 @@ class Config(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
+    security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())

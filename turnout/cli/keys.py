@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..config import Config
-from . import ConfigOption, app, console, err_console, load
+from .common import ConfigOption, app, console, err_console, load
 
 keys_app = typer.Typer(help="Gateway keys: create, list, revoke, rotate.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
+from .common import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
 
 models_app = typer.Typer(help="Local models: list, quantize, load, unload, download.")
 app.add_typer(models_app, name="models", no_args_is_help=True)

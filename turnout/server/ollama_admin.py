@@ -32,6 +32,7 @@ from starlette.responses import Response, StreamingResponse
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..gateway import Gateway
 from ..providers.ollama import OllamaProvider
+from ..wire.screen import check_pull
 from .fronts.ollama_errors import OLLAMA_ERRORS
 from .models import read_body, require_pull
 from .pipeline import Endpoint, Route
@@ -100,6 +101,8 @@ async def _show(request: Request, native: bool) -> Response:
 async def _pull(request: Request, native: bool) -> Response:
     require_pull()  # after the admin key (the pipeline's admin_key stage)
     provider, body = await _model(request)
+    registries = request.app.state.gateway.config.security.pull_registries
+    check_pull(body["model"], bool(body.get("insecure")), registries)
     progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
     try:
         first = await anext(progress)  # a refused pull still gets a proper status
