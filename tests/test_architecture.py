@@ -90,7 +90,6 @@ LAYERS: tuple[tuple[int, str], ...] = (
     (1, "turnout.config_access"),  # the storage, limits and auth sections config.py composes
     (2, "turnout.models"),
     (2, "turnout.access"),  # gateway keys, limits, budgets, sans I/O
-
     (3, "turnout.providers"),
     (4, "turnout.telemetry"),
     (4, "turnout.routing"),

@@ -126,6 +126,7 @@ async def exercise(tmp_path: Path, paced: Paced, url: str, postgres: Postgres | 
     streamed = sum(1 for r in rows if r["streamed"])
     assert streamed == len([i for i in range(TOTAL) if i % 3 == 0 or i >= TOTAL - 20])
     assert all(r["key_name"] in ("main", "limited") and r["end_user"] for r in rows)
+    assert {r["front"] for r in rows} == {"openai"}
 
 
 async def test_sqlite_ledger_has_one_row_per_request(tmp_path: Path, paced: Paced) -> None:

@@ -51,6 +51,7 @@ def authenticate(next: Handler) -> Handler:
         except AuthenticationError as exc:
             log.debug("401 %s %s: %s", scope["method"], scope["path"], exc.message)
             raise  # told in the route's dialect by the pipeline
+        trace.front = x.route.front
         if principal is not None:
             _identify(trace, principal, scope)
         try:

@@ -74,6 +74,8 @@ class Route:
     #: the dialect its errors are told in (the route's front)
     errors: Errors = OPENAI_ERRORS
     name: str = ""
+    #: the front that serves it, as the usage ledger records it
+    front: str = "openai"
 
     @property
     def label(self) -> str:
