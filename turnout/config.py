@@ -71,6 +71,12 @@ class ServerConfig(_Strict):
     sse_keepalive_seconds: float = Field(10.0, gt=0)
     models_refresh_seconds: float = Field(60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    responses_store: int = Field(
+        0,
+        ge=0,
+        description="how many recent /v1/responses answers to keep for previous_response_id "
+        "and GET/DELETE /v1/responses/{id}; 0: stateless (previous_response_id refused)",
+    )
     admin_key: SecretStr | None = Field(
         None,
         min_length=1,
@@ -78,7 +84,15 @@ class ServerConfig(_Strict):
         "(turnout/server/admin.py); unset: they are open",
     )
     allow_unauthenticated: bool = Field(False, description="serve beyond loopback without keys")
-    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the gateway answers to beside loopback names, its own host and "
+        "IP addresses (turnout/server/guard.py: DNS rebinding); '*' for any",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the gateway (e.g. https://app.example.com)",
+    )
 
 
 class ModelEntry(_Strict):

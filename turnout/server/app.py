@@ -28,6 +28,7 @@ from . import (
     ops,
     providers as provider_list,
 )
+from .guard import guard
 from .pipeline import Pipeline, Route, Stage
 from .responses import json_response
 
@@ -37,7 +38,8 @@ __all__ = ["STAGES", "create_app", "routes"]
 
 #: what every request passes after its trace and before its route, in order
 STAGES: tuple[Stage, ...] = (
-    gate.authenticate,  # a gateway key, once keys are in use (401); CORS
+    guard,  # bounded bodies, a Host it answers to, no cross-origin change, JSON bodies
+    gate.authenticate,  # a gateway key, once keys are in use (401); CORS preflights
     admin.admin_key,  # a route marked admin needs an admin key (or server.admin_key)
 )
 

@@ -80,7 +80,9 @@ async def _cors(x: Exchange, origins: list[str]) -> bool:
     origin = headers.get(b"origin")
     if origin is None:
         return False
-    allowed = "*" in origins or origin.decode("latin-1") in origins
+    allowed = "*" in origins or origin.decode("latin-1").rstrip("/").lower() in {
+        o.rstrip("/").lower() for o in origins
+    }
     out = [(b"vary", b"Origin")]
     if allowed:
         out.append((b"access-control-allow-origin", origin))
