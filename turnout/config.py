@@ -2,10 +2,9 @@
 
 Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then providers
 added by environment, as the web app of source document 003 does (``OPENAI_COMPATIBLE_DATA``,
-``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then
-``TURNOUT_<SECTION>__<KEY>`` overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or
-``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as YAML scalars). Any invalid setting
-raises `ConfigError` naming the key and what is allowed.
+``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then ``TURNOUT_<SECTION>__<KEY>``
+overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (read
+as YAML scalars). An invalid setting raises `ConfigError` naming the key and what is allowed.
 
 No provider type is named here: turnout/providers registers each (`register_provider_type`)
 with its dialect and settings model (a `ProviderConfig` subclass with the dialect's own options),
@@ -34,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config_access import AuthConfig, LimitsConfig, StorageConfig
+from .config_access import TEXT_SETTINGS, AccessSections
 from .errors import ConfigError
 from .wire.screen import SecurityConfig
 
@@ -55,8 +54,6 @@ __all__ = [
 ]
 
 _ENV_PREFIX = "TURNOUT_"
-#: settings read as text from the environment, never as YAML (secrets, URLs with passwords)
-_TEXT = ("api_key", "admin_key", "database_url", "redis_url")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -379,7 +376,7 @@ class DiscoveryConfig(_Strict):
         return {"enabled": data} if isinstance(data, bool) else data
 
 
-class Config(_Strict):
+class Config(AccessSections):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     #: SerializeAsAny: a provider is dumped with its type's own settings too
     providers: dict[str, SerializeAsAny[ProviderConfig]] = Field(default_factory=dict)
@@ -392,9 +389,6 @@ class Config(_Strict):
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
     security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
-    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
-    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
-    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -539,7 +533,7 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         last = _existing_key(node, path[-1])
-        if last in _TEXT or path[-2:-1] == ["headers"]:
+        if last in TEXT_SETTINGS or path[-2:-1] == ["headers"]:
             node[last] = value  # secrets and header values are text, never YAML-typed
             continue
         try:

@@ -1,6 +1,6 @@
 """The configuration of gateway keys, limits and the usage ledger (turnout/access, turnout/store):
-the ``storage``, ``limits`` and ``auth`` sections of `turnout.config.Config`. Same layer as
-config.py, which composes them; kept apart to keep that module small."""
+the ``storage``, ``limits`` and ``auth`` sections, which `turnout.config.Config` inherits from
+`AccessSections`. Same layer as config.py; kept apart to keep that module small."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["AuthConfig", "LimitsConfig", "StorageConfig"]
+__all__ = [
+    "TEXT_SETTINGS",
+    "AccessSections",
+    "AuthConfig",
+    "LimitsConfig",
+    "StorageConfig",
+]
+
+#: settings read as text from the environment, never as YAML (secrets, URLs with passwords)
+TEXT_SETTINGS = ("api_key", "admin_key", "database_url", "redis_url")
 
 
 class _Strict(BaseModel):
@@ -36,3 +45,11 @@ class LimitsConfig(_Strict):
 
 class AuthConfig(_Strict):
     required: bool = Field(False, description="ask for a gateway key even before one exists")
+
+
+class AccessSections(_Strict):
+    """The sections `turnout.config.Config` inherits."""
+
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())

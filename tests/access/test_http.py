@@ -17,6 +17,7 @@ import pytest
 
 from tests.fakes.paced import Paced, run_paced
 from tests.support.servers import run_gateway
+from turnout.access.auth import AuthenticationError
 from turnout.gateway import Gateway
 from turnout.server import create_app
 from turnout.store import open_store
@@ -60,15 +61,22 @@ def paced() -> Iterator[Paced]:
         yield fake
 
 
-def every_route(gateway: Gateway) -> list[tuple[str, str]]:
-    """(method, path) of every route the app mounts, path parameters filled in."""
+def every_route(gateway: Gateway) -> list[tuple[str, str, Any]]:
+    """(method, path, the route's error dialect) of every route the app mounts, path
+    parameters filled in."""
     app = create_app(gateway, access=False)
     out = []
     for route in app.routes:
         path = re.sub(r"\{[^}]+\}", "x", route.path)
         for method in sorted(set(route.methods) - {"HEAD"}):
-            out.append((method, path))
+            out.append((method, path, route.errors))
     return out
+
+
+def message_of(body: Any) -> str:
+    """The message of an error body in any front's dialect."""
+    error = body["error"]
+    return error if isinstance(error, str) else error["message"]
 
 
 async def wait_for(check: Any, timeout: float = 2.0) -> float:
@@ -82,7 +90,8 @@ async def wait_for(check: Any, timeout: float = 2.0) -> float:
 async def test_every_route_needs_a_key_once_one_exists(tmp_path: Path, paced: Paced) -> None:
     cfg = gateway_config(tmp_path, paced.url)
     routes = every_route(Gateway(cfg, environ={}))
-    assert ("POST", "/v1/chat/completions") in routes and ("GET", "/v1/keys") in routes
+    paths = {(method, path) for method, path, _ in routes}
+    assert ("POST", "/v1/chat/completions") in paths and ("GET", "/v1/keys") in paths
     chat = {"model": "paced", "messages": [{"role": "user", "content": "hi"}]}
     with run_gateway(cfg) as base:
         async with aiohttp.ClientSession() as http:
@@ -96,7 +105,7 @@ async def test_every_route_needs_a_key_once_one_exists(tmp_path: Path, paced: Pa
 
             assert await wait_for(closed) < 1.0
             wrong = "gw_" + "A" * 32
-            for method, path in routes:
+            for method, path, errors in routes:
                 for headers in ({}, {"Authorization": f"Bearer {wrong}"}, {"X-API-Key": "nope"}):
                     async with http.request(method, base + path, headers=headers, json={}) as r:
                         text = await r.text()
@@ -105,10 +114,11 @@ async def test_every_route_needs_a_key_once_one_exists(tmp_path: Path, paced: Pa
                             continue
                         assert r.status == 401, (method, path, r.status, text)
                         assert wrong not in text and "AAAAAAAAAAAAAAAAAAAA" not in text
-                        error = (await r.json())["error"]
-                        native = "/api/" in path  # Ollama's own dialect: {"error": "..."}
-                        message = error if native else error["message"]
-                        assert "gateway key" in message
+                        body = await r.json()
+                        # in the route's own dialect: the shape its front gives any error
+                        dialect = errors.body(AuthenticationError("m"))
+                        assert set(body) == set(dialect), (path, body)
+                        assert "gateway key" in message_of(body)
                         assert r.headers["WWW-Authenticate"].startswith("Bearer")
             for header in ("Authorization", "X-API-Key", "x-api-key"):
                 value = f"Bearer {raw}" if header == "Authorization" else raw
@@ -274,3 +284,36 @@ async def test_cors_and_end_user_limits(tmp_path: Path, paced: Paced) -> None:
                 headers={**headers, "X-Turnout-User": "cid"},
             ) as r:
                 assert r.status == 200
+
+
+async def test_the_official_clients_of_every_front_send_their_key(
+    tmp_path: Path, paced: Paced
+) -> None:
+    import anthropic
+    import ollama
+
+    cfg = gateway_config(tmp_path, paced.url)
+    raw = await make_key(cfg["storage"]["database_url"], "clients", models=["paced"])
+    with run_gateway(cfg) as base:
+        claude = anthropic.AsyncAnthropic(base_url=base, api_key=raw, max_retries=0)
+        reply = await claude.messages.create(
+            model="paced", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.content and reply.content[0].type == "text"
+        with pytest.raises(anthropic.PermissionDeniedError, match="'clients'"):
+            await claude.messages.create(
+                model="other", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+        wrong = anthropic.AsyncAnthropic(base_url=base, api_key="gw_" + "B" * 32, max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError):
+            await wrong.messages.create(
+                model="paced", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+            )
+        client = ollama.AsyncClient(host=base, headers={"Authorization": f"Bearer {raw}"})
+        answer = await client.chat(model="paced", messages=[{"role": "user", "content": "hi"}])
+        assert answer.message.content
+        with pytest.raises(ollama.ResponseError) as refused:
+            await ollama.AsyncClient(host=base).chat(
+                model="paced", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert refused.value.status_code == 401 and "gateway key" in refused.value.error
