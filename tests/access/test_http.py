@@ -225,14 +225,15 @@ async def test_a_budget_is_a_soft_cap(tmp_path: Path, paced: Paced) -> None:
             assert body["error"]["code"] == "budget_exceeded"
 
 
-def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) -> None:
+async def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from tests.access.instances import run_instance
+
+    db = f"sqlite:///{tmp_path / 'x.db'}"
     env_cfg = tmp_path / "turnout.yaml"
-    env_cfg.write_text(
-        f"storage:\n  database_url: sqlite:///{tmp_path / 'x.db'}\ndefault_embedded: false\n"
-    )
+    env_cfg.write_text(f"storage:\n  database_url: {db}\ndefault_embedded: false\n")
     done = subprocess.run(
         [sys.executable, "-m", "turnout", "serve", "-c", str(env_cfg), "--host", "0.0.0.0",
          "--port", "1"],
@@ -240,6 +241,12 @@ def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "without authentication" in done.stderr and "--allow-unauthenticated" in done.stderr
+    assert "turnout keys create" in done.stderr  # what to do
+    await make_key(db, "first")  # with a key, the same address serves (and asks for it)
+    with run_instance(env_cfg, "--host", "0.0.0.0") as gateway:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{gateway.url}/v1/models") as resp:
+                assert resp.status == 401
 
 
 async def test_cors_and_end_user_limits(tmp_path: Path, paced: Paced) -> None:
