@@ -234,7 +234,8 @@ async def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) ->
     db = f"sqlite:///{tmp_path / 'x.db'}"
     env_cfg = tmp_path / "turnout.yaml"
     env_cfg.write_text(f"storage:\n  database_url: {db}\ndefault_embedded: false\n")
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "turnout", "serve", "-c", str(env_cfg), "--host", "0.0.0.0",
          "--port", "1"],
         capture_output=True, text=True, timeout=120, check=False,
@@ -244,9 +245,8 @@ async def test_a_public_address_without_keys_refuses_to_start(tmp_path: Path) ->
     assert "turnout keys create" in done.stderr  # what to do
     await make_key(db, "first")  # with a key, the same address serves (and asks for it)
     with run_instance(env_cfg, "--host", "0.0.0.0") as gateway:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{gateway.url}/v1/models") as resp:
-                assert resp.status == 401
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/v1/models") as resp:
+            assert resp.status == 401
 
 
 async def test_cors_and_end_user_limits(tmp_path: Path, paced: Paced) -> None:
