@@ -87,7 +87,6 @@ LAYERS: tuple[tuple[int, str], ...] = (
     (0, "turnout.errors"),
     (0, "turnout.tasks"),
     (1, "turnout.config"),
-    (1, "turnout.config_access"),  # the storage, limits and auth sections config.py composes
     (2, "turnout.models"),
     (2, "turnout.access"),  # gateway keys, limits, budgets, sans I/O
     (3, "turnout.providers"),

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.access.test_http import gateway_config, make_key
-from tests.fakes.paced import Paced, run_paced
+from tests.fakes.timed import Paced, run_paced
 from tests.support.servers import run_gateway
 
 pytestmark = pytest.mark.slow

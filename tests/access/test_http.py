@@ -15,7 +15,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.fakes.paced import Paced, run_paced
+from tests.fakes.timed import Paced, run_paced
 from tests.support.servers import run_gateway
 from turnout.access.auth import AuthenticationError
 from turnout.gateway import Gateway

@@ -13,7 +13,7 @@ import pytest
 
 from tests.access.instances import run_instance, write_config
 from tests.access.test_http import gateway_config, make_key
-from tests.fakes.paced import Paced, run_paced
+from tests.fakes.timed import Paced, run_paced
 from turnout.store import open_store
 from turnout.store.keyring import announce, revoke_key
 

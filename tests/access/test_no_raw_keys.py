@@ -16,7 +16,7 @@ import pytest
 
 from tests.access.instances import run_instance, write_config
 from tests.access.test_http import gateway_config
-from tests.fakes.paced import Paced, run_paced
+from tests.fakes.timed import Paced, run_paced
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,30 @@
-"""A fake OpenAI-compatible runtime that takes a set time per request: for counting and timing
-tests (limits, the ledger, fair queueing), where the answer's content does not matter but its
-wire format does (OpenAI's chat completion and chunk objects, SSE framing, ``[DONE]``, usage in
-the last chunk when ``stream_options.include_usage`` asks)."""
+"""A fake OpenAI-compatible backend whose pace the test sets, for shutdown, timeouts, slow clients
+and breaker tests.
+
+This is a fake: what is tested is turnout under time (a stream of exactly N chunks at a set
+interval, a backend that stalls, one that never ends, one that fails for some prompts), which no
+real runtime produces on demand. It follows OpenAI's documented wire format: ``GET /v1/models``,
+``POST /v1/chat/completions`` answering a ``chat.completion`` or an SSE stream of
+``chat.completion.chunk`` events ending with ``data: [DONE]``, errors as
+``{"error": {"message", "type", "param", "code"}}``.
+
+The behaviour is chosen per request by the last user message, so one backend serves every case:
+
+- ``chunks=N every=S``: N chunks, S seconds apart (defaults 5 and 0), each ``tok `` (padded to
+  ``pad=B`` bytes of content when asked); a non-streamed request waits N*S then answers.
+- ``stall``: accept the request and send nothing, ever (headers included).
+- ``stall-after-first``: stream one chunk, then nothing.
+- ``endless every=S``: stream chunks forever.
+- ``fail``: HTTP 500 (the backend's own failure).
+
+`Paced.requests` counts the requests; `Paced.active` the ones being answered now.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,94 +35,95 @@ from tests.support.aioserver import serve_app
 
 __all__ = ["Paced", "run_paced"]
 
+_ARG = re.compile(r"(\w+)=([\d.]+)")
+
 
 class Paced:
-    def __init__(self, delay: float = 0.0, chunk_delay: float = 0.0, chunks: int = 5) -> None:
-        self.delay, self.chunk_delay, self.chunks = delay, chunk_delay, chunks
+    def __init__(self) -> None:
         self.url = ""
-        self.served = 0
+        self.requests = 0
         self.active = 0
-        self.peak = 0
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        return app
+        self.most_active = 0
+        self.app = web.Application()
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": "paced", "object": "model", "created": 0, "owned_by": "fake"}]
-        return web.json_response({"object": "list", "data": data})
+        model = {"id": "paced", "object": "model", "created": 0, "owned_by": "test"}
+        return web.json_response({"object": "list", "data": [model]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body: dict[str, Any] = await request.json()
+        body = await request.json()
+        self.requests += 1
         self.active += 1
-        self.peak = max(self.peak, self.active)
+        self.most_active = max(self.most_active, self.active)
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            self.served += 1
-            if body.get("stream"):
-                return await self._stream(request, body)
-            usage = {
-                "prompt_tokens": 7,
-                "completion_tokens": self.chunks,
-                "total_tokens": 7 + self.chunks,
-            }
-            return web.json_response(
-                {
-                    "id": "chatcmpl-paced",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": "paced",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "ok " * self.chunks},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                    "usage": usage,
-                }
-            )
+            return await self._answer(request, body)
         finally:
             self.active -= 1
 
-    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        text = str(body["messages"][-1]["content"])
+        args = {k: float(v) for k, v in _ARG.findall(text)}
+        n, every = int(args.get("chunks", 5)), args.get("every", 0.0)
+        piece = "tok " + "x" * max(0, int(args.get("pad", 0)) - 4)
+        if text.startswith("fail"):
+            error = {"message": "the model crashed", "type": "server_error", "param": None,
+                     "code": None}  # fmt: skip
+            return web.json_response({"error": error}, status=500)
+        if text.startswith("stall") and not text.startswith("stall-after-first"):
+            await asyncio.sleep(3600)
+        if not body.get("stream"):
+            await asyncio.sleep(n * every)
+            return web.json_response(_reply(piece * n))
+        endless = text.startswith("endless")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        i = 0
+        while endless or i < n:
+            if i and every:
+                await asyncio.sleep(every)
+            await response.write(b"data: " + orjson.dumps(_chunk(piece, None)) + b"\n\n")
+            i += 1
+            if text.startswith("stall-after-first"):
+                await asyncio.sleep(3600)
+        await response.write(b"data: " + orjson.dumps(_chunk("", "stop")) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-            obj = {
-                "id": "chatcmpl-paced",
-                "object": "chat.completion.chunk",
-                "created": 0,
-                "model": "paced",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-        for i in range(self.chunks):
-            if i and self.chunk_delay:
-                await asyncio.sleep(self.chunk_delay)
-            await resp.write(chunk({"content": "ok "}, None))
-        await resp.write(chunk({}, "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {
-                "prompt_tokens": 7,
-                "completion_tokens": self.chunks,
-                "total_tokens": 7 + self.chunks,
+def _chunk(text: str, finish: str | None) -> dict[str, Any]:
+    delta = {"content": text} if text else {}
+    return {
+        "id": "chatcmpl-paced",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "paced",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+
+
+def _reply(text: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-paced",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "paced",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": None,
             }
-            obj = {"id": "chatcmpl-paced", "object": "chat.completion.chunk", "created": 0,
-                   "model": "paced", "choices": [], "usage": usage}  # fmt: skip
-            await resp.write(b"data: " + orjson.dumps(obj) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 @contextlib.contextmanager
-def run_paced(delay: float = 0.0, chunk_delay: float = 0.0, chunks: int = 5) -> Iterator[Paced]:
-    fake = Paced(delay, chunk_delay, chunks)
-    with serve_app(fake.app(), "fake-paced") as urls:
-        fake.url = urls[0]
-        yield fake
+def run_paced() -> Iterator[Paced]:
+    paced = Paced()
+    with serve_app(paced.app, "paced") as urls:
+        paced.url = urls[0]
+        yield paced

@@ -80,6 +80,12 @@ def test_config_check_prints_the_valid_config_with_secrets_masked(tmp_path: Path
         "models_refresh_seconds": 60.0,
         "log_level": "info",
         "admin_key": None,
+        "shutdown_grace_seconds": 30.0,
+        "header_timeout_seconds": 10.0,
+        "body_timeout_seconds": 60.0,
+        "write_timeout_seconds": 30.0,
+        "keepalive_timeout_seconds": 5.0,
+        "max_connections": 1000,
     }
     assert {k: shown["server"][k] for k in expected} == expected  # among the server's settings
     assert shown["aliases"] == {"fast": "local/qwen"}

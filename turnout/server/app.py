@@ -46,8 +46,10 @@ STAGES: tuple[Stage, ...] = (
 
 async def health(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    status = "draining" if gateway.draining else "ok"  # stopping: a balancer should look away
     return json_response(
-        {"status": "ok", "version": __version__, "providers": list(gateway.providers)}
+        {"status": status, "version": __version__, "providers": list(gateway.providers)},
+        status=503 if gateway.draining else 200,
     )
 
 

@@ -137,6 +137,11 @@ def start_trace(scope: Scope) -> Trace:
     for name, value in scope["headers"]:
         if name.startswith(_PREFIX) and name in OVERRIDES:
             _override(trace, name, value)
+        elif name == b"authorization":
+            trace.client = hash(value)  # its key: the breaker tells clients apart by it
+    if trace.client is None:
+        client = scope.get("client")
+        trace.client = client[0] if client else None
     return trace
 
 

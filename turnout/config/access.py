@@ -1,16 +1,16 @@
 """The configuration of gateway keys, limits and the usage ledger (turnout/access, turnout/store):
-the ``storage``, ``limits`` and ``auth`` sections, which `turnout.config.Config` inherits from
-`AccessSections`. Same layer as config.py; kept apart to keep that module small."""
+the ``storage``, ``limits`` and ``auth`` sections of `turnout.config.Config`."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .base import _Strict
 
 __all__ = [
     "TEXT_SETTINGS",
-    "AccessSections",
     "AuthConfig",
     "LimitsConfig",
     "StorageConfig",
@@ -18,10 +18,6 @@ __all__ = [
 
 #: settings read as text from the environment, never as YAML (secrets, URLs with passwords)
 TEXT_SETTINGS = ("api_key", "admin_key", "database_url", "redis_url")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class StorageConfig(_Strict):
@@ -45,11 +41,3 @@ class LimitsConfig(_Strict):
 
 class AuthConfig(_Strict):
     required: bool = Field(False, description="ask for a gateway key even before one exists")
-
-
-class AccessSections(_Strict):
-    """The sections `turnout.config.Config` inherits."""
-
-    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
-    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
-    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())

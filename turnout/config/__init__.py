@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     SecretStr,
@@ -33,11 +32,22 @@ from pydantic import (
     model_validator,
 )
 
-from .config_access import TEXT_SETTINGS, AccessSections
-from .errors import ConfigError
-from .wire.screen import SecurityConfig
+from ..errors import ConfigError
+from ..wire.screen import SecurityConfig
+from .access import TEXT_SETTINGS, AuthConfig, LimitsConfig, StorageConfig
+from .base import _Strict
+from .routes import (
+    RETRY_CLASSES,
+    STRATEGIES,
+    RetryConfig,
+    RouteConfig,
+    RouteTargetConfig,
+    TimeoutsConfig,
+)
 
 __all__ = [
+    "RETRY_CLASSES",
+    "STRATEGIES",
     "Config",
     "DiscoveryConfig",
     "HealthConfig",
@@ -45,8 +55,11 @@ __all__ = [
     "PathsConfig",
     "ProviderConfig",
     "ProviderType",
+    "RetryConfig",
     "RouteConfig",
+    "RouteTargetConfig",
     "ServerConfig",
+    "TimeoutsConfig",
     "load_config",
     "provider_types",
     "register_env_source",
@@ -55,10 +68,6 @@ __all__ = [
 
 _ENV_PREFIX = "TURNOUT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class ServerConfig(_Strict):
@@ -81,15 +90,20 @@ class ServerConfig(_Strict):
         "(turnout/server/admin.py); unset: they are open",
     )
     allow_unauthenticated: bool = Field(False, description="serve beyond loopback without keys")
-    allowed_hosts: list[str] = Field(
-        default_factory=list,
-        description="Host names the gateway answers to beside loopback names, its own host and "
-        "IP addresses (turnout/server/guard.py: DNS rebinding); '*' for any",
-    )
-    cors_origins: list[str] = Field(
-        default_factory=list,
-        description="browser origins allowed to call the gateway (e.g. https://app.example.com)",
-    )
+    # Host names answered besides loopback names, `host` and IP addresses ('*': any), and the
+    # browser origins that may call the gateway (turnout/server/guard.py).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    # Shutdown, and the client side of connections (turnout/server/protocol.py), in seconds:
+    # the grace in-flight requests get on SIGTERM; the time a client has for a request's headers,
+    # for its body, to take what is written to it (else its stream's backend slot is freed); an
+    # idle keep-alive connection's life. Connections beyond max_connections get a 503.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(60.0, gt=0)
+    write_timeout_seconds: float = Field(30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class ModelEntry(_Strict):
@@ -205,8 +219,11 @@ class ProviderConfig(_Strict):
     queue_size: int = Field(
         64, ge=0, description="requests that may wait for a slot beyond max_concurrency"
     )
-    first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
-    total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+    # A stream's time limits per call (turnout/routing/attempt.py): to its first chunk (unset:
+    # 120 s for a local backend, 60 s for a cloud one), between chunks, and in all.
+    first_token_timeout: float | None = Field(None, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    total_timeout: float | None = Field(600.0, gt=0)
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
@@ -283,72 +300,6 @@ class ProviderConfig(_Strict):
         return _TYPES[self.type].dialect
 
 
-#: route strategies (turnout/routing/strategies.py implements one function per name)
-STRATEGIES = (
-    "priority",
-    "cost",
-    "round_robin",
-    "weighted",
-    "least_latency",
-    "least_busy",
-    "capability",
-    "prefix_affinity",
-)
-#: failure classes a retry policy may retry on the same backend
-RETRY_CLASSES = ("connection", "timeout", "429", "5xx", "protocol", "model_not_found")
-
-
-class RetryConfig(_Strict):
-    max_retries: int | None = Field(None, ge=0, le=10, description="unset: the provider's")
-    backoff_base: float = Field(0.1, ge=0)
-    backoff_cap: float = Field(2.0, ge=0)
-    retry_on: list[str] = Field(default_factory=lambda: list(RETRY_CLASSES[:5]))
-    honour_retry_after: bool = True
-    recovery_wait: float = Field(
-        2.0, ge=0, description="how long a request waits for a cooling backend to recover"
-    )
-
-    @field_validator("retry_on", mode="before")
-    @classmethod
-    def _classes(cls, v: Any) -> Any:
-        if not isinstance(v, list):
-            return v
-        out = [str(c) for c in v]  # YAML reads 429 as a number
-        for c in out:
-            if c not in RETRY_CLASSES:
-                allowed = ", ".join(RETRY_CLASSES)
-                raise ValueError(f"unknown failure class {c!r}; allowed: {allowed}")
-        return out
-
-
-class TimeoutsConfig(_Strict):
-    first_token: float | None = Field(None, gt=0, description="per attempt: send to first chunk")
-    total: float | None = Field(None, gt=0, description="the whole request, retries included")
-
-
-class RouteTargetConfig(_Strict):
-    provider: str
-    model: str | None = Field(None, min_length=1, description="unset: the route's name")
-    weight: float = Field(1.0, ge=0)
-    priority: int = 0
-    cost_per_1k_input: float | None = Field(None, ge=0, description="unset: the provider's")
-    cost_per_1k_output: float | None = Field(None, ge=0)
-
-
-class RouteConfig(_Strict):
-    strategy: Literal[STRATEGIES] = "priority"  # type: ignore[valid-type]
-    targets: list[RouteTargetConfig] = Field(min_length=1)
-    fallbacks: list[str] = Field(default_factory=list)
-    retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
-    timeouts: TimeoutsConfig = Field(default_factory=lambda: TimeoutsConfig())
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> RouteConfig:
-        if self.strategy == "weighted" and not any(t.weight > 0 for t in self.targets):
-            raise ValueError("strategy 'weighted' needs a target with a weight above 0")
-        return self
-
-
 class HealthConfig(_Strict):
     """The background health monitor (turnout/routing/health.py)."""
 
@@ -376,7 +327,7 @@ class DiscoveryConfig(_Strict):
         return {"enabled": data} if isinstance(data, bool) else data
 
 
-class Config(AccessSections):
+class Config(_Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     #: SerializeAsAny: a provider is dumped with its type's own settings too
     providers: dict[str, SerializeAsAny[ProviderConfig]] = Field(default_factory=dict)
@@ -389,6 +340,9 @@ class Config(AccessSections):
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
     security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
     @field_validator("providers", mode="before")
     @classmethod
