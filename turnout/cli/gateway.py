@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 import time
@@ -14,7 +15,16 @@ from rich.markup import escape
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
+from ..telemetry.logs import RequestLog, configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
+
+
+class LogFormat(enum.StrEnum):
+    """``turnout serve --log-format`` (turnout/telemetry/logs.py)."""
+
+    text = "text"
+    json = "json"
+
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -53,6 +63,10 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(help="Log lines as readable text, or as one JSON object a line (json)."),
+    ] = LogFormat.text,
     database_url: Annotated[
         str | None, typer.Option("--database-url", help="Keys and ledger (storage.database_url).")
     ] = None,
@@ -72,10 +86,12 @@ def serve(
     if allow_unauthenticated:
         open_server = cfg.server.model_copy(update={"allow_unauthenticated": True})
         cfg = cfg.model_copy(update={"server": open_server})
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
     server = _uvicorn_server(cfg)
+    server.gateway.telemetry.add_sink(RequestLog())  # one log line a request, from the drain
+    # after uvicorn.Config (made by Server), which installs its own handlers: uvicorn's records
+    # go through turnout's handler, in the format asked for
+    configure_logs(log_format.value, cfg.server.log_level)
+    _redact_logs()
     server.run()
     if not server.started:  # the lifespan refused (it logged why): say so with the exit status
         raise typer.Exit(1)

@@ -20,13 +20,14 @@ from .. import __version__
 from ..gateway import Gateway
 from . import (
     admin,
+    docs,
     fronts,
     gate,
     keys,
     models as local_models,
-    ollama_admin,
     ops,
     providers as provider_list,
+    ui,
 )
 from .guard import guard
 from .pipeline import Pipeline, Route, Stage
@@ -60,9 +61,10 @@ def routes() -> list[Route]:
         *fronts.routes,
         *ops.routes,
         *local_models.routes,  # downloads, load, unload: marked admin
-        *ollama_admin.routes,  # pull, delete: marked admin
         *provider_list.routes,
         *keys.routes,  # /v1/keys (marked admin), /v1/usage
+        *docs.routes,  # /openapi.json (built from this table), /docs
+        *ui.routes,  # the dashboard
     ]
 
 
@@ -118,4 +120,5 @@ def create_app(
 
     app = Pipeline(routes(), stages, lifespan)
     app.state.gateway = gateway
+    ui.recent(gateway)  # the dashboard's request log, kept from the start
     return app

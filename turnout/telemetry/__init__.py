@@ -6,8 +6,9 @@ seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``
 and `Gateway.stats()` drain it first, so what they show includes every finished request.
 
 Sinks (`Telemetry.add_sink`) receive each drained batch after the statistics have filled in its
-token counts (estimated where the backend gave none) and costs: the usage ledger is one
-(turnout/store/ledger.py). With a sink attached a full list is drained at once instead of
+token counts (estimated where the backend gave none) and costs: the OpenTelemetry exporter
+(telemetry/otel.py) is one, so spans are built and sent off the request path; the usage ledger
+(turnout/store/ledger.py) another. With a sink attached a full list is drained at once instead of
 dropping a record: a ledger row is owed for every request.
 """
 
@@ -65,7 +66,8 @@ class Telemetry:
         if trace.emitted:
             return
         trace.emitted = True
-        trace.latency_s = time.perf_counter() - trace.t_start
+        trace.t_end = now = time.perf_counter()
+        trace.latency_s = now - trace.t_start
         if len(self._pending) < self.capacity:
             self._pending.append(trace)
         elif self._sinks:

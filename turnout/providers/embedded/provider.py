@@ -36,9 +36,15 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...models.hardware import gpu_memory
 from ...wire.durations import FOREVER, parse_keep_alive
-from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..base import JSON, Call, Capabilities, Chunk, Health, LocalFile, ModelInfo, Provider
 from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
+from .choice import (
+    ENGINE_BY_FORMAT,
+    ENGINES_OF_FORMAT,
+    model_format,
+    thread_engine_class,
+)
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
 from .scheduler import Lease, ModelTooLargeError, Need, Scheduler
@@ -103,42 +109,6 @@ def _keep_alive_param(value: Any) -> float | None:
 
 
 Engine = LlamaEngine | ServerEngine | ThreadEngine
-#: the engine ``engine: auto`` picks for each model format, and the engines that serve each
-ENGINE_BY_FORMAT = {"gguf": "llama-cpp", "safetensors": "transformers", "onnx": "onnx"}
-ENGINES_OF_FORMAT = {
-    "gguf": ("llama-cpp", "llama-server"),
-    "safetensors": ("transformers",),
-    "onnx": ("onnx",),
-}
-
-
-def model_format(path: Path) -> str:
-    """A model path's format: a Hugging Face folder is safetensors, an onnxruntime-genai folder
-    onnx, a file by its suffix (GGUF when unknown: llama.cpp then says what is wrong)."""
-    if path.is_dir():
-        return "onnx" if (path / "genai_config.json").is_file() else "safetensors"
-    return {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower(), "gguf")
-
-
-def default_engine(model: ModelFile) -> str | None:
-    """The engine ``engine: auto`` runs a directory model on; None when none can (a lone
-    safetensors or ONNX file without the folder around it)."""
-    if model.format != "gguf" and not model.path.is_dir():
-        return None
-    return ENGINE_BY_FORMAT.get(model.format)
-
-
-def thread_engine_class(kind: str) -> type[ThreadEngine]:
-    """The engine class of ``transformers`` or ``onnx`` (imported only when used)."""
-    if kind == "transformers":
-        from .torch_engine import TransformersEngine
-
-        return TransformersEngine
-    try:
-        from .onnx_engine import OnnxEngine
-    except ImportError as exc:
-        raise ConfigError(f"the onnx engine is not available here: {exc}") from None
-    return OnnxEngine
 
 
 def _fixed(path: Path) -> Callable[[], Path]:
@@ -440,6 +410,20 @@ class EmbeddedProvider(Provider):
             if server is not None:
                 entry.update(pid=server.pid, url=server.url)
         return out
+
+    # LocalModels (turnout/providers/base.py), with load_model, unload_model and status above.
+
+    def load_stats(self) -> JSON:
+        return dict(self.scheduler.stats)
+
+    def models_folder(self) -> str | None:
+        return self.config.models_dir
+
+    def local_files(self) -> list[LocalFile]:
+        return [
+            LocalFile(m.name, m.path, getattr(self.engines.get(m.name), "kind", "llama-cpp"))
+            for m in self.files.values()
+        ]
 
     async def _relay(self, call: Call) -> AsyncGenerator[Chunk, None]:
         """A stream from a model's managed server or thread engine, its lease held until the
