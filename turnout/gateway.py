@@ -38,7 +38,7 @@ from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
-__all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply"]
+__all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply", "served_configs"]
 
 log = logging.getLogger("turnout")
 
@@ -47,6 +47,29 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
     "type": "embedded",
     "models": [{"name": "gemma-3-270m", "chat_format": "gemma", "n_ctx": 2048}],
 }
+
+
+def served_configs(config: Config) -> dict[str, ProviderConfig]:
+    """The providers ``config`` serves: those configured, and the embedded default if served."""
+    configs = dict(config.providers)
+    if _serve_default(config.embedded, configs):
+        configs["embedded"] = ProviderConfig.model_validate(DEFAULT_EMBEDDED)
+    return configs
+
+
+def _serve_default(embedded: bool | None, configs: Mapping[str, ProviderConfig]) -> bool:
+    """Whether the embedded default is served: ``embedded: true`` always, ``false`` never; unset,
+    when nothing is configured, and beside configured providers unless one of them is in-process
+    already or the embedded engine is not installed (then the start-up log says what is served)."""
+    if embedded is False or "embedded" in configs:
+        return False
+    if embedded or not configs:
+        return True
+    if any(c.dialect == "embedded" for c in configs.values()):
+        return False
+    from .providers.embedded import default_available
+
+    return default_available()
 
 
 @dataclass(slots=True)
@@ -71,9 +94,9 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = load_config(config, environ=environ)
-        configs = dict(self.config.providers)
-        if not configs and self.config.default_embedded:
-            configs["embedded"] = ProviderConfig.model_validate(DEFAULT_EMBEDDED)
+        configs = served_configs(self.config)
+        #: where the HTTP server listens, set by whoever serves it; named in the start-up log
+        self.address: str | None = None
         self.providers: dict[str, Provider] = {
             name: build_provider(name, cfg) for name, cfg in configs.items() if cfg.enabled
         }
@@ -112,6 +135,17 @@ class Gateway:
             self.router.health = self.health
             self.telemetry.start()
             self._started = True
+            log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One line: the models served, by provider, and the address (the start-up log)."""
+        parts = [
+            f"{', '.join(self.catalog.served(p)) or 'no model listed'} from {name} "
+            f"({p.config.type})"
+            for name, p in self.providers.items()
+        ]
+        where = f" on {self.address}" if self.address else ""
+        return f"turnout serving{where}: {'; '.join(parts) or 'no provider'}"
 
     async def close(self) -> None:
         if self.discovery is not None:

@@ -55,7 +55,7 @@ class Runtime:
         return f"up/{self.model}"
 
     def config(self) -> JSON:
-        return {"providers": {"up": {"max_retries": 0, **self.provider}}}
+        return {"providers": {"up": {"max_retries": 0, **self.provider}}, "embedded": False}
 
 
 NO_TOOLS = Capabilities(tools=False)

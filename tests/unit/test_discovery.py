@@ -151,6 +151,7 @@ async def test_gateway_registers_what_it_finds_at_start_up() -> None:
         config = {
             "providers": {"mine": {"type": "vllm", "endpoint": vllm}},  # configured: not twice
             "discovery": {"enabled": True, "hosts": [vllm, g4a], "timeout": 0.5},
+            "embedded": False,
             "health": {"enabled": False},
         }
         async with Gateway(config, environ={}) as gw:

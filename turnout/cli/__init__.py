@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError
 
 __all__ = [
+    "PIPE_WIDTH",
     "ConfigOption",
     "UrlOption",
     "app",
@@ -33,6 +35,9 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+#: the width of output that is not a terminal (piped, captured), unless COLUMNS says: wide enough
+#: that no table, endpoint or figure is cut or wrapped (a table is only as wide as its cells)
+PIPE_WIDTH = 4096
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
@@ -59,6 +64,15 @@ def progress_bar(*, count: bool = False) -> Any:
         console=console,
         transient=True,
     )
+
+
+@app.callback()
+def _output() -> None:
+    # Rich cuts what is not a terminal to 80 columns: an endpoint loses its port, "291.5 MB"
+    # wraps. A terminal keeps its own width.
+    for out in (console, err_console):
+        if not out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+            out.width = PIPE_WIDTH
 
 
 def load(config: Path | None, host: str | None = None, port: int | None = None) -> Config:

@@ -39,6 +39,7 @@ class TraceMiddleware:
             await self.app(scope, receive, send)
             return
         trace = Trace()
+        trace.method, trace.path = scope["method"], scope["path"]  # for the request log
         for name, value in scope["headers"]:
             if name.startswith(_PREFIX) and name in OVERRIDES:
                 _override(trace, name, value)

@@ -3,7 +3,9 @@
 A request appends its `Trace` to a bounded list (O(1); when full, the record is dropped and
 counted, never queued without bound). A background task drains the list every ``interval``
 seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
-and `Gateway.stats()` drain it first, so what they show includes every finished request.
+and `Gateway.stats()` drain it first, so what they show includes every finished request. The
+drain also writes the request log (logger ``turnout.requests``, info level): one line a request,
+from the batch, so a request pays for no formatting or I/O of its own.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
 
-__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace"]
+__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace", "request_line"]
 
 log = logging.getLogger("turnout.telemetry")
+#: one line a finished request (method, path, model, backend, status, tokens, latency)
+request_log = logging.getLogger("turnout.requests")
 
 
 class Telemetry:
@@ -50,6 +54,7 @@ class Telemetry:
 
     def emit(self, trace: Trace) -> None:
         """Hand over a finished request; O(1), no await."""
+        trace.t_end = time.perf_counter()
         if len(self._pending) < self.capacity:
             self._pending.append(trace)
         else:
@@ -78,6 +83,9 @@ class Telemetry:
             touched: set[Series] = set()
             for trace in batch:
                 self._add(trace, touched)
+            if request_log.isEnabledFor(logging.INFO):
+                for trace in batch:
+                    request_log.info("%s", request_line(trace))
             # The Prometheus counters follow the statistics' totals once per batch rather than
             # once per request: each `inc` takes a lock, and a busy drain holds thousands.
             self.metrics.publish_outcomes(self.outcomes)
@@ -178,6 +186,23 @@ class Telemetry:
     def render_metrics(self) -> bytes:
         self.flush()
         return self.metrics.render()
+
+
+def request_line(trace: Trace) -> str:
+    """The request log's line for ``trace``, e.g. ``POST /v1/chat/completions model=m
+    backend=local/m status=200 tokens=12+48 latency_ms=812.3 stream``."""
+    where = f"{trace.method} {trace.path}" if trace.path else f"python {trace.kind or '-'}"
+    backend = f"{trace.backend}/{trace.served}" if trace.backend else "-"
+    tokens_in = "?" if trace.tokens_in is None else trace.tokens_in
+    tokens_out = "?" if trace.tokens_out is None else trace.tokens_out
+    end = trace.t_end if trace.t_end is not None else time.perf_counter()
+    line = (
+        f"{where} model={trace.model or '-'} backend={backend} status={trace.status} "
+        f"tokens={tokens_in}+{tokens_out} latency_ms={(end - trace.t_start) * 1000:.1f}"
+    )
+    if trace.code:
+        line += f" error={trace.code}"
+    return line + " stream" * trace.stream
 
 
 def _backend(live: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,14 +34,18 @@ class Trace:
         "error",
         "first_token_timeout",
         "kind",
+        "method",
         "model",
         "outcome",
         "overhead_s",
+        "path",
         "price_in",
         "price_out",
         "served",
         "started_call",
+        "status",
         "stream",
+        "t_end",
         "t_start",
         "timeout",
         "tokens_in",
@@ -52,6 +56,9 @@ class Trace:
 
     def __init__(self, t_start: float | None = None) -> None:
         self.t_start = time.perf_counter() if t_start is None else t_start
+        self.t_end: float | None = None  # set by telemetry when the record is handed over
+        self.method = ""  # the HTTP request's (set by the server; empty for the Python API)
+        self.path = ""
         # What the client asked for (headers X-Turnout-Timeout, X-Turnout-First-Token-Timeout).
         self.timeout: float | None = None
         self.first_token_timeout: float | None = None
@@ -75,6 +82,7 @@ class Trace:
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
         self.outcome = "ok"  # "ok", "error" or "cancelled"
+        self.status = 200  # the error's status; 499 (nginx's "client closed") when cancelled
         self.code: str | None = None
         self.overhead_s: float | None = None
 
@@ -117,6 +125,6 @@ class Trace:
 
     def failed(self, exc: BaseException) -> None:
         if isinstance(exc, GatewayError):
-            self.outcome, self.code = "error", exc.code or exc.type
+            self.outcome, self.code, self.status = "error", exc.code or exc.type, exc.status
         else:
-            self.outcome, self.code = "cancelled", None
+            self.outcome, self.code, self.status = "cancelled", None, 499
