@@ -70,8 +70,11 @@ def progress_bar(*, count: bool = False) -> Any:
 def _output() -> None:
     # Rich cuts what is not a terminal to 80 columns: an endpoint loses its port, "291.5 MB"
     # wraps. A terminal keeps its own width.
+    columns = os.environ.get("COLUMNS", "")
     for out in (console, err_console):
-        if not out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        if columns.isdigit():  # said outright: kept, even by a terminal
+            out.width = int(columns)
+        elif not out.is_terminal:
             out.width = PIPE_WIDTH
 
 

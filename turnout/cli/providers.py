@@ -337,6 +337,7 @@ def monitor(
 
 
 def _plain_row(cells: list[str]) -> None:
-    """A row of tab-separated cells (a tab inside a cell becomes a space), written at once."""
-    console.print("\t".join(c.replace("\t", " ") for c in cells), markup=False,
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    """A row of tab-separated cells (a tab inside a cell becomes a space), written at once (as
+    it is: Rich would expand the tabs)."""
+    console.file.write("\t".join(c.replace("\t", " ") for c in cells) + "\n")
+    console.file.flush()
