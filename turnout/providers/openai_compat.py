@@ -240,7 +240,10 @@ class OpenAICompatProvider(HttpProvider):
             if not self._no_native_tools(exc, call):
                 raise
             chunks = self._stream(call)
-            first = await anext(chunks)
+            retried = await anext(chunks, None)  # an empty stream ends here, not in an error
+            if retried is None:
+                return
+            first = retried
         yield first
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
