@@ -3,7 +3,7 @@
 Usage: .venv/bin/python bench/what_if.py [--runs 3] [--seconds 5]
 
 Starts turnout as bench/run.py does (nginx upstream, default configuration) once as it is and
-once per variant below, each variant being a function of `turnout.server.openai_front` replaced
+once per variant below, each variant being a function of `turnout.server.fronts.base` replaced
 at start-up in that process only, and loads each with wrk at c=64, interleaved run by run. It
 prints req/s and the server's CPU µs per request for each. The variants are experiments for the
 notes in docs/benchmarks.md, not changes to turnout.
@@ -33,8 +33,8 @@ from loads import wrk  # noqa: E402
 
 LEAN = """
 import asyncio
-from turnout.server import openai_front as front
-from turnout.server.responses import disconnected
+from turnout.server.fronts import base as front
+from turnout.server.stream import disconnected
 
 async def _while_connected(request, work):
     me = asyncio.current_task()
@@ -51,25 +51,25 @@ async def _while_connected(request, work):
         return await work
     except asyncio.CancelledError:
         if gone:
-            raise front._ClientGone from None
+            raise front.ClientGone from None
         raise
     finally:
         watcher.cancel()
 
-front._while_connected = _while_connected
+front.while_connected = _while_connected
 """
 NONE = """
-from turnout.server import openai_front as front
+from turnout.server.fronts import base as front
 
 async def _while_connected(request, work):
     return await work
 
-front._while_connected = _while_connected
+front.while_connected = _while_connected
 """
 DELAYED = """
 import asyncio
-from turnout.server import openai_front as front
-from turnout.server.responses import disconnected
+from turnout.server.fronts import base as front
+from turnout.server.stream import disconnected
 
 async def _while_connected(request, work):
     me = asyncio.current_task()
@@ -88,14 +88,14 @@ async def _while_connected(request, work):
         return await work
     except asyncio.CancelledError:
         if state["gone"]:
-            raise front._ClientGone from None
+            raise front.ClientGone from None
         raise
     finally:
         handle.cancel()
         if state["watcher"] is not None:
             state["watcher"].cancel()
 
-front._while_connected = _while_connected
+front.while_connected = _while_connected
 """
 VARIANTS = {
     "as is": None,

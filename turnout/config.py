@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .wire.screen import SecurityConfig
 
 __all__ = [
     "Config",
@@ -375,6 +376,7 @@ class Config(_Strict):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
+    security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
 
     @property
     def default_embedded(self) -> bool:

@@ -26,7 +26,10 @@ Every error names the field or backend at fault. A backend's own message is pass
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -38,14 +41,18 @@ __all__ = [
     "BackendUnavailableError",
     "CapabilityError",
     "ConfigError",
+    "ForbiddenError",
     "GatewayError",
     "InvalidRequestError",
     "MethodNotAllowedError",
     "ModelNotFoundError",
     "NoBackendAvailableError",
     "NotFoundError",
+    "RedactingFilter",
     "RequestTooLargeError",
     "clean_upstream_message",
+    "redact",
+    "register_secrets",
 ]
 
 _MAX_UPSTREAM_MESSAGE = 400
@@ -83,6 +90,9 @@ class GatewayError(Exception):
             self.status = status
         self.retry_after = retry_after
         self.backend = backend
+        #: what the operator sees (logs, /stats, /v1/providers): the message plus what a client
+        #: must not, such as a backend's address; secrets redacted all the same
+        self.detail = message
 
     def to_openai(self) -> dict[str, Any]:
         """The body OpenAI's API returns for an error: all four keys, always present."""
@@ -105,6 +115,14 @@ class GatewayError(Exception):
 class InvalidRequestError(GatewayError):
     status = 400
     type = "invalid_request_error"
+
+
+class ForbiddenError(GatewayError):
+    """The request is understood and authenticated but not allowed (HTTP 403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 class RequestTooLargeError(InvalidRequestError):
@@ -190,7 +208,63 @@ def clean_upstream_message(text: str) -> str:
     if not text.strip() and original.strip():
         # Nothing before the traceback: its last line names the exception.
         text = original.strip().splitlines()[-1]
-    text = " ".join(text.split())
+    text = redact(" ".join(text.split()))
     if len(text) > _MAX_UPSTREAM_MESSAGE:
         text = text[: _MAX_UPSTREAM_MESSAGE - 1] + "…"
     return text
+
+
+# Secrets: every configured credential (backend API keys, header values, the admin key) is
+# registered at start-up and replaced wherever text reaches a client or a log: a backend's error
+# reply may echo the request's headers, an exception may carry a URL with credentials in it.
+
+_REDACTED = "[redacted]"
+_MIN_SECRET = 6  # shorter values would redact ordinary words
+_secrets: set[str] = set()
+_secret_pattern: re.Pattern[str] | None = None
+#: credentials in text whether registered or not: bearer tokens, API-key headers and fields,
+#: user:password in URLs
+_CREDENTIALS = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|((?:x-api-key|api[-_]key|authorization|x-goog-api-key|password|secret|token)"
+    r"[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\]|bearer\s)[^\s\"',;}]{6,}"
+    r"|(://[^/\s:@]+:)[^/\s@]+(@)"
+)
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Add credentials that `redact` must never let through."""
+    global _secret_pattern
+    _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET)
+    if _secrets:
+        ordered = sorted(_secrets, key=len, reverse=True)  # the longest first
+        _secret_pattern = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def _credential(match: re.Match[str]) -> str:
+    if match.group(1):
+        return match.group(1) + _REDACTED
+    if match.group(2):
+        return match.group(2) + _REDACTED
+    return f"{match.group(3)}{_REDACTED}{match.group(4)}"
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and every credential-looking value replaced."""
+    if _secret_pattern is not None:
+        text = _secret_pattern.sub(_REDACTED, text)
+    return _CREDENTIALS.sub(_credential, text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter (put on handlers) that redacts secrets from every record it passes,
+    the formatted message and any exception text alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = redact(message), None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

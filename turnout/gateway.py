@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, register_secrets
 from .providers import build_provider
 from .providers.base import Kind, Provider
 from .providers.discovery import AutoDiscovery
@@ -33,7 +33,9 @@ from .routing import Catalog, Router, Target
 from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
 from .telemetry import CURRENT, Telemetry, Trace
+from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
+from .wire.screen import Screen
 from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
@@ -94,6 +96,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = load_config(config, environ=environ)
+        register_secrets(_secrets(self.config))
         configs = served_configs(self.config)
         #: where the HTTP server listens, set by whoever serves it; named in the start-up log
         self.address: str | None = None
@@ -104,6 +107,13 @@ class Gateway:
         self.router = Router(self.catalog)
         self.health: HealthMonitor | None = None
         self.telemetry = Telemetry(live=self._live, prompt_text=prompt_text)
+        security = self.config.security
+        self.screen = Screen(
+            image_schemes=frozenset(security.image_url_schemes),
+            image_private_hosts=security.image_private_hosts,
+            keep_alive_min=parse_keep_alive(security.request_keep_alive_min),
+            keep_alive_max=parse_keep_alive(security.request_keep_alive_max),
+        )
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
         self._starting = asyncio.Lock()
@@ -235,6 +245,7 @@ class Gateway:
         try:
             if trace.error is not None:
                 raise trace.error
+            self.screen.check(kind, body)
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
@@ -259,6 +270,7 @@ class Gateway:
         try:
             if trace.error is not None:
                 raise trace.error
+            self.screen.check(kind, body)
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
             self._abandon(trace, exc)
@@ -405,6 +417,16 @@ class Gateway:
     async def models(self) -> list[JSON]:
         """Every model every provider serves, as ``provider/model`` ids, then the aliases."""
         return self.catalog.model_objects()
+
+
+def _secrets(config: Config) -> list[str | None]:
+    """Every credential in the configuration, which `turnout.errors.redact` must never show."""
+    admin = config.server.admin_key
+    values: list[str | None] = [admin.get_secret_value() if admin is not None else None]
+    for provider in config.providers.values():
+        values.append(provider.api_key)
+        values.extend(provider.headers.values())
+    return values
 
 
 def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:

@@ -1,18 +1,21 @@
 """Fixtures of the contract suite: llama.cpp's ``llama-server`` (its binary from the session
 fixture ``llama_server_binary`` in tests/conftest.py) and a llama-cpp-python server with
-embeddings on, both on the Gemma 3 270M GGUF; every other runtime is a fake served per test."""
+embeddings on, both on the Gemma 3 270M GGUF. Every runtime of the registry
+(tests/contract/runtimes.py) is up for the duration of a test."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from tests.contract.runtimes import REAL, Runtime, fake_runtime, real_runtime
+from tests.contract.runtimes import EMBEDDED, REGISTRY, Runtime, gateway_config
 from tests.support.servers import free_port, run_llama_cpp_server, run_process
+from turnout.gateway import Gateway
 
 
 @contextlib.contextmanager
@@ -47,12 +50,15 @@ def llama_cpp_python_server(gemma_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def contract_embedded_gateway() -> AsyncIterator[Gateway]:
+    """One gateway on the embedded engine for every embedded case: the model loads once."""
+    async with Gateway(gateway_config(EMBEDDED), environ={}) as gw:
+        yield gw
+
+
 @pytest.fixture
 def runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    name: str = request.param
-    if name in REAL:
-        fixture = "llamacpp_server" if name == "llama-server" else "llama_cpp_python_server"
-        yield real_runtime(name, request.getfixturevalue(fixture))
-        return
-    with fake_runtime(name) as made:
+    """The registered runtime ``request.param``, up for the test."""
+    with REGISTRY[request.param].start(request) as made:
         yield made

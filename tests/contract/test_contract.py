@@ -1,6 +1,8 @@
-"""The dialect contract: one test class every runtime passes through turnout, real servers for the
-OpenAI dialect (llama-cpp-python's server and llama.cpp's ``llama-server``) and documented-format
-fakes for the rest. A capability a runtime lacks is declared, and its test asserts the clear
+"""The dialect contract: one test class every registered runtime (tests/contract/runtimes.py)
+passes through turnout: real servers for the OpenAI dialect (llama-cpp-python's server and
+llama.cpp's ``llama-server``), the embedded engine in-process, and documented-format fakes for
+the rest (every other OpenAI-dialect runtime, GPT4All, Kobold, Ollama, Anthropic, Gemini).
+A case per capability: where the runtime lacks it (as declared), the case asserts the clear
 refusal (400, the field named) instead of being skipped.
 
 Everything goes through the `Gateway` (catalog, router, provider) and is checked against OpenAI's
@@ -15,7 +17,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from tests.contract.runtimes import FAKES, REAL, Runtime
+from tests.contract.runtimes import REGISTRY, Runtime
 from tests.support.checks import (
     check_chat,
     check_chat_stream,
@@ -41,11 +43,14 @@ TOOLS = [
 WORD = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 8}}}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
 
-RUNTIMES = [pytest.param(name, marks=pytest.mark.slow) for name in REAL] + FAKES
+RUNTIMES = [entry.param() for entry in REGISTRY.values()]
 
 
 @contextlib.asynccontextmanager
 async def gateway(runtime: Runtime) -> AsyncIterator[Gateway]:
+    if runtime.gateway is not None:  # kept up across the cases
+        yield runtime.gateway
+        return
     async with Gateway(runtime.config(), environ={}) as gw:
         yield gw
 
@@ -61,6 +66,7 @@ def refused(error: GatewayError, param: str) -> None:
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES, indirect=True)
+@pytest.mark.asyncio(loop_scope="module")  # one loop: the embedded engine's gateway is shared
 class TestDialectContract:
     async def test_declared_capabilities(self, runtime: Runtime) -> None:
         async with gateway(runtime) as gw:
@@ -99,21 +105,29 @@ class TestDialectContract:
 
     async def test_completion(self, runtime: Runtime) -> None:
         async with gateway(runtime) as gw:
+            if not runtime.caps.completion:
+                with pytest.raises(GatewayError) as info:
+                    await gw.completion(runtime.address, "Once upon a time", max_tokens=8)
+                refused(info.value, "prompt")
+                return
             body = await gw.completion(runtime.address, "Once upon a time", max_tokens=MAX_TOKENS)
         check_completion(body, max_tokens=MAX_TOKENS)
 
     async def test_completion_stream(self, runtime: Runtime) -> None:
+        body = {
+            "model": runtime.address,
+            "prompt": "Once upon a time",
+            "max_tokens": MAX_TOKENS,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         async with gateway(runtime) as gw:
-            reply = await gw.open_stream(
-                "completion",
-                {
-                    "model": runtime.address,
-                    "prompt": "Once upon a time",
-                    "max_tokens": MAX_TOKENS,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                },
-            )
+            if not runtime.caps.completion:
+                with pytest.raises(GatewayError) as info:
+                    await gw.open_stream("completion", body)
+                refused(info.value, "prompt")
+                return
+            reply = await gw.open_stream("completion", body)
             events = [chunk.data async for chunk in reply.chunks]
         check_completion_stream(events, max_tokens=MAX_TOKENS, include_usage=True)
 
@@ -121,10 +135,10 @@ class TestDialectContract:
         async with gateway(runtime) as gw:
             if not runtime.caps.embeddings:
                 with pytest.raises(GatewayError) as info:
-                    await gw.embed(runtime.address, "the sea")
+                    await gw.embed(runtime.embed_address, "the sea")
                 refused(info.value, "model")
                 return
-            body = await gw.embed(runtime.address, ["the sea", "the land"])
+            body = await gw.embed(runtime.embed_address, ["the sea", "the land"])
         assert [item["index"] for item in body["data"]] == [0, 1]
         vectors = [item["embedding"] for item in body["data"]]
         assert all(isinstance(v, float) for vector in vectors for v in vector)
@@ -150,10 +164,13 @@ class TestDialectContract:
         assert choice["finish_reason"] == "tool_calls"
 
     async def test_tools_streamed(self, runtime: Runtime) -> None:
-        if not runtime.caps.tools:
-            return  # the refusal is test_tools'
         choice_ = "required" if runtime.real else "auto"
         async with gateway(runtime) as gw:
+            if not runtime.caps.tools:
+                with pytest.raises(GatewayError) as info:
+                    [e async for e in gw.stream(runtime.address, HI, tools=TOOLS)]
+                refused(info.value, "tools")
+                return
             events = [
                 e async for e in gw.stream(runtime.address, HI, tools=TOOLS, tool_choice=choice_)
             ]
@@ -168,17 +185,6 @@ class TestDialectContract:
         finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
         assert finishes == ["tool_calls"]
 
-    async def test_json_schema(self, runtime: Runtime) -> None:
-        fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": WORD}}
-        async with gateway(runtime) as gw:
-            if not runtime.caps.json_schema:
-                with pytest.raises(GatewayError) as info:
-                    await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
-                refused(info.value, "response_format")
-                return
-            body = await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
-        check_chat(body, max_tokens=32)
-
     async def test_vision(self, runtime: Runtime) -> None:
         messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, IMAGE]}]
         async with gateway(runtime) as gw:
@@ -189,6 +195,17 @@ class TestDialectContract:
                 return
             body = await gw.chat(runtime.address, messages, max_tokens=MAX_TOKENS)
         check_chat(body, max_tokens=MAX_TOKENS)
+
+    async def test_json_schema(self, runtime: Runtime) -> None:
+        fmt = {"type": "json_schema", "json_schema": {"name": "word", "schema": WORD}}
+        async with gateway(runtime) as gw:
+            if not runtime.caps.json_schema:
+                with pytest.raises(GatewayError) as info:
+                    await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
+                refused(info.value, "response_format")
+                return
+            body = await gw.chat(runtime.address, HI, response_format=fmt, max_tokens=32)
+        check_chat(body, max_tokens=32)
 
     async def test_backend_error(self, runtime: Runtime) -> None:
         failure = runtime.failure
@@ -213,9 +230,13 @@ class TestDialectContract:
 
 
 def test_every_preset_and_dialect_is_in_the_suite() -> None:
+    """A preset or dialect added to turnout without a registered runtime fails here."""
     from turnout.providers.presets import DIALECTS, PRESETS
 
-    covered = {*FAKES, "llamacpp", "llama-cpp-python", "koboldai", "kobold"}
-    local = {name for name, p in PRESETS.items() if p.endpoint is None}  # cloud presets aside
-    assert local <= covered, local - covered
-    assert {"openai", "ollama", "gpt4all", "kobold"} <= {*DIALECTS}
+    covered = {name for entry in REGISTRY.values() for name in entry.covers}
+    # cloud presets (openai-cloud) are tested in tests/integration/test_cloud_gateway.py
+    local = {name for name, preset in PRESETS.items() if preset.endpoint is None}
+    assert local <= covered, f"presets outside the contract: {local - covered}"
+    # the OpenAI dialect is what every OpenAI-dialect preset runs on
+    dialects = covered | {PRESETS[name].dialect for name in covered & set(PRESETS)}
+    assert set(DIALECTS) <= dialects, f"dialects outside the contract: {set(DIALECTS) - dialects}"

@@ -80,8 +80,14 @@ async def test_a_server_starts_on_demand_answers_and_stops_when_idle(
         (entry,) = provider.status()
         expected = "llama-server" if server is None else PYTHON_SERVER
         assert entry["engine"] == expected and alive(entry["pid"])
-        health = "/health" if server is None else "/v1/models"
-        assert (await client.get(entry["url"] + health)).status == 200
+        if server is None:  # llama-server's /health is open, so that probes need no key
+            assert (await client.get(entry["url"] + "/health")).status == 200
+        # The process listens on loopback: a local user going around the gateway is refused.
+        assert (await client.get(entry["url"] + "/v1/models")).status == 401
+        direct = {"model": "gemma", "messages": HI, "max_tokens": 2}
+        assert (await client.post(entry["url"] + "/v1/chat/completions", direct)).status == 401
+        forged = {"Authorization": "Bearer guess"}
+        assert (await client.get(entry["url"] + "/v1/models", headers=forged)).status == 401
         pieces = [
             chunk
             async for chunk in gw.stream(

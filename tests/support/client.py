@@ -81,9 +81,12 @@ async def post(url: str, body: Any, headers: Mapping[str, str] | None = None) ->
         return Reply(resp.status, resp.headers.copy(), raw, time.monotonic() - start)
 
 
-async def get(url: str) -> Reply:
+async def get(url: str, headers: Mapping[str, str] | None = None) -> Reply:
     start = time.monotonic()
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session, session.get(url) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=TIMEOUT) as session,
+        session.get(url, headers=headers) as resp,
+    ):
         raw = await resp.read()
         return Reply(resp.status, resp.headers.copy(), raw, time.monotonic() - start)
 

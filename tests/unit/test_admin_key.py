@@ -1,5 +1,6 @@
-"""The admin key (turnout/server/admin.py): the check itself, which routes it guards, the start-up
-warning, its setting and environment variable, and the CLI's model-state summary."""
+"""The admin key (turnout/server/admin.py): the check itself, which routes it guards (the
+pipeline stage and the routes marked admin), the start-up warning, its setting and environment
+variable, and the CLI's model-state summary."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ import hmac
 import logging
 from types import SimpleNamespace
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from turnout.cli.providers import _lifecycle
 from turnout.config import load_config
 from turnout.errors import ConfigError
 from turnout.server import admin
 from turnout.server.admin import AdminKeyError, check_admin, guarded, warn_if_open
+from turnout.server.pipeline import Pipeline, Route
 
 
 def request(key: str | None, authorization: str | None, method: str = "POST") -> Request:
@@ -83,23 +85,43 @@ async def endpoint(request: Request) -> Response:
     return Response("ran")
 
 
-async def test_guarded_wraps_only_the_routes_that_change_state() -> None:
+async def call(app: Pipeline, method: str, path: str, key: str | None) -> tuple[int, Any, bytes]:
+    """One request through ``app`` (ASGI, in process): status, headers, body."""
+    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+             "headers": headers, "query_string": b""}  # fmt: skip
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent)
+
+
+async def test_guarded_marks_only_the_routes_that_change_state_and_the_stage_checks_them() -> None:
     routes = guarded([
-        Route("/v1/local/ps", endpoint, methods=["GET"]),
-        Route("/v1/models/{model:path}/load", endpoint, methods=["POST"]),
-        Route("/v1/thing", endpoint, methods=["DELETE"]),
+        Route("/v1/local/ps", endpoint),
+        Route("/v1/models/{model:path}/load", endpoint, ("POST",)),
+        Route("/v1/thing", endpoint, ("DELETE",)),
     ])  # fmt: skip
     plain, load, thing = routes
-    assert isinstance(plain, Route) and plain.endpoint is endpoint
+    assert not plain.admin and plain.endpoint is endpoint
     for route in (load, thing):
-        assert isinstance(route, Route) and route.endpoint is not endpoint
-        assert route.path in ("/v1/models/{model:path}/load", "/v1/thing")
-    assert isinstance(load, Route) and load.methods == {"POST"}
-    refused = await load.endpoint(request("k", None))
-    assert refused.status_code == 401 and b"missing_admin_key" in refused.body
-    assert refused.headers["www-authenticate"].startswith("Bearer")
-    ran = await load.endpoint(request("k", "Bearer k"))
-    assert ran.body == b"ran"
+        assert route.admin and route.endpoint is endpoint
+    assert load.path == "/v1/models/{model:path}/load" and load.methods == ("POST",)
+    app = Pipeline(routes, [admin.admin_key])
+    config = load_config({"server": {"admin_key": "k"}}, environ={})
+    app.state.gateway = SimpleNamespace(config=config)
+    status, headers, body = await call(app, "POST", "/v1/models/local/a/load", None)
+    assert status == 401 and b"missing_admin_key" in body
+    assert headers[b"www-authenticate"].startswith(b"Bearer")
+    assert await call(app, "POST", "/v1/models/local/a/load", "k") == (200, ANY, b"ran")
+    assert (await call(app, "DELETE", "/v1/thing", "nope"))[0] == 401
+    assert await call(app, "GET", "/v1/local/ps", None) == (200, ANY, b"ran")
 
 
 @pytest.mark.parametrize(

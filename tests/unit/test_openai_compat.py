@@ -576,7 +576,9 @@ async def test_connection_refused() -> None:
     async with started(make(endpoint=f"http://127.0.0.1:{port}")) as provider:
         with pytest.raises(BackendUnavailableError) as info:
             await provider.complete(chat_call())
-        assert info.value.message.startswith(
+        # the client learns the backend's name; its address is for the operator only
+        assert info.value.message == "backend 'up' is unreachable"
+        assert info.value.detail.startswith(
             f"backend 'up' at http://127.0.0.1:{port} is unreachable"
         )
         assert info.value.retryable is True
@@ -594,7 +596,8 @@ async def test_server_that_never_answers_times_out() -> None:
     ):
         with pytest.raises(BackendTimeoutError) as info:
             await provider.complete(chat_call())
-        assert info.value.message == f"backend 'up' at {url} did not answer within 0.3s"
+        assert info.value.message == "backend 'up' did not answer within 0.3s"
+        assert info.value.detail == f"backend 'up' at {url} did not answer within 0.3s"
         assert info.value.status == 504
         with pytest.raises(BackendTimeoutError):
             await collect(provider.stream(chat_call(stream=True)))
@@ -632,7 +635,8 @@ async def test_mid_stream_connection_drop() -> None:
             async for chunk in provider.stream(chat_call(stream=True)):
                 got.append(chunk.data)
     assert got == [CHUNK_1]
-    assert info.value.message == f"backend 'up' at {url} closed the connection mid-reply"
+    assert info.value.message == "backend 'up' closed the connection mid-reply"
+    assert info.value.detail == f"backend 'up' at {url} closed the connection mid-reply"
 
 
 async def test_list_models_and_probe() -> None:
@@ -687,7 +691,8 @@ async def test_probe_503_while_loading() -> None:
     ):
         result = await provider.probe()
     assert result.ok is False
-    assert result.detail == "backend 'up' is unavailable (HTTP 503): Loading model"
+    # what the operator sees (/v1/providers) names the address as well
+    assert result.detail == f"backend 'up' is unavailable (HTTP 503): Loading model (at {url})"
 
 
 @pytest.mark.parametrize(

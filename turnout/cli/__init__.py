@@ -1,19 +1,31 @@
-"""The ``turnout`` command. Each module here adds one group of commands to `app`:
-``gateway`` (serve, demo, chat, config, version)."""
+"""The ``turnout`` command. Each module here adds one group of commands to `app` (in
+`common`): ``gateway`` (serve, demo, chat, config, version), ``models``, ``local``, ``convert``,
+``bench``, ``providers`` and ``ollama``."""
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
-from typing import Annotated, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-
-from ..config import Config, load_config
-from ..errors import ConfigError
+# Command modules register themselves on `app` when imported.
+from . import (
+    bench as _bench,  # noqa: F401
+    convert as _convert,  # noqa: F401
+    gateway as _gateway,  # noqa: F401
+    local as _local,  # noqa: F401
+    models as _models,  # noqa: F401
+    ollama as _ollama,  # noqa: F401
+    providers as _providers,  # noqa: F401
+)
+from .common import (
+    PIPE_WIDTH,
+    ConfigOption,
+    UrlOption,
+    app,
+    console,
+    err_console,
+    load,
+    progress_bar,
+)
 
 __all__ = [
     "PIPE_WIDTH",
@@ -27,88 +39,9 @@ __all__ = [
     "progress_bar",
 ]
 
-app = typer.Typer(
-    name="turnout",
-    help="A local-first LLM gateway: one OpenAI-compatible API in front of every runtime.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-console = Console()
-err_console = Console(stderr=True)
-#: the width of output that is not a terminal (piped, captured), unless COLUMNS says: wide enough
-#: that no table, endpoint or figure is cut or wrapped (a table is only as wide as its cells)
-PIPE_WIDTH = 4096
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")
-]
-UrlOption = Annotated[str, typer.Option("--url", help="Address of a running gateway.")]
-
-
-def progress_bar(*, count: bool = False) -> Any:
-    """The progress bar of every long command: description, bar, percentage (or done/total with
-    ``count``), time elapsed; it disappears once the work is done."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn() if count else TaskProgressColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-@app.callback()
-def _output() -> None:
-    # Rich cuts what is not a terminal to 80 columns: an endpoint loses its port, "291.5 MB"
-    # wraps. A terminal keeps its own width.
-    columns = os.environ.get("COLUMNS", "")
-    for out in (console, err_console):
-        if columns.isdigit():  # said outright: kept, even by a terminal
-            out.width = int(columns)
-        elif not out.is_terminal:
-            out.width = PIPE_WIDTH
-
-
-def load(config: Path | None, host: str | None = None, port: int | None = None) -> Config:
-    """The configuration, or exit 2 with the message naming the key at fault."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from None
-    updates: dict[str, Any] = {}
-    if host is not None:
-        updates["host"] = host
-    if port is not None:
-        updates["port"] = port
-    if updates:
-        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=updates)})
-    return cfg
-
 
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-# Command modules register themselves on `app` when imported.
-from . import (  # noqa: E402
-    bench as _bench,  # noqa: F401
-    convert as _convert,  # noqa: F401
-    gateway as _gateway,  # noqa: F401
-    local as _local,  # noqa: F401
-    models as _models,  # noqa: F401
-    ollama as _ollama,  # noqa: F401
-    providers as _providers,  # noqa: F401
-)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import UrlOption, app, console, err_console
+from .common import UrlOption, app, console, err_console
 
 __all__ = ["Sample", "Summary", "percentile", "run_bench", "summarise"]
 

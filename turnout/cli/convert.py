@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from . import console, err_console, progress_bar
+from .common import console, err_console, progress_bar
 from .models import human_size, models_app
 
 _TARGETS = ("safetensors", "onnx")

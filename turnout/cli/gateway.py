@@ -13,8 +13,8 @@ from rich.markup import escape
 
 from .. import __version__
 from ..config import Config
-from ..errors import ConfigError
-from . import ConfigOption, UrlOption, app, console, err_console, load
+from ..errors import ConfigError, RedactingFilter
+from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -42,7 +42,7 @@ def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    return uvicorn.Config(
+    config = uvicorn.Config(
         create_app(gateway),
         host=cfg.server.host,
         port=cfg.server.port,
@@ -53,6 +53,17 @@ def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
         log_level=log_level or cfg.server.log_level,
         timeout_graceful_shutdown=5,
     )
+    _redact_logs()  # after uvicorn.Config: it installs its own handlers
+    return config
+
+
+def _redact_logs() -> None:
+    """Redact configured secrets from everything turnout and uvicorn log (turnout/errors.py)."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("uvicorn", "uvicorn.error"))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 @app.command()

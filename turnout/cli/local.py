@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from . import ConfigOption, app, console, err_console
+from .common import ConfigOption, app, console, err_console
 from .models import DirOption, human_size, models_dir
 
 TargetOption = Annotated[

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from . import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
+from .common import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
 
 if TYPE_CHECKING:
     from ..models.directory import ModelFile

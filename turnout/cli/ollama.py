@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferS
 from rich.table import Table
 
 from ..errors import GatewayError
-from . import ConfigOption, app, console, err_console, load
+from .common import ConfigOption, app, console, err_console, load
 from .models import human_size
 
 ollama_app = typer.Typer(help="Models of configured Ollama backends: list, show, ps, pull, delete.")

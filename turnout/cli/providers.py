@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from . import ConfigOption, UrlOption, app, console, err_console, load
+from .common import ConfigOption, UrlOption, app, console, err_console, load
 
 TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds each probe may take.")]
 

@@ -25,8 +25,10 @@ from ..errors import (
     GatewayError,
     ModelNotFoundError,
     clean_upstream_message,
+    redact,
 )
 from ..wire.sse import SSEDecoder, SSEEvent
+from ..wire.validate import encode_body
 from .base import JSON, Health, Provider
 
 __all__ = ["HttpProvider", "error_fields", "error_message", "parse_retry_after"]
@@ -80,7 +82,7 @@ class HttpProvider(Provider):
 
     def _request_options(self, payload: Any, timeout: float | None) -> dict[str, Any]:
         """The body (JSON) and, when the call sets one, its own timeout."""
-        kwargs: dict[str, Any] = {"data": None if payload is None else orjson.dumps(payload)}
+        kwargs: dict[str, Any] = {"data": None if payload is None else encode_body(payload)}
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(
                 total=timeout, connect=min(timeout, self.config.connect_timeout)
@@ -107,7 +109,7 @@ class HttpProvider(Provider):
         `request` does, written out: this runs before every stream's first token."""
         with self.transport_errors():
             async with self.session.request(
-                "POST", self.base_url + path, data=orjson.dumps(payload)
+                "POST", self.base_url + path, data=encode_body(payload)
             ) as resp:
                 if resp.status >= 400:
                     raise self.error_from_reply(resp.status, await resp.read(), resp.headers)
@@ -153,8 +155,20 @@ class HttpProvider(Provider):
     def error_from_reply(
         self, status: int, body: bytes, headers: Mapping[str, str]
     ) -> GatewayError:
-        """Turn an error reply of the backend into the error the client sees."""
+        """Turn an error reply of the backend into the error the client sees: the backend's own
+        words, cleaned (`clean_upstream_message`: no traceback, bounded, configured secrets and
+        credentials redacted) and with the backend's address replaced by its name; the address
+        stays in ``detail``, for the operator (logs, /stats)."""
         text = clean_upstream_message(error_message(body)) or f"HTTP {status}"
+        text = text.replace(self.base_url.split("://", 1)[-1], f"<{self.name}>")
+        error = self._error_for(status, text, body, headers)
+        if error.detail == error.message:
+            error.detail = f"{error.message} (at {self.base_url})"
+        return error
+
+    def _error_for(
+        self, status: int, text: str, body: bytes, headers: Mapping[str, str]
+    ) -> GatewayError:
         who = f"backend '{self.name}'"
         if status == 429:
             return BackendRateLimitedError(
@@ -200,7 +214,7 @@ class HttpProvider(Provider):
             async with self.request("GET", path, timeout=self.config.connect_timeout):
                 pass
         except GatewayError as exc:
-            return Health(False, None, exc.message)
+            return Health(False, None, exc.detail)
         return Health(True, (time.perf_counter() - start) * 1000.0)
 
 
@@ -220,25 +234,25 @@ class _TransportErrors:
     ) -> None:
         if exc is None or isinstance(exc, GatewayError | asyncio.CancelledError):
             return
-        who = f"backend '{self._p.name}' at {self._p.base_url}"
+        name = self._p.name
+        who = f"backend '{name}'"  # clients learn the backend's name, operators its address too
         mapped: GatewayError
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
-            mapped = BackendTimeoutError(
-                f"{who} did not answer within {self._p.config.timeout:g}s", backend=self._p.name
-            )
+            why = f"did not answer within {self._p.config.timeout:g}s"
+            mapped = BackendTimeoutError(f"{who} {why}", backend=name)
         elif isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
-            mapped = BackendUnavailableError(
-                f"{who} is unreachable: {reason}", backend=self._p.name
-            )
+            why = f"is unreachable: {reason}"
+            mapped = BackendUnavailableError(f"{who} is unreachable", backend=name)
         elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-            mapped = BackendUnavailableError(
-                f"{who} closed the connection mid-reply", backend=self._p.name
-            )
+            why = "closed the connection mid-reply"
+            mapped = BackendUnavailableError(f"{who} {why}", backend=name)
         elif isinstance(exc, aiohttp.ClientError | OSError):
-            mapped = BackendUnavailableError(f"{who} failed: {exc}", backend=self._p.name)
+            why = f"failed: {exc}"
+            mapped = BackendUnavailableError(f"{who} failed ({type(exc).__name__})", backend=name)
         else:
             return
+        mapped.detail = redact(f"backend '{name}' at {self._p.base_url} {why}")
         raise mapped from exc
 
 

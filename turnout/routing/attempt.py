@@ -223,7 +223,7 @@ def _failed(
     ended = trace.call_ended(started) if trace.started_call is not None else time.perf_counter()
     kind = failure_class(exc)
     if kind in COUNTED:
-        backend.breaker.failure(exc.message, trial)
+        backend.breaker.failure(exc.detail, trial)
     else:
         backend.breaker.abandon(trial)
         if kind == "429" and exc.retry_after:
@@ -364,7 +364,7 @@ class Committed:
         ttft = self._trace.ttft_s
         if exc is not None:
             if failure_class(exc) in COUNTED and exc.code != "request_timeout":
-                backend.breaker.failure(exc.message)
+                backend.breaker.failure(exc.detail)
             code: str | None = exc.code
         else:
             code = "cancelled" if abandoned else None

@@ -106,7 +106,7 @@ class HealthMonitor:
         except TimeoutError:
             return BackendHealth(False, None, f"no answer within {self.timeout:g}s", time.time())
         except GatewayError as exc:
-            return BackendHealth(False, None, exc.message, time.time())
+            return BackendHealth(False, None, exc.detail, time.time())
         except Exception as exc:  # a probe must never end the monitor
             return BackendHealth(False, None, f"{type(exc).__name__}: {exc}", time.time())
         return BackendHealth(health.ok, health.latency_ms, health.detail, time.time())

@@ -1,4 +1,4 @@
-"""HTTP fronts: the OpenAI-compatible API (and later the Ollama and Anthropic ones)."""
+"""The HTTP server: the fronts (turnout/server/fronts/), the gateway's own API, one pipeline."""
 
 from .app import create_app
 

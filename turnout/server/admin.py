@@ -1,7 +1,8 @@
 """The admin key: who may change the models a gateway holds (downloads, load, unload, Ollama
 pull and delete).
 
-With ``server.admin_key`` set (``TURNOUT_SERVER__ADMIN_KEY``), every model-changing endpoint asks
+With ``server.admin_key`` set (``TURNOUT_SERVER__ADMIN_KEY``), every model-changing endpoint (a
+route the table marks ``admin``; the pipeline's `admin_key` stage checks it) asks
 for ``Authorization: Bearer <key>``, the header OpenAI's SDK sends for its API key and Ollama's
 Python client sends from ``OLLAMA_API_KEY``. A missing or wrong key is 401 (code
 ``missing_admin_key`` / ``invalid_admin_key``, with ``WWW-Authenticate: Bearer``): the caller has
@@ -17,21 +18,20 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route
 
 from ..config import ServerConfig
 from ..errors import GatewayError
-from .responses import error_response
+from .pipeline import Exchange, Handler, Route
 
-__all__ = ["AdminKeyError", "check_admin", "guarded", "warn_if_open"]
+__all__ = ["AdminKeyError", "admin_key", "check_admin", "guarded", "warn_if_open"]
 
 log = logging.getLogger("turnout.server")
 
-#: methods that change state; a route answering one of them is guarded by `guarded`
+#: methods that change state; a route answering one of them is marked ``admin`` by `guarded`
 CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -69,34 +69,23 @@ def check_admin(request: Request) -> None:
         )
 
 
-Endpoint = Callable[[Request], Awaitable[Any]]
+def admin_key(next: Handler) -> Handler:
+    """The pipeline stage: a route the table marks ``admin`` (it changes the gateway's models)
+    serves only a request with the admin key; a refusal is told in the route's dialect."""
+
+    async def stage(x: Exchange) -> None:
+        if x.route.admin:
+            check_admin(x)
+        await next(x)
+
+    return stage
 
 
-def _guard(endpoint: Endpoint) -> Endpoint:
-    async def guarded_endpoint(request: Request) -> Any:
-        if request.method in CHANGING:
-            try:
-                check_admin(request)
-            except AdminKeyError as exc:
-                return error_response(exc)
-        return await endpoint(request)
-
-    guarded_endpoint.__name__ = getattr(endpoint, "__name__", "endpoint")
-    guarded_endpoint.__doc__ = endpoint.__doc__
-    return guarded_endpoint
-
-
-def guarded(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
-    """``routes`` with every one that takes POST, PUT, PATCH or DELETE behind the admin key
-    (OpenAI-shaped errors). For a module whose changing routes all change models
+def guarded(routes: Sequence[Route]) -> list[Route]:
+    """``routes`` with every one that takes POST, PUT, PATCH or DELETE marked ``admin`` (behind
+    the admin key). For a module whose changing routes all change models
     (turnout/server/models.py: downloads, load, unload)."""
-    out: list[BaseRoute] = []
-    for route in routes:
-        if isinstance(route, Route) and CHANGING & set(route.methods or ()):
-            methods = sorted(set(route.methods or ()) - {"HEAD"})
-            route = Route(route.path, _guard(route.endpoint), methods=methods, name=route.name)
-        out.append(route)
-    return out
+    return [replace(r, admin=True) if CHANGING & set(r.methods) else r for r in routes]
 
 
 def _loopback(host: str) -> bool:

@@ -1,37 +1,39 @@
-"""The ASGI application: routes, OpenAI-shaped errors for everything, gateway lifespan."""
+"""The ASGI application: every route of every front and of the gateway's own API, behind one
+pipeline (turnout/server/pipeline.py), and the gateway's lifespan.
+
+Every request, hot or cold, passes the same steps: its trace, then `STAGES` in order, then its
+route. A policy for every request (authenticate, admit) is one more line in `STAGES`; one that
+depends on the route reads what the route table says about it (``Route.admin``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from .. import __version__
-from ..errors import GatewayError, MethodNotAllowedError, NotFoundError
 from ..gateway import Gateway
 from . import (
     admin,
+    fronts,
     models as local_models,
     ollama_admin,
-    openai_front,
     ops,
     providers as provider_list,
 )
-from .responses import error_response, json_response
+from .pipeline import Pipeline, Route, Stage
+from .responses import json_response
 
-__all__ = ["create_app"]
+__all__ = ["STAGES", "create_app", "routes"]
 
-log = logging.getLogger("turnout.server")
+#: what every request passes after its trace and before its route, in order
+STAGES: tuple[Stage, ...] = (
+    admin.admin_key,  # a route marked admin needs the admin key
+)
 
 
 async def health(request: Request) -> Response:
@@ -41,59 +43,16 @@ async def health(request: Request) -> Response:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        err: GatewayError = MethodNotAllowedError(
-            f"Method {request.method} is not allowed on {request.url.path}."
-        )
-    elif exc.status_code == 404:
-        err = NotFoundError(f"Unknown request URL: {request.method} {request.url.path}.")
-    else:
-        err = GatewayError(str(exc.detail), status=exc.status_code)
-    response = error_response(err)
-    response.headers.update(exc.headers or {})  # a 405 must say what is allowed (Allow)
-    return response
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(
-        GatewayError(
-            "The gateway hit an internal error; it has been logged.", code="internal_error"
-        )
-    )
-
-
-class Front:
-    """The ASGI entry point. The inference endpoints, which every token passes through, are
-    served directly: one trace, one `Request`, the endpoint, its response; no middleware stack
-    and no route table (the benchmark found Starlette's layers at a sixth of turnout's time).
-    Everything else, the lifespan included, goes to the Starlette app."""
-
-    def __init__(self, app: Starlette, hot: dict[str, Callable[[Request], Awaitable[Any]]]) -> None:
-        self.app = app
-        self.hot = hot
-        self.traced = ops.TraceMiddleware(self._serve)
-
-    @property
-    def state(self) -> Any:
-        return self.app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.hot:
-            scope["app"] = self.app  # what Request.app reads, as under Starlette
-            await self.traced(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        try:
-            response = await self.hot[scope["path"]](request)
-        except Exception as exc:  # what Starlette's error middleware does for the other routes
-            response = await _server_error(request, exc)
-        await response(scope, receive, send)
+def routes() -> list[Route]:
+    """The route table, in the order paths are matched."""
+    return [
+        Route("/health", health),
+        *fronts.routes,
+        *ops.routes,
+        *local_models.routes,  # downloads, load, unload: marked admin
+        *ollama_admin.routes,  # pull, delete: marked admin
+        *provider_list.routes,
+    ]
 
 
 #: allocations (net) between young-generation collections while serving; CPython's default is 700
@@ -120,11 +79,11 @@ def _collector_for_serving() -> Iterator[None]:
         gc.unfreeze()
 
 
-def create_app(gateway: Gateway) -> Front:
+def create_app(gateway: Gateway, *, stages: Sequence[Stage] = STAGES) -> Pipeline:
     """The gateway's ASGI app; it starts and closes ``gateway`` with its lifespan."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Pipeline) -> AsyncIterator[None]:
         admin.warn_if_open(gateway.config.server)
         await gateway.start()
         with _collector_for_serving():
@@ -133,18 +92,6 @@ def create_app(gateway: Gateway) -> Front:
             finally:
                 await gateway.close()
 
-    app = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            *openai_front.routes,
-            *ops.routes,
-            *admin.guarded(local_models.routes),  # downloads, load, unload: the admin key
-            *ollama_admin.routes,
-            *provider_list.routes,
-        ],
-        middleware=[Middleware(ops.TraceMiddleware)],  # per-request trace: overrides, overhead
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
-        lifespan=lifespan,
-    )
+    app = Pipeline(routes(), stages, lifespan)
     app.state.gateway = gateway
-    return Front(app, openai_front.INFERENCE)
+    return app

@@ -28,12 +28,14 @@ from typing import Any, TypeVar
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from ..errors import GatewayError, InvalidRequestError
 from ..gateway import Gateway
 from ..models.download import DownloadError, DownloadProgress, download
-from .responses import disconnected, error_response, json_response
+from .admin import guarded
+from .pipeline import Route
+from .responses import error_response, json_response
+from .stream import disconnected
 
 __all__ = ["managed_providers", "pull_enabled", "read_body", "require_pull", "routes"]
 
@@ -268,11 +270,12 @@ async def list_downloads(request: Request) -> Response:
     return json_response({"object": "list", "data": [j.to_json() for j in _jobs(request)]})
 
 
-routes = [
-    Route("/v1/local/models", local_models, methods=["GET"]),
-    Route("/v1/local/ps", ps, methods=["GET"]),
-    Route("/v1/local/downloads", start_download, methods=["POST"]),
-    Route("/v1/local/downloads", list_downloads, methods=["GET"]),
-    Route("/v1/models/{model:path}/load", load, methods=["POST"]),
-    Route("/v1/models/{model:path}/unload", unload, methods=["POST"]),
-]
+#: every route that changes state (downloads, load, unload) is marked admin
+routes = guarded([
+    Route("/v1/local/models", local_models),
+    Route("/v1/local/ps", ps),
+    Route("/v1/local/downloads", start_download, ("POST",)),
+    Route("/v1/local/downloads", list_downloads),
+    Route("/v1/models/{model:path}/load", load, ("POST",)),
+    Route("/v1/models/{model:path}/unload", unload, ("POST",)),
+])  # fmt: skip

@@ -28,14 +28,15 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from ..errors import GatewayError, InvalidRequestError, NotFoundError
 from ..gateway import Gateway
 from ..providers.ollama import OllamaProvider
-from .admin import check_admin
+from ..wire.screen import check_pull
+from .fronts.ollama_errors import OLLAMA_ERRORS
 from .models import read_body, require_pull
-from .responses import error_response, json_response
+from .pipeline import Endpoint, Route
+from .responses import OPENAI_ERRORS, Errors, json_response
 
 __all__ = ["routes"]
 
@@ -64,23 +65,17 @@ async def _model(request: Request) -> tuple[OllamaProvider, dict[str, Any]]:
 Handler = Callable[[Request, bool], Awaitable[Response]]
 
 
-def _error(exc: GatewayError, native: bool) -> Response:
-    """``exc`` in the route's dialect: Ollama's ``{"error": "..."}``, or OpenAI's."""
-    if native:
-        return json_response({"error": exc.message}, exc.status, exc.headers())
-    return error_response(exc)
+def _errors(native: bool) -> Errors:
+    """The route's error dialect: Ollama's ``{"error": "..."}``, or OpenAI's."""
+    return OLLAMA_ERRORS if native else OPENAI_ERRORS
 
 
-def _error_line(exc: GatewayError, native: bool) -> bytes:
-    return orjson.dumps({"error": exc.message} if native else exc.to_openai()) + b"\n"
+def _endpoint(handler: Handler, native: bool) -> Endpoint:
+    """``handler`` for one dialect; a `GatewayError` it raises is told in the route's dialect
+    by the pipeline (`Route.errors`)."""
 
-
-def _endpoint(handler: Handler, native: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request, native)
-        except GatewayError as exc:
-            return _error(exc, native)
+        return await handler(request, native)
 
     endpoint.__name__ = handler.__name__.lstrip("_") + ("_native" if native else "")
     return endpoint
@@ -104,9 +99,10 @@ async def _show(request: Request, native: bool) -> Response:
 
 
 async def _pull(request: Request, native: bool) -> Response:
-    check_admin(request)
-    require_pull()
+    require_pull()  # after the admin key (the pipeline's admin_key stage)
     provider, body = await _model(request)
+    registries = request.app.state.gateway.config.security.pull_registries
+    check_pull(body["model"], bool(body.get("insecure")), registries)
     progress = provider.pull(body["model"], insecure=bool(body.get("insecure")))
     try:
         first = await anext(progress)  # a refused pull still gets a proper status
@@ -127,11 +123,10 @@ async def _lines(
         async for obj in rest:
             yield orjson.dumps(obj) + b"\n"
     except GatewayError as exc:
-        yield _error_line(exc, native)
+        yield orjson.dumps(_errors(native).body(exc)) + b"\n"
 
 
 async def _delete(request: Request, native: bool) -> Response:
-    check_admin(request)
     require_pull()
     provider, body = await _model(request)
     await provider.delete(body["model"])
@@ -140,17 +135,18 @@ async def _delete(request: Request, native: bool) -> Response:
     return json_response({"status": "success", "model": body["model"], "deleted": True})
 
 
-_OPS: list[tuple[str, Handler, str]] = [
-    ("tags", _tags, "GET"),
-    ("ps", _ps, "GET"),
-    ("show", _show, "POST"),
-    ("pull", _pull, "POST"),
-    ("delete", _delete, "DELETE"),
+#: operation, handler, method, whether it changes what the backend holds (the admin key)
+_OPS: list[tuple[str, Handler, str, bool]] = [
+    ("tags", _tags, "GET", False),
+    ("ps", _ps, "GET", False),
+    ("show", _show, "POST", False),
+    ("pull", _pull, "POST", True),
+    ("delete", _delete, "DELETE", True),
 ]
 
 routes = [
-    *(Route(f"/v1/ollama/{{provider}}/{op}", _endpoint(handler, False), methods=[method])
-      for op, handler, method in _OPS),
-    *(Route(f"/v1/ollama/{{provider}}/api/{op}", _endpoint(handler, True), methods=[method])
-      for op, handler, method in _OPS),
+    Route(f"/v1/ollama/{{provider}}{'/api' if native else ''}/{op}", _endpoint(handler, native),
+          (method,), admin=admin, errors=_errors(native))
+    for native in (False, True)
+    for op, handler, method, admin in _OPS
 ]  # fmt: skip

@@ -20,12 +20,12 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..gateway import Gateway
 from ..providers.base import Provider
 from ..routing.health import BackendHealth
 from .models import managed_providers
+from .pipeline import Route
 from .responses import json_response
 
 __all__ = ["provider_list", "routes"]
@@ -99,4 +99,4 @@ async def list_providers(request: Request) -> Response:
     return json_response({"object": "list", "data": await provider_list(gateway)})
 
 
-routes = [Route("/v1/providers", list_providers, methods=["GET"])]
+routes = [Route("/v1/providers", list_providers)]

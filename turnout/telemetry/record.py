@@ -20,7 +20,7 @@ __all__ = ["CURRENT", "Attempt", "Trace"]
 #: backend, model, succeeded, error code, seconds in the backend, seconds to first chunk
 Attempt = tuple[str, str, bool, str | None, float, float | None]
 
-#: the trace of the HTTP request being served (set by the middleware in turnout/server/ops.py)
+#: the trace of the HTTP request being served (set by the pipeline in turnout/server/pipeline.py)
 CURRENT: ContextVar[Trace | None] = ContextVar("turnout_trace", default=None)
 
 

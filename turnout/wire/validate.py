@@ -10,9 +10,17 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidRequestError
 
-__all__ = ["validate_chat", "validate_completion", "validate_embedding"]
+__all__ = [
+    "MAX_SCHEMA_DEPTH",
+    "too_deep",
+    "validate_chat",
+    "validate_completion",
+    "validate_embedding",
+]
 
 JSON = dict[str, Any]
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -168,7 +176,7 @@ def _message(where: str, message: Any) -> None:
     role = message.get("role")
     if role is None:
         raise _fail(f"{where}.role", "required")
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise _fail(f"{where}.role", f"must be one of {', '.join(sorted(_ROLES))}, got {role!r}")
     content = message.get("content")
     tool_calls = message.get("tool_calls")
@@ -193,9 +201,9 @@ def _content(where: str, content: Any) -> None:
         raise _fail(where, "must contain at least one content part")
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
-        if not isinstance(part, dict) or part.get("type") not in _PART_TYPES:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind not in _PART_TYPES:
             raise _fail(f"{at}.type", f"must be one of {', '.join(sorted(_PART_TYPES))}")
-        kind = part["type"]
         if kind == "text" and not isinstance(part.get("text"), str):
             raise _fail(f"{at}.text", "required, a string")
         if kind == "image_url":
@@ -235,6 +243,8 @@ def _tools(tools: Any) -> None:
         params = fn.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise _fail(f"tools[{i}].function.parameters", "expected a JSON Schema object")
+        if params:
+            _shallow(f"tools[{i}].{kind}.parameters", params)
 
 
 def _tool_choice(choice: Any, tools: list[Any]) -> None:
@@ -270,8 +280,57 @@ def _response_format(fmt: Any) -> None:
             raise _fail("response_format.json_schema", "required for type 'json_schema'")
         if not isinstance(spec.get("name"), str) or not _TOOL_NAME.match(spec["name"]):
             raise _fail("response_format.json_schema.name", "required, letters, digits, _ or -")
-        if spec.get("schema") is not None and not isinstance(spec["schema"], dict):
+        schema = spec.get("schema")
+        if schema is not None and not isinstance(schema, dict):
             raise _fail("response_format.json_schema.schema", "expected a JSON Schema object")
+        if schema:
+            _shallow("response_format.json_schema.schema", schema)
+
+
+#: how deeply a JSON Schema (a tool's parameters, a response format) may nest: deeper ones are no
+#: schema a model can follow, and they would exhaust the grammar compilers' recursion
+MAX_SCHEMA_DEPTH = 64
+
+
+def _shallow(param: str, value: Any) -> None:
+    """Refuse a JSON value nested deeper than `MAX_SCHEMA_DEPTH`, naming where it goes too deep."""
+    path = too_deep(value, MAX_SCHEMA_DEPTH, param)
+    if path is not None:
+        raise _fail(path, f"nested deeper than {MAX_SCHEMA_DEPTH} levels")
+
+
+def too_deep(value: Any, limit: int, where: str = "") -> str | None:
+    """The path of the first place where ``value`` nests deeper than ``limit`` arrays and
+    objects, or None. Iterative: a hostile document cannot exhaust Python's stack."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            return path
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
+
+
+#: how deeply orjson nests when it encodes (it parses 1,024 levels but writes at most 254)
+_ENCODE_DEPTH = 254
+
+
+def encode_body(payload: Any) -> bytes:
+    """``payload`` as JSON bytes for a backend. A body the client nested deeper than JSON
+    encoders go (it parsed, so it is under 1,024 levels) is the client's error: a 400 naming
+    the place, found only when encoding fails so that ordinary requests pay nothing."""
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as exc:
+        where = too_deep(payload, _ENCODE_DEPTH - 1)
+        if where is None:
+            raise InvalidRequestError(
+                f"The request body cannot be encoded as JSON: {exc}", code="invalid_value"
+            ) from None
+        raise _fail(where, f"nested deeper than {_ENCODE_DEPTH - 1} levels") from None
 
 
 def validate_completion(raw: Any) -> JSON:

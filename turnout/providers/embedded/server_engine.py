@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -60,6 +61,15 @@ def find_llama_server(configured: str | None = None) -> str | None:
         preferred = _CACHE / "none"
     candidates = [preferred, *sorted(_CACHE.glob("*/llama-server"), reverse=True)]
     return next((str(p) for p in candidates if os.access(p, os.X_OK)), None)
+
+
+def server_environment(api_key: str) -> dict[str, str]:
+    """The environment a managed server starts with: turnout's, plus the API key it must demand
+    of every request (llama-server reads ``LLAMA_API_KEY``, llama-cpp-python's server
+    ``API_KEY``). The server listens on loopback, where any local user could otherwise use it
+    past the gateway's keys and limits; in the environment, unlike on the command line, the key
+    is readable by the same user only."""
+    return {**os.environ, "LLAMA_API_KEY": api_key, "API_KEY": api_key}
 
 
 def _free_port() -> int:
@@ -109,12 +119,15 @@ _TEMPLATE_NAMES = {
 class ManagedServer:
     """One running server process and the provider that relays requests to it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, url: str, log: Path, preset: str):
+    def __init__(
+        self, proc: asyncio.subprocess.Process, url: str, log: Path, preset: str, api_key: str
+    ):
         from ..openai_compat import OpenAICompatProvider
 
         self.proc, self.url, self.log, self.preset = proc, url, log, preset
+        self.api_key = api_key
         config = ProviderConfig.model_validate(
-            {"type": preset, "endpoint": url, "max_retries": 0, "timeout": 600}
+            {"type": preset, "endpoint": url, "max_retries": 0, "timeout": 600, "api_key": api_key}
         )
         self.provider = OpenAICompatProvider(f"{preset}@{url}", config)
 
@@ -154,17 +167,19 @@ class ServerEngine:
     async def load(self, progress: Callable[[float], None], cancel: threading.Event) -> None:
         path = await asyncio.to_thread(self._resolve)
         port = _free_port()
+        api_key = secrets.token_urlsafe(32)
         fd, name = tempfile.mkstemp(prefix=f"turnout-{self.kind}-", suffix=".log")
         try:  # the server writes its log to a file: a pipe nobody reads would fill and block it
             proc = await asyncio.create_subprocess_exec(
                 *command(self.binary, self.entry, path, port),
                 stdout=fd, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                env=server_environment(api_key),
             )  # fmt: skip
         finally:
             os.close(fd)
         log = Path(name)
         preset = "llamacpp" if self.binary else PYTHON_SERVER
-        server = ManagedServer(proc, f"http://127.0.0.1:{port}", log, preset)
+        server = ManagedServer(proc, f"http://127.0.0.1:{port}", log, preset, api_key)
         progress(0.1)
         try:
             await self._wait_healthy(server, progress, cancel)
@@ -181,7 +196,10 @@ class ServerEngine:
         # llama-server answers /health 503 while loading; llama-cpp-python has no /health.
         probe = "/health" if server.preset == "llamacpp" else "/v1/models"
         deadline = time.monotonic() + self.start_timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        auth = {"Authorization": f"Bearer {server.api_key}"}
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=2), headers=auth
+        ) as http:
             while True:
                 if cancel.is_set():
                     raise LoadCancelled

@@ -1,0 +1,17 @@
+"""The HTTP fronts: each a dialect clients speak, in a module of its own (see `base.Front`).
+
+A new front is a module here (its `Front` and its `routes`) and one line below; its routes then
+pass the pipeline like every other (turnout/server/pipeline.py).
+"""
+
+from __future__ import annotations
+
+from ..pipeline import Route
+from . import openai
+
+__all__ = ["routes"]
+
+#: every front's routes, in the order they are matched
+routes: list[Route] = [
+    *openai.routes,
+]

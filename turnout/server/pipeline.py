@@ -1,0 +1,305 @@
+"""One pipeline for every request, hot or cold: its trace, the stages, then its route.
+
+`Pipeline` is the gateway's ASGI app, built once (turnout/server/app.py). For each HTTP request it
+finds the route, starts the request's `Trace`, runs the stages in order and then the route's
+endpoint. A path without parameters is found with one dict lookup on the raw path (every
+inference path of every front); the others are matched in table order. A request no route serves
+gets a route too (404, 405, or a redirect to the path with or without its trailing slash), so
+every request passes every stage: a policy added here cannot miss a route.
+
+A stage is a function from the next handler to a handler, called once when the pipeline is built
+(no object is made per request but the `Exchange` and its `Trace`):
+
+    def admin_key(next: Handler) -> Handler:
+        async def stage(x: Exchange) -> None:
+            if x.route.admin:  # what the route table says about the route
+                check_admin(x)  # a GatewayError is the reply, in the route's error dialect
+            await next(x)
+
+        return stage
+
+A `GatewayError` raised before the response starts becomes the reply in the route's dialect
+(`Route.errors`); any other exception is logged and becomes a 500 in that dialect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.convertors import Convertor
+from starlette.datastructures import URL, State
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from ..telemetry import CURRENT, Trace
+from .responses import OPENAI_ERRORS, Errors, server_error
+
+__all__ = [
+    "OVERRIDES",
+    "Endpoint",
+    "Exchange",
+    "Handler",
+    "Lifespan",
+    "Pipeline",
+    "Route",
+    "Stage",
+]
+
+log = logging.getLogger("turnout.server")
+
+#: what serves a route: the request in, the response (an ASGI app) out
+Endpoint = Callable[[Request], Awaitable[ASGIApp]]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """One line of the route table: a path (Starlette's syntax, ``/v1/models/{model:path}``),
+    the endpoint, its methods (GET also answers HEAD), and what the stages read about it."""
+
+    path: str
+    endpoint: Endpoint
+    methods: tuple[str, ...] = ("GET",)
+    #: the request changes what the gateway holds: it needs the admin key (turnout/server/admin.py)
+    admin: bool = False
+    #: the dialect its errors are told in (the route's front)
+    errors: Errors = OPENAI_ERRORS
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or getattr(self.endpoint, "__name__", self.path)
+
+
+#: request header -> the `Trace` attribute it sets (seconds)
+OVERRIDES = {
+    b"x-turnout-timeout": "timeout",
+    b"x-turnout-first-token-timeout": "first_token_timeout",
+}
+_PREFIX = b"x-turnout-"
+_OVERHEAD = b"x-turnout-overhead-ms"
+
+
+class Exchange(Request):
+    """One request on its way through the pipeline: the `Request` its endpoint gets, with the
+    route it matched and its trace. `send` is the way out for the response: it notes that the
+    response has started and adds ``X-Turnout-Overhead-Ms`` once the gateway took the request."""
+
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, trace: Trace
+    ) -> None:
+        super().__init__(scope, receive, send)
+        self.route = route
+        self.trace = trace
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            trace = self.trace
+            if trace.kind is not None:
+                # Streams that commit before their first chunk (slow first token) still report
+                # what turnout has spent so far, backend time excluded.
+                seconds = trace.overhead_s if trace.overhead_s is not None else trace.overhead_now()
+                value = f"{seconds * 1000:.3f}".encode()
+                message = {**message, "headers": [*message.get("headers", ()), (_OVERHEAD, value)]}
+        await self._send(message)
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+#: the next handler in, this stage's handler out; called once, when the pipeline is built
+Stage = Callable[[Handler], Handler]
+Lifespan = Callable[["Pipeline"], contextlib.AbstractAsyncContextManager[None]]
+
+
+def start_trace(scope: Scope) -> Trace:
+    """The request's trace, with the client's per-request overrides (``X-Turnout-Timeout``,
+    ``X-Turnout-First-Token-Timeout``); a malformed one is kept as the trace's error."""
+    trace = Trace()
+    trace.method, trace.path = scope["method"], scope["path"]  # for the request log
+    for name, value in scope["headers"]:
+        if name.startswith(_PREFIX) and name in OVERRIDES:
+            _override(trace, name, value)
+    return trace
+
+
+def _override(trace: Trace, name: bytes, raw: bytes) -> None:
+    header = name.decode().title()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        got = raw.decode(errors="replace")
+        trace.error = InvalidRequestError(
+            f"Header {header} must be a positive number of seconds, got {got!r}.",
+            param=header,
+            code="invalid_header",
+        )
+        return
+    setattr(trace, OVERRIDES[name], seconds)
+
+
+async def _respond(x: Exchange) -> None:
+    """The last handler: the route's endpoint and its response."""
+    response = await x.route.endpoint(x)
+    await response(x.scope, x.receive, x.send)
+
+
+class Pipeline:
+    """The gateway's ASGI app: trace, stages, route, for every HTTP request; the lifespan."""
+
+    def __init__(
+        self, routes: Sequence[Route], stages: Sequence[Stage], lifespan: Lifespan | None = None
+    ) -> None:
+        self.routes = tuple(routes)
+        self.stages = tuple(stages)
+        self.state = State()
+        self._table = _Table(self.routes)
+        self._lifespan = lifespan
+        handler: Handler = _respond
+        for stage in reversed(self.stages):
+            handler = stage(handler)
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
+        scope["app"] = self  # what Request.app reads
+        trace = start_trace(scope)
+        x = Exchange(scope, receive, send, self._table.find(scope), trace)
+        token = CURRENT.set(trace)
+        try:
+            await self._handler(x)
+        except Exception as exc:
+            if x.started:
+                raise  # after the response started: the ASGI server logs it and closes
+            if isinstance(exc, GatewayError):
+                response = x.route.errors.response(exc)
+            else:
+                response = server_error(x.method, x.url.path, x.route.errors)
+            await response(scope, receive, x.send)
+        finally:
+            CURRENT.reset(token)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._life(receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1000})  # none served
+
+    async def _life(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol around ``lifespan`` (as Starlette's router runs it)."""
+        started = False
+        await receive()  # lifespan.startup
+        try:
+            if self._lifespan is None:
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()
+            else:
+                async with self._lifespan(self):
+                    await send({"type": "lifespan.startup.complete"})
+                    started = True
+                    await receive()  # lifespan.shutdown
+        except BaseException:
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+_Compiled = tuple[Route, re.Pattern[str], dict[str, Convertor[Any]], frozenset[str]]
+
+
+class _Table:
+    """Routes by path: exact paths in a dict on the raw path, the rest in table order (the
+    first route matching path and method serves, as under Starlette)."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._ordered: list[_Compiled] = []
+        for route in routes:
+            regex, _, convertors = compile_path(route.path)
+            head = ("HEAD",) if "GET" in route.methods else ()
+            self._ordered.append((route, regex, convertors, frozenset((*route.methods, *head))))
+        self._exact: dict[bytes, dict[str, Route]] = {}
+        for route, _, convertors, accepted in self._ordered:
+            if not convertors:
+                for method in accepted:  # indexed where table order picks it anyway
+                    if self._search({"path": route.path, "method": method}) is route:
+                        self._exact.setdefault(route.path.encode(), {})[method] = route
+        self._not_found = Route("", _not_found, (), name="not_found")
+        self._redirect = Route("", _redirect, (), name="redirect_slash")
+        self._refusals: dict[tuple[frozenset[str], Errors], Route] = {}
+
+    def find(self, scope: Scope) -> Route:
+        methods = self._exact.get(scope.get("raw_path") or b"")
+        if methods is not None:
+            route = methods.get(scope["method"])
+            if route is not None:
+                return route
+        return self._search(scope) or self._miss(scope)
+
+    def _search(self, scope: Scope) -> Route | None:
+        path, method = scope["path"], scope["method"]
+        for route, regex, convertors, methods in self._ordered:
+            match = regex.match(path)
+            if match is not None and method in methods:
+                if convertors:
+                    params = match.groupdict()
+                    scope["path_params"] = {k: convertors[k].convert(v) for k, v in params.items()}
+                return route
+        return None
+
+    def _miss(self, scope: Scope) -> Route:
+        """A 405 (in the dialect of the first route on the path), a redirect, or a 404."""
+        path = scope["path"]
+        on_path = [(r, m) for r, regex, _, m in self._ordered if regex.match(path)]
+        if on_path:
+            allowed = frozenset().union(*(m for _, m in on_path))
+            errors = on_path[0][0].errors
+            route = self._refusals.get((allowed, errors))
+            if route is None:
+                endpoint = _refuse(", ".join(sorted(allowed)), errors)
+                route = Route("", endpoint, (), errors=errors, name="method_not_allowed")
+                self._refusals[allowed, errors] = route
+            return route
+        if path != "/" and any(regex.match(_flip(path)) for _, regex, _, _ in self._ordered):
+            return self._redirect
+        return self._not_found
+
+
+def _flip(path: str) -> str:
+    return path.rstrip("/") if path.endswith("/") else path + "/"
+
+
+async def _not_found(request: Request) -> ASGIApp:
+    raise NotFoundError(f"Unknown request URL: {request.method} {request.url.path}.")
+
+
+def _refuse(allow: str, errors: Errors) -> Endpoint:
+    async def method_not_allowed(request: Request) -> ASGIApp:
+        error = MethodNotAllowedError(
+            f"Method {request.method} is not allowed on {request.url.path}."
+        )
+        response = errors.response(error)
+        response.headers["Allow"] = allow  # a 405 says what is allowed
+        return response
+
+    return method_not_allowed
+
+
+async def _redirect(request: Request) -> ASGIApp:
+    """The path with its trailing slash flipped names a route: send the client there."""
+    url = URL(scope={**request.scope, "path": _flip(request.scope["path"])})
+    return RedirectResponse(str(url))
