@@ -9,6 +9,12 @@ wrk.headers["Content-Type"] = "application/json"
 if auth and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth
 end
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16'
-  .. (stream and ',"stream":true' or '') .. '}'
+-- BENCH_BODY, when set, is the whole request (another front's dialect: bench/targets.py FRONTS).
+local body = os.getenv("BENCH_BODY")
+if body and body ~= "" then
+  wrk.body = body
+else
+  wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16'
+    .. (stream and ',"stream":true' or '') .. '}'
+end
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from http_clients import CLK_TCK, cpu_snapshot, other_share, parse_wrk
-from targets import CHAT, Server, group_pids, rss_mb
+from targets import Server, group_pids, rss_mb
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA = BENCH_DIR / "chat.lua"
@@ -58,8 +59,10 @@ def wrk(
 ) -> Load:
     """Run wrk (bench/chat.lua) against server and measure it and the machine meanwhile."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--latency"]
-    cmd += ["--timeout", f"{timeout_s}s", "-s", str(LUA), server.url + CHAT]
+    cmd += ["--timeout", f"{timeout_s}s", "-s", str(LUA), server.url + server.path]
     env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_AUTH": server.auth}
+    if server.dialect != "openai":
+        env["BENCH_BODY"] = json.dumps(server.body(stream), separators=(",", ":"))
     pgids = (ours or set()) | {server.pgid}
     before, cpu0 = cpu_snapshot(pgids), group_cpu_s(server.pgid)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout

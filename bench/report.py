@@ -124,6 +124,7 @@ class Report:
                 "≤ 1/20",
                 ratio >= 20,
             )
+        self._fronts(c1, c64, added)
         for base, goal, factor in ((BARE, "≥ 0.6×", 0.6), (LITELLM, "≥ 30×", 30.0)):
             ratios = paired(c64, TURNOUT, base, lambda x, b: x["rps"] / b["rps"])
             if ratios:
@@ -134,6 +135,30 @@ class Report:
                     goal,
                     ratio >= factor,
                 )
+
+    def _fronts(self, c1: Any, c64: Any, added: Any) -> None:
+        """turnout's Anthropic, Ollama and Responses fronts against its OpenAI front (issue 14:
+        each within 1.3× of its cost): c=1 latency added over direct, c=64 throughput."""
+        fronts = [t for t in c1 if t.startswith(TURNOUT + " ")]
+        if not fronts:
+            return
+        self.add(
+            "| front | c=1 added over direct (ms) | vs the OpenAI front's | c=64 req/s vs the "
+            "OpenAI front |",
+            "|---|---:|---:|---:|",
+        )
+        for t in fronts:
+            cost = [a / max(b, 1e-6) for a, b in zip(added(t), added(TURNOUT), strict=False)]
+            rps = paired(c64, TURNOUT, t, lambda x, f: x["rps"] / max(f["rps"], 1e-6))
+            self.add(
+                f"| {t} | {spread(added(t), '{:.3f}')} | {spread(cost, '{:.2f}×')} | "
+                f"{spread([1 / r for r in rps], '{:.2f}×')} |"
+            )
+            if cost:
+                ratio = statistics.median(cost)
+                self.target(f"{t}: c=1 added latency vs the OpenAI front's", f"{ratio:.2f}×",
+                            "≤ 1.3×", ratio <= 1.3)  # fmt: skip
+        self.add("")
 
     def stream(self, res: dict[str, Any]) -> None:
         rows = res["targets"]

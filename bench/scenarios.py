@@ -72,6 +72,7 @@ def proxies(
         log("starting the bare relay and turnout")
         servers.append(stack.enter_context(T.bare_relay(tmp, upstream, relay_kind)))
         servers.append(stack.enter_context(T.turnout(tmp, upstream)))
+        servers.extend(T.fronts(servers[-1]))  # its Anthropic, Ollama and Responses fronts
         if p.litellm:
             log(f"starting LiteLLM {T.LITELLM_PIN.split('==')[1]} (one worker)")
             servers.append(stack.enter_context(T.litellm(tmp, upstream)))
@@ -116,12 +117,10 @@ def stream(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
         proxies(tmp, upstream, p, "aiohttp-stream", log) as all_,
     ):
         for server in all_:  # warm-up: connections, imports, caches
-            asyncio.run(timed_streams(server.url, 2, server.headers, T.MODEL, p.chunk_delay_ms))
+            asyncio.run(_streams(server, 2, p))
         for run in range(p.runs):
             for server in all_:
-                timings = asyncio.run(
-                    timed_streams(server.url, p.streams, server.headers, T.MODEL, p.chunk_delay_ms)
-                )
+                timings = asyncio.run(_streams(server, p.streams, p))
                 delays = [d for t in timings for d in t.delays_ms]
                 gaps = [g for t in timings for g in t.gaps_ms]
                 row = {
@@ -141,6 +140,15 @@ def stream(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
                     f"gap {row['gap_ms']:.2f} ms  held back {row['held_back']}/{row['chunks']}"
                 )
     return out
+
+
+async def _streams(server: T.Server, n: int, p: Params) -> list[Any]:
+    """n timed streams in the server's dialect (turnout's fronts as well as OpenAI's)."""
+    body = None if server.dialect == "openai" else server.body(True, 128)
+    return await timed_streams(
+        server.url, n, server.headers, T.MODEL, p.chunk_delay_ms,
+        path=server.path, body=body, end=server.stream_end,
+    )  # fmt: skip
 
 
 def streams1000(tmp: Path, p: Params, log: Log) -> dict[str, Any]:

@@ -45,6 +45,7 @@ async def timed_stream(
     body: dict[str, object],
     headers: dict[str, str],
     spacing_ms: float,
+    end: bytes = b"[DONE]",
 ) -> StreamTiming:
     """Send one streamed request on conn (kept alive) and time every chunk of its answer."""
     payload = orjson.dumps(body)
@@ -65,6 +66,7 @@ async def timed_stream(
     await writer.drain()
     arrivals: list[tuple[int, int, int]] = []  # (k, sent ns, arrived ns)
     reads: list[int] = []  # index of the socket read each chunk came in
+    seen: set[int] = set()
     status_line = b""
     chunked = False
     pending = b""
@@ -86,10 +88,13 @@ async def timed_stream(
         pending += data
         last_end = 0
         for m in TOKEN.finditer(pending):
+            if int(m[1]) in seen:
+                continue  # a final event repeating the text (Responses' .done events)
+            seen.add(int(m[1]))
             arrivals.append((int(m[1]), int(m[2]), now))
             reads.append(n_read)
             last_end = m.end()
-        done = chunked and pending.endswith(b"\r\n0\r\n\r\n") and b"[DONE]" in pending
+        done = chunked and pending.endswith(b"\r\n0\r\n\r\n") and end in pending
         # keep an incomplete marker split across two reads for the next one
         pending = pending[last_end:][-64:] if last_end else pending[-64:]
         if done:
@@ -133,10 +138,13 @@ async def timed_streams(
     model: str,
     spacing_ms: float,
     path: str = "/v1/chat/completions",
+    body: dict[str, object] | None = None,
+    end: bytes = b"[DONE]",
 ) -> list[StreamTiming]:
-    """n streamed requests, one after another, on one kept-alive connection."""
+    """n streamed requests, one after another, on one kept-alive connection (``body``: another
+    front's request, ``end``: what ends its stream)."""
     host, port = url.removeprefix("http://").split(":")
-    body: dict[str, object] = {
+    body = body or {
         "model": model,
         "stream": True,
         "max_tokens": 128,
@@ -144,6 +152,6 @@ async def timed_streams(
     }
     conn = Connection(host, int(port))
     try:
-        return [await timed_stream(conn, path, body, headers, spacing_ms) for _ in range(n)]
+        return [await timed_stream(conn, path, body, headers, spacing_ms, end) for _ in range(n)]
     finally:
         conn.close()

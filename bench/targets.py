@@ -7,6 +7,7 @@ its context manager exits, also on Ctrl-C or an exception.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import os
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,20 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
     headers: dict[str, str] = field(default_factory=dict)
+    #: the client dialect the load speaks to it (FRONTS): path, request body, stream end marker
+    dialect: str = "openai"
+
+    @property
+    def path(self) -> str:
+        return FRONTS[self.dialect][0]
+
+    def body(self, stream: bool, max_tokens: int = 16) -> dict[str, object]:
+        """The request the load sends, in the server's dialect."""
+        return FRONTS[self.dialect][1](stream, max_tokens)
+
+    @property
+    def stream_end(self) -> bytes:
+        return FRONTS[self.dialect][2]
 
     @property
     def pgid(self) -> int:
@@ -88,6 +103,47 @@ class Server:
     @property
     def auth(self) -> str:
         return self.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+_ASK = "Say hello in one short sentence."
+
+
+def _openai(stream: bool, n: int) -> dict[str, object]:
+    body: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": _ASK}]}
+    return {**body, "max_tokens": n, **({"stream": True} if stream else {})}
+
+
+def _anthropic(stream: bool, n: int) -> dict[str, object]:
+    return _openai(stream, n)  # the same fields: model, messages, max_tokens, stream
+
+
+def _ollama(stream: bool, n: int) -> dict[str, object]:
+    body: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": _ASK}]}
+    return {**body, "stream": stream, "options": {"num_predict": n}}
+
+
+def _responses(stream: bool, n: int) -> dict[str, object]:
+    body: dict[str, object] = {"model": MODEL, "input": _ASK, "max_output_tokens": n}
+    return {**body, **({"stream": True} if stream else {})}
+
+
+#: dialect -> (path, body(stream, max_tokens), what ends a stream)
+Body = Callable[[bool, int], dict[str, object]]
+FRONTS: dict[str, tuple[str, Body, bytes]] = {
+    "openai": (CHAT, _openai, b"[DONE]"),
+    "anthropic": ("/v1/messages", _anthropic, b"message_stop"),
+    "ollama": ("/api/chat", _ollama, b'"done":true'),
+    "responses": ("/v1/responses", _responses, b"response.completed"),
+}
+
+
+def fronts(server: Server) -> list[Server]:
+    """turnout's other fronts, as targets of their own: the same process, another dialect."""
+    return [
+        dataclasses.replace(server, name=f"{server.name} {dialect}", dialect=dialect)
+        for dialect in FRONTS
+        if dialect != "openai"
+    ]
 
 
 def bounded(cmd: list[str]) -> list[str]:

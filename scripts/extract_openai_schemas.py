@@ -21,6 +21,9 @@ ROOTS = (
     "ErrorResponse",
     "ListModelsResponse",
     "Model",
+    # the Responses API (turnout/wire/responses.py): the response object and every stream event
+    "Response",
+    "ResponseStreamEvent",
 )
 PREFIX = "#/components/schemas/"
 OUT = Path(__file__).resolve().parents[1] / "tests/fixtures/openai/schemas.json"

@@ -50,6 +50,7 @@ __all__ = [
     "NotFoundError",
     "RedactingFilter",
     "RequestTooLargeError",
+    "ShuttingDownError",
     "clean_upstream_message",
     "redact",
     "register_secrets",
@@ -157,6 +158,14 @@ class NoBackendAvailableError(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "no_backend_available"
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway is stopping: a new request refused, or one cut at the end of the grace."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "shutting_down"
 
 
 class BackendError(GatewayError):

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from .config import Config, ProviderConfig, load_config
-from .errors import InvalidRequestError, register_secrets
+from .errors import InvalidRequestError, ShuttingDownError, register_secrets
 from .providers import build_provider
 from .providers.base import Kind, Provider
 from .providers.discovery import AutoDiscovery
@@ -118,6 +119,9 @@ class Gateway:
         self._started = False
         self._starting = asyncio.Lock()
         self.discovery: AutoDiscovery | None = None
+        self.draining = False  # the server is stopping: new requests are refused (`drain`)
+        self._inflight: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        self._cut: set[asyncio.Task[Any]] = set()  # cancelled by `cut`, not by their client
 
     async def start(self) -> None:
         """Load engines and open connections; called by ``async with`` and the HTTP server, and
@@ -169,9 +173,68 @@ class Gateway:
         if self.health is not None:
             await self.health.close()
             self.health = None
-        await self.telemetry.close()
+        await self.telemetry.close()  # flushes what is still pending
+        outcomes = self.telemetry.outcomes
+        log.info(
+            "statistics at close: %d requests (%d ok, %d errors, %d cancelled)",
+            sum(outcomes.values()), outcomes["ok"], outcomes["error"], outcomes["cancelled"],
+        )  # fmt: skip
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def drain(self) -> None:
+        """Refuse new requests from now on (503 ``shutting_down``); those in flight go on."""
+        self.draining = True
+
+    def in_flight(self) -> int:
+        """Requests (streams included) being served now."""
+        return sum(1 for task in self._inflight if not task.done())
+
+    def cut(self) -> int:
+        """End every request still in flight (the shutdown grace is over): each raises
+        `ShuttingDownError` where it waits, so a stream ends with an error event in its client's
+        dialect and a plain request with a 503. Returns how many were cut."""
+        cut = 0
+        for task in list(self._inflight):
+            if not task.done():
+                self._cut.add(task)
+                task.cancel()
+                cut += 1
+        return cut
+
+    def cut_short(self, exc: BaseException) -> ShuttingDownError | None:
+        """The error to raise instead of ``exc`` when ``exc`` is `cut`'s cancellation of the
+        current task (which is then no longer cancelled); None for any other exception."""
+        if not self._cut or not isinstance(exc, asyncio.CancelledError):
+            return None
+        task = asyncio.current_task()
+        if task is None or task not in self._cut:
+            return None
+        self._cut.discard(task)
+        task.uncancel()
+        return ShuttingDownError(
+            "turnout is shutting down: the request did not finish within the shutdown grace "
+            "(server.shutdown_grace_seconds)."
+        )
+
+    def _admit(self, trace: Trace) -> None:
+        """Raise what refuses the request before any routing; else count it as in flight."""
+        if trace.error is not None:
+            raise trace.error
+        if self.draining:
+            raise ShuttingDownError("turnout is shutting down and takes no new requests.")
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+
+    def _settled(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.discard(task)
 
     async def add_providers(self, added: Mapping[str, Provider]) -> None:
         """Serve ``added`` (started providers, by name) from now on: discovery registers what
@@ -243,14 +306,18 @@ class Gateway:
             await self.start()
         trace = self._trace(kind, body, False, timeout, first_token_timeout)
         try:
-            if trace.error is not None:
-                raise trace.error
+            self._admit(trace)
             self.screen.check(kind, body)
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
-            self._abandon(trace, exc)
+            cut = self.cut_short(exc)
+            self._abandon(trace, cut or exc)
+            if cut is not None:
+                raise cut from None
             raise
+        finally:
+            self._settled()
         trace.usage(result.get("usage"), body)
         trace.ready()
         self.telemetry.emit(trace)
@@ -268,12 +335,15 @@ class Gateway:
             await self.start()
         trace = self._trace(kind, body, True, timeout, first_token_timeout)
         try:
-            if trace.error is not None:
-                raise trace.error
+            self._admit(trace)
             self.screen.check(kind, body)
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
-            self._abandon(trace, exc)
+            self._settled()
+            cut = self.cut_short(exc)
+            self._abandon(trace, cut or exc)
+            if cut is not None:
+                raise cut from None
             raise
         trace.ready()
         if body.get("tools"):  # only a stream that may call tools pays for their mending
@@ -345,9 +415,13 @@ class Gateway:
                 usage = counted[1]
                 yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
-            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
+            cut = self.cut_short(exc)  # the shutdown grace is over
+            trace.failed(cut or exc)  # a GatewayError mid-stream, or the client gone (cancelled)
+            if cut is not None:
+                raise cut from None
             raise
         finally:
+            self._settled()
             trace.usage(usage, body, tokens_out=sent)
             self.telemetry.emit(trace)
 

@@ -126,14 +126,16 @@ def run_llama_cpp_server(
 
 
 @contextlib.contextmanager
-def run_process(cmd: list[str], ready_url: str, timeout: float = 120.0) -> Iterator[None]:
-    """Run a server process until the block ends; enter once ``ready_url`` answers 200. Its
-    output goes to a log file, whose tail is shown if it fails to come up."""
+def run_process(
+    cmd: list[str], ready_url: str, timeout: float = 120.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends; enter once ``ready_url`` answers 200, with the
+    process. Its output goes to a log file, whose tail is shown if it fails to come up."""
     log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_http(ready_url, timeout=timeout, proc=proc)
-        yield
+        yield proc
     except BaseException:
         sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
         raise

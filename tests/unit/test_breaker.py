@@ -133,6 +133,65 @@ def test_snapshot() -> None:
         "state": "open",
         "consecutive_failures": 2,
         "opens": 1,
+        "held": 0,
         "retry_in_seconds": 5.0,
         "last_error": "backend 'x' is unreachable",
     }
+
+
+# One client cannot open it for all (issue 15): failures count as the backend's only when they come
+# from more than one source, or no other source succeeds meanwhile, or a probe confirms them.
+
+
+def test_one_clients_failures_do_not_open_it_while_others_succeed() -> None:
+    clock = Clock()
+    b = breaker(clock, failures=3, failure_ratio=0.5, window=10)
+    for _ in range(20):  # the attacker fails three times for each success of the victim
+        b.success(source="victim")
+        for _ in range(3):
+            b.failure("HTTP 500", source="attacker")
+    assert b.state is CircuitState.CLOSED and b.admit() is Admission.ADMITTED
+    assert b.held > 0 and b.opens == 0
+
+
+def test_the_same_failures_from_one_source_open_it_as_before() -> None:
+    clock = Clock()
+    b = breaker(clock, failures=3, failure_ratio=0.5, window=10)
+    b.success(source="victim")
+    b.failure("HTTP 500", source="victim")
+    b.failure("HTTP 500", source="victim")
+    assert b.state is CircuitState.CLOSED
+    b.failure("HTTP 500", source="victim")  # the same count as before the rule: the third
+    assert b.state is CircuitState.OPEN
+
+
+def test_a_backend_that_dies_for_everyone_opens_at_the_same_failure() -> None:
+    clock = Clock()
+    b = breaker(clock, failures=3, window=10)
+    for _ in range(5):
+        b.success(source="a")
+        b.success(source="b")
+    b.failure("refused", source="a")
+    b.failure("refused", source="b")
+    assert b.state is CircuitState.CLOSED
+    b.failure("refused", source="a")  # the third in a row, from two clients
+    assert b.state is CircuitState.OPEN and b.held == 0
+
+
+def test_a_failing_probe_confirms_held_failures() -> None:
+    clock = Clock()
+    b = breaker(clock, failures=2, window=10)
+    b.success(source="victim")
+    b.failure("timeout", source="attacker")
+    b.failure("timeout", source="attacker")
+    assert b.state is CircuitState.CLOSED and b.held == 1
+    b.probe_failed()
+    assert b.state is CircuitState.OPEN
+
+
+def test_a_failing_probe_alone_does_not_open_a_healthy_circuit() -> None:
+    clock = Clock()
+    b = breaker(clock, failures=2, window=10)
+    b.success(source="victim")
+    b.probe_failed()
+    assert b.state is CircuitState.CLOSED

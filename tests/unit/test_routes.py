@@ -340,7 +340,7 @@ def load(routes: dict[str, Any], **extra: Any) -> Any:
 def test_route_configuration_defaults() -> None:
     route = load({"g": {"targets": [{"provider": "a"}]}}).routes["g"]
     assert route.strategy == "priority" and route.fallbacks == []
-    assert route.retry.retry_on == ["connection", "timeout", "429", "5xx", "protocol"]
+    assert route.retry.retry_on == ["connection", "429", "5xx", "protocol"]  # not timeouts
     assert (route.retry.max_retries, route.retry.recovery_wait) == (None, 2.0)
     assert (route.timeouts.first_token, route.timeouts.total) == (None, None)
     target = route.targets[0]

@@ -314,7 +314,7 @@ async def test_retry_then_fallback() -> None:
 
 
 async def test_retry_succeeds_on_the_same_target() -> None:
-    a = MemoryProvider("a", ["m"], max_retries=2, outcomes=[BackendTimeoutError("slow")])
+    a = MemoryProvider("a", ["m"], max_retries=2, outcomes=[BackendError("HTTP 500")])
     b = MemoryProvider("b", ["m"])
     router = RecordingRouter(await ready(a, b))
     _, target = await router.complete("chat", body())

@@ -23,11 +23,11 @@ app.add_typer(config_app, name="config")
 _SECRET_HEADER = re.compile(r"authorization|key|token|secret|cookie|password", re.IGNORECASE)
 
 
-def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
-    import uvicorn
-
+def _uvicorn_server(cfg: Config, log_level: str | None = None) -> Any:
+    """uvicorn, serving the gateway with turnout's connection deadlines and graceful shutdown
+    (turnout/server/serving.py)."""
     from ..gateway import Gateway
-    from ..server import create_app
+    from ..server.serving import Server
 
     try:
         gateway = Gateway(cfg)
@@ -36,25 +36,9 @@ def _uvicorn_config(cfg: Config, log_level: str | None = None) -> Any:
         raise typer.Exit(2) from None
     host = cfg.server.host
     gateway.address = f"http://{f'[{host}]' if ':' in host else host}:{cfg.server.port}"
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-    config = uvicorn.Config(
-        create_app(gateway),
-        host=cfg.server.host,
-        port=cfg.server.port,
-        loop=loop,
-        http="httptools",
-        access_log=False,
-        proxy_headers=False,  # turnout reads no forwarded headers: skip uvicorn's wrapper
-        log_level=log_level or cfg.server.log_level,
-        timeout_graceful_shutdown=5,
-    )
-    _redact_logs()  # after uvicorn.Config: it installs its own handlers
-    return config
+    server = Server(gateway, log_level)
+    _redact_logs()  # after uvicorn.Config (made by Server): it installs its own handlers
+    return server
 
 
 def _redact_logs() -> None:
@@ -72,14 +56,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
 ) -> None:
-    """Start the gateway (127.0.0.1:8400 unless told otherwise)."""
-    import uvicorn
-
+    """Start the gateway (127.0.0.1:8400 unless told otherwise). On SIGTERM or SIGINT it stops
+    taking requests, lets those in flight finish for server.shutdown_grace_seconds, ends the rest
+    with an error, and exits 0; a second signal stops it at once."""
     cfg = load(config, host, port)
     logging.basicConfig(
         level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.Server(_uvicorn_config(cfg)).run()
+    _uvicorn_server(cfg).run()
 
 
 @app.command()
@@ -101,9 +85,8 @@ def demo(
 
 async def _demo(cfg: Config, prompt: str, max_tokens: int, keep_serving: bool) -> None:
     import aiohttp
-    import uvicorn
 
-    server = uvicorn.Server(_uvicorn_config(cfg, log_level="warning"))
+    server = _uvicorn_server(cfg, log_level="warning")
     task = asyncio.create_task(server.serve())
     started = time.perf_counter()
     with console.status("Starting the gateway and loading the model..."):

@@ -22,7 +22,7 @@ from ..telemetry.record import Trace
 from ..wire.types import JSON, Call, Chunk
 from .breaker import Breaker
 from .limits import Limiter
-from .routes import Option
+from .routes import Option, is_local
 
 __all__ = [
     "COUNTED",
@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 _ALPHA = 0.3  # weight of the newest sample in the moving averages
+#: a stream's first-token timeout when neither the request, its route nor its backend sets one:
+#: a local backend may load its model first; a cloud one that is silent this long is stuck
+FIRST_TOKEN_LOCAL, FIRST_TOKEN_CLOUD = 120.0, 60.0
 COUNTED = frozenset({"connection", "timeout", "5xx", "protocol"})  # what opens a circuit
 
 
@@ -59,11 +62,14 @@ def failure_class(exc: GatewayError) -> str | None:
 class Backend:
     """What the router knows, live, about one backend."""
 
-    __slots__ = ("breaker", "limiter", "pace", "provider")
+    __slots__ = ("breaker", "first_token", "limiter", "pace", "provider")
 
     def __init__(self, provider: Provider) -> None:
         config = provider.config
         self.provider = provider
+        self.first_token = config.first_token_timeout or (
+            FIRST_TOKEN_LOCAL if is_local(provider) else FIRST_TOKEN_CLOUD
+        )
         self.breaker = Breaker(config.breaker)
         self.limiter = Limiter(config.max_concurrency, config.queue_size)
         self.pace: float | None = None  # moving average of seconds per call
@@ -153,7 +159,7 @@ class Attempts:
         finally:
             backend.limiter.leave(provider)
         ended = trace.call_ended(started)
-        backend.breaker.success(trial)
+        backend.breaker.success(trial, trace.client)
         self.observe(option, backend, ended - started, None)
         trace.attempts.append(
             (provider.name, option.target.model, True, None, ended - started, None)
@@ -204,7 +210,7 @@ class Attempts:
                 _abandon(backend, trial, trace, started)
             raise
         ended = trace.call_ended(started)
-        backend.breaker.success(trial)  # alive and generating: a trial ends here, not at the end
+        backend.breaker.success(trial, trace.client)  # alive: a trial ends here, not at the end
         trace.ttft_s = ended - started
         return Committed(self, option, backend, first, stream, started, end_at, deadline, trace)
 
@@ -223,7 +229,7 @@ def _failed(
     ended = trace.call_ended(started) if trace.started_call is not None else time.perf_counter()
     kind = failure_class(exc)
     if kind in COUNTED:
-        backend.breaker.failure(exc.detail, trial)
+        backend.breaker.failure(exc.detail, trial, trace.client)
     else:
         backend.breaker.abandon(trial)
         if kind == "429" and exc.retry_after:
@@ -281,6 +287,7 @@ class Committed:
         "_done",
         "_end_at",
         "_first",
+        "_idle",
         "_option",
         "_rest",
         "_started",
@@ -303,6 +310,7 @@ class Committed:
         self._first: Chunk | None = first
         self._rest, self._started, self._trace = rest, started, trace
         self._end_at, self._deadline = end_at, deadline
+        self._idle = backend.provider.config.idle_timeout
         self._done = False
 
     def __aiter__(self) -> Committed:
@@ -315,20 +323,21 @@ class Committed:
             return first
         if self._done:
             raise StopAsyncIteration
-        timer = None if self._end_at is None else asyncio.timeout_at(self._end_at)
+        # One timer per chunk, at the earlier of the idle limit and the end of the call.
+        idle_at = asyncio.get_running_loop().time() + self._idle
+        end_at = self._end_at
+        timer = asyncio.timeout_at(idle_at if end_at is None or idle_at < end_at else end_at)
         try:
-            if timer is None:
-                return await anext(self._rest)
             async with timer:
                 return await anext(self._rest)
         except StopAsyncIteration:
             await self._finish(None)
             raise
         except TimeoutError:
-            if timer is None or not timer.expired():
+            if not timer.expired():
                 await self._finish(None, abandoned=True)
                 raise
-            exc = self._late()
+            exc = self._late(end_at is None or idle_at < end_at)
             await self._finish(exc)
             raise exc from None
         except GatewayError as exc:
@@ -343,10 +352,16 @@ class Committed:
         if not self._done:
             await self._finish(None, abandoned=True)
 
-    def _late(self) -> GatewayError:
+    def _late(self, idle: bool) -> GatewayError:
         name = self._backend.provider.name
         loop_now = asyncio.get_running_loop().time()
-        if self._deadline is not None and loop_now >= self._deadline - 1e-3:
+        if idle:
+            exc = BackendTimeoutError(
+                f"backend '{name}' sent nothing for {self._idle:g}s in the middle of a stream "
+                "(its idle_timeout)",
+                backend=name,
+            )
+        elif self._deadline is not None and loop_now >= self._deadline - 1e-3:
             exc = request_timeout(None, None, name)
         else:
             limit = self._backend.provider.config.total_timeout
@@ -364,7 +379,7 @@ class Committed:
         ttft = self._trace.ttft_s
         if exc is not None:
             if failure_class(exc) in COUNTED and exc.code != "request_timeout":
-                backend.breaker.failure(exc.detail)
+                backend.breaker.failure(exc.detail, source=self._trace.client)
             code: str | None = exc.code
         else:
             code = "cancelled" if abandoned else None

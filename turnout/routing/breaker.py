@@ -7,6 +7,17 @@ closes the circuit, its failure opens it again for twice as long (up to ``max_co
 backend that answered 429 with ``Retry-After`` is left alone that long without being counted as
 failing (it is alive, only busy).
 
+One client cannot open it for all (issue 15). Only failures that say something about the
+backend's health are counted (the router's ``COUNTED`` classes: connection refused or reset,
+the backend's own 5xx, timeouts, malformed answers; not a client that left, a request the
+backend refused, a 429). Each is counted with its source (the client's key, else its address).
+When a threshold above is reached, the circuit opens only if the failures are the backend's
+for everyone: they came from more than one source, or no other source succeeded in the window
+(a backend that only one client uses behaves as it always did). Otherwise the failures are held
+(``held`` counts them), and the circuit opens only if a health probe then fails (`probe_failed`):
+a client that provokes failures (prompts that crash the backend, that time it out) while the
+others are served cannot take the backend away from them.
+
 Everything here runs on the event loop thread, in O(1), without locks.
 """
 
@@ -15,7 +26,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from ..config import BreakerConfig
 
@@ -45,6 +56,7 @@ class Breaker:
         "_recent_failures",
         "consecutive",
         "cool_until",
+        "held",
         "last_error",
         "open_until",
         "opens",
@@ -59,7 +71,8 @@ class Breaker:
         self._ratio = config.failure_ratio
         self._cooldown = config.cooldown
         self._max_cooldown = max(config.max_cooldown, config.cooldown)
-        self._recent: deque[bool] = deque(maxlen=config.window)  # True: a failure
+        #: (failed, source) of the last ``window`` calls
+        self._recent: deque[tuple[bool, Hashable]] = deque(maxlen=config.window)
         self._recent_failures = 0
         self.state = CircuitState.CLOSED
         self.consecutive = 0
@@ -68,6 +81,7 @@ class Breaker:
         self.trial = False
         self.streak = 0  # failed trials in a row: each doubles the cooldown
         self.opens = 0
+        self.held = 0  # thresholds reached by one client's failures alone, not opened
         self.last_error = ""
 
     def admit(self) -> Admission:
@@ -101,20 +115,21 @@ class Breaker:
             wait = max(wait, 0.05)
         return max(0.0, wait)
 
-    def success(self, trial: bool = False) -> None:
+    def success(self, trial: bool = False, source: Hashable = None) -> None:
         self.consecutive = 0
-        self._push(False)
+        self._push(False, source)
         if trial or self.state is CircuitState.HALF_OPEN:
             self.state = CircuitState.CLOSED
             self.trial = False
             self.streak = 0
             self._recent.clear()  # a recovered backend starts with a clean slate
             self._recent_failures = 0
+            self.held = 0
 
-    def failure(self, message: str, trial: bool = False) -> None:
+    def failure(self, message: str, trial: bool = False, source: Hashable = None) -> None:
         self.consecutive += 1
         self.last_error = message
-        self._push(True)
+        self._push(True, source)
         if trial or self.state is CircuitState.HALF_OPEN:
             self.streak += 1
             self._open()
@@ -125,6 +140,24 @@ class Breaker:
                 and self._recent_failures >= self._ratio * len(self._recent)
             )
         ):
+            if self._for_everyone():
+                self.streak = 0
+                self._open()
+            else:
+                self.held += 1
+
+    def _for_everyone(self) -> bool:
+        """Whether the recent failures are the backend's, not one client's: they came from
+        more than one source, or no other source succeeded (O(window), at a threshold only)."""
+        failing = {source for failed, source in self._recent if failed}
+        if len(failing) > 1:
+            return True
+        return not any(not failed and source not in failing for failed, source in self._recent)
+
+    def probe_failed(self) -> None:
+        """The health monitor could not reach the backend: failures held as one client's are
+        confirmed as the backend's, and the circuit opens."""
+        if self.state is CircuitState.CLOSED and self.held and self._recent_failures:
             self.streak = 0
             self._open()
 
@@ -149,11 +182,11 @@ class Breaker:
         self.trial = False
         self.opens += 1
 
-    def _push(self, failed: bool) -> None:
+    def _push(self, failed: bool, source: Hashable) -> None:
         recent = self._recent
-        if len(recent) == recent.maxlen and recent[0]:
+        if len(recent) == recent.maxlen and recent[0][0]:
             self._recent_failures -= 1
-        recent.append(failed)
+        recent.append((failed, source))
         self._recent_failures += failed
 
     def snapshot(self) -> dict[str, object]:
@@ -161,6 +194,7 @@ class Breaker:
             "state": self.state.value,
             "consecutive_failures": self.consecutive,
             "opens": self.opens,
+            "held": self.held,
             "retry_in_seconds": round(self.retry_in(), 3),
             "last_error": self.last_error or None,
         }

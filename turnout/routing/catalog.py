@@ -146,6 +146,13 @@ class Catalog:
             first.setdefault(target.provider.name, target)
         return list(first.values())
 
+    def meta(self, provider: str, model: str) -> dict[str, object]:
+        """What a backend reported about one of its models (Ollama's details, the engine...)."""
+        for info in self._reported.get(provider) or ():
+            if info.id == model:
+                return dict(info.meta)
+        return {}
+
     def ids(self) -> list[str]:
         ids = [f"{p.name}/{m}" for p in self.providers.values() for m in self.served(p)]
         return ids + [a for a in [*self.aliases, *self.routes] if a not in ids]

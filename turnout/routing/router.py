@@ -116,10 +116,14 @@ class Router:
         return {name: self.backend(p).live() for name, p in self.catalog.providers.items()}
 
     def probe_result(self, name: str, ok: bool) -> None:
-        """The health monitor reached a backend: an open circuit may try a request at once."""
+        """The health monitor reached a backend (an open circuit may try a request at once), or
+        did not (failures held as one client's are confirmed: the circuit opens)."""
         state = self._backends.get(name)
-        if ok and state is not None:
-            state.breaker.probe_ok()
+        if state is not None:
+            if ok:
+                state.breaker.probe_ok()
+            else:
+                state.breaker.probe_failed()
 
     def _load(self, option: Option) -> float:
         return self.backend(option.target.provider).limiter.load()
@@ -226,9 +230,7 @@ class Router:
         retries = provider.config.max_retries if policy.max_retries is None else policy.max_retries
         call = Call(run.kind, run.body, option.target.model, run.stream)
         trace = run.trace
-        first_token = (
-            trace.first_token_timeout or route.first_token or provider.config.first_token_timeout
-        )
+        first_token = trace.first_token_timeout or route.first_token or backend.first_token
         for attempt in range(retries + 1):
             if attempt and not await self._again(attempt, backend, policy, run):
                 return None

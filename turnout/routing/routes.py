@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..config import RETRY_CLASSES, RetryConfig, RouteConfig
+from ..config import RetryConfig, RouteConfig
 from ..providers.base import Provider
 from .catalog import Catalog, Target
 
@@ -29,7 +29,7 @@ class RetryPolicy:
     max_retries: int | None = None  # None: each backend's own max_retries
     backoff_base: float = 0.1
     backoff_cap: float = 2.0
-    retry_on: frozenset[str] = frozenset(RETRY_CLASSES[:5])
+    retry_on: frozenset[str] = frozenset(("connection", "429", "5xx", "protocol"))  # as config
     honour_retry_after: bool = True
     recovery_wait: float = 2.0
 

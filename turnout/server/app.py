@@ -25,6 +25,7 @@ from . import (
     ops,
     providers as provider_list,
 )
+from .guard import guard
 from .pipeline import Pipeline, Route, Stage
 from .responses import json_response
 
@@ -32,14 +33,17 @@ __all__ = ["STAGES", "create_app", "routes"]
 
 #: what every request passes after its trace and before its route, in order
 STAGES: tuple[Stage, ...] = (
+    guard,  # bounded bodies, a Host it answers to, no cross-origin change, JSON bodies
     admin.admin_key,  # a route marked admin needs the admin key
 )
 
 
 async def health(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    status = "draining" if gateway.draining else "ok"  # stopping: a balancer should look away
     return json_response(
-        {"status": "ok", "version": __version__, "providers": list(gateway.providers)}
+        {"status": status, "version": __version__, "providers": list(gateway.providers)},
+        status=503 if gateway.draining else 200,
     )
 
 

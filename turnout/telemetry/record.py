@@ -9,6 +9,7 @@ stores and one list append per attempt happen on the request path.
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,6 +31,7 @@ class Trace:
         "backend",
         "backend_s",
         "body",
+        "client",
         "code",
         "error",
         "first_token_timeout",
@@ -63,6 +65,8 @@ class Trace:
         self.timeout: float | None = None
         self.first_token_timeout: float | None = None
         self.error: GatewayError | None = None  # an override the client got wrong
+        # Who asked (a hash of its key, else its address): the breaker's source of a failure.
+        self.client: Hashable = None
         # What the request is; None until the gateway takes it.
         self.kind: Kind | None = None
         self.model = ""

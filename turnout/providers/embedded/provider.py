@@ -401,6 +401,22 @@ class EmbeddedProvider(Provider):
         self._check_model(name)
         return await self.scheduler.unload(name)
 
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """Tokens in ``text`` by the model's own tokenizer, with an instance of a loaded llama.cpp
+        model (borrowed from its pool for the count, off the event loop); None when the model is
+        not loaded (counting must not load it) or runs in another engine."""
+        engine = self.engines.get(model)
+        if not isinstance(engine, LlamaEngine) or engine.pool.empty():
+            return None
+        llm = engine.pool.get_nowait()
+        try:
+            tokens = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            )
+        finally:
+            engine.pool.put_nowait(llm)
+        return len(tokens)
+
     def status(self) -> list[JSON]:
         out = self.scheduler.status()
         for entry in out:

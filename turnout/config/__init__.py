@@ -25,7 +25,6 @@ import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
-    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     SecretStr,
@@ -35,10 +34,21 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
-from .wire.screen import SecurityConfig
+from ..errors import ConfigError
+from ..wire.screen import SecurityConfig
+from .base import _Strict
+from .routes import (
+    RETRY_CLASSES,
+    STRATEGIES,
+    RetryConfig,
+    RouteConfig,
+    RouteTargetConfig,
+    TimeoutsConfig,
+)
 
 __all__ = [
+    "RETRY_CLASSES",
+    "STRATEGIES",
     "Config",
     "DiscoveryConfig",
     "HealthConfig",
@@ -46,8 +56,11 @@ __all__ = [
     "PathsConfig",
     "ProviderConfig",
     "ProviderType",
+    "RetryConfig",
     "RouteConfig",
+    "RouteTargetConfig",
     "ServerConfig",
+    "TimeoutsConfig",
     "load_config",
     "provider_types",
     "register_env_source",
@@ -58,10 +71,6 @@ _ENV_PREFIX = "TURNOUT_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=1, le=65535)
@@ -69,12 +78,32 @@ class ServerConfig(_Strict):
     sse_keepalive_seconds: float = Field(10.0, gt=0)
     models_refresh_seconds: float = Field(60.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    responses_store: int = Field(
+        0,
+        ge=0,
+        description="how many recent /v1/responses answers to keep for previous_response_id "
+        "and GET/DELETE /v1/responses/{id}; 0: stateless (previous_response_id refused)",
+    )
     admin_key: SecretStr | None = Field(
         None,
         min_length=1,
         description="required as 'Authorization: Bearer' by model-changing endpoints "
         "(turnout/server/admin.py); unset: they are open",
     )
+    # Host names answered besides loopback names, `host` and IP addresses ('*': any), and the
+    # browser origins that may call the gateway (turnout/server/guard.py).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
+    # Shutdown, and the client side of connections (turnout/server/protocol.py), in seconds:
+    # the grace in-flight requests get on SIGTERM; the time a client has for a request's headers,
+    # for its body, to take what is written to it (else its stream's backend slot is freed); an
+    # idle keep-alive connection's life. Connections beyond max_connections get a 503.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(60.0, gt=0)
+    write_timeout_seconds: float = Field(30.0, gt=0)
+    keepalive_timeout_seconds: float = Field(5.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class ModelEntry(_Strict):
@@ -190,8 +219,11 @@ class ProviderConfig(_Strict):
     queue_size: int = Field(
         64, ge=0, description="requests that may wait for a slot beyond max_concurrency"
     )
-    first_token_timeout: float | None = Field(None, gt=0, description="send to first chunk")
-    total_timeout: float | None = Field(None, gt=0, description="one call, end of stream included")
+    # A stream's time limits per call (turnout/routing/attempt.py): to its first chunk (unset:
+    # 120 s for a local backend, 60 s for a cloud one), between chunks, and in all.
+    first_token_timeout: float | None = Field(None, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    total_timeout: float | None = Field(600.0, gt=0)
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
@@ -266,72 +298,6 @@ class ProviderConfig(_Strict):
     @property
     def dialect(self) -> str:
         return _TYPES[self.type].dialect
-
-
-#: route strategies (turnout/routing/strategies.py implements one function per name)
-STRATEGIES = (
-    "priority",
-    "cost",
-    "round_robin",
-    "weighted",
-    "least_latency",
-    "least_busy",
-    "capability",
-    "prefix_affinity",
-)
-#: failure classes a retry policy may retry on the same backend
-RETRY_CLASSES = ("connection", "timeout", "429", "5xx", "protocol", "model_not_found")
-
-
-class RetryConfig(_Strict):
-    max_retries: int | None = Field(None, ge=0, le=10, description="unset: the provider's")
-    backoff_base: float = Field(0.1, ge=0)
-    backoff_cap: float = Field(2.0, ge=0)
-    retry_on: list[str] = Field(default_factory=lambda: list(RETRY_CLASSES[:5]))
-    honour_retry_after: bool = True
-    recovery_wait: float = Field(
-        2.0, ge=0, description="how long a request waits for a cooling backend to recover"
-    )
-
-    @field_validator("retry_on", mode="before")
-    @classmethod
-    def _classes(cls, v: Any) -> Any:
-        if not isinstance(v, list):
-            return v
-        out = [str(c) for c in v]  # YAML reads 429 as a number
-        for c in out:
-            if c not in RETRY_CLASSES:
-                allowed = ", ".join(RETRY_CLASSES)
-                raise ValueError(f"unknown failure class {c!r}; allowed: {allowed}")
-        return out
-
-
-class TimeoutsConfig(_Strict):
-    first_token: float | None = Field(None, gt=0, description="per attempt: send to first chunk")
-    total: float | None = Field(None, gt=0, description="the whole request, retries included")
-
-
-class RouteTargetConfig(_Strict):
-    provider: str
-    model: str | None = Field(None, min_length=1, description="unset: the route's name")
-    weight: float = Field(1.0, ge=0)
-    priority: int = 0
-    cost_per_1k_input: float | None = Field(None, ge=0, description="unset: the provider's")
-    cost_per_1k_output: float | None = Field(None, ge=0)
-
-
-class RouteConfig(_Strict):
-    strategy: Literal[STRATEGIES] = "priority"  # type: ignore[valid-type]
-    targets: list[RouteTargetConfig] = Field(min_length=1)
-    fallbacks: list[str] = Field(default_factory=list)
-    retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
-    timeouts: TimeoutsConfig = Field(default_factory=lambda: TimeoutsConfig())
-
-    @model_validator(mode="after")
-    def _some_weight(self) -> RouteConfig:
-        if self.strategy == "weighted" and not any(t.weight > 0 for t in self.targets):
-            raise ValueError("strategy 'weighted' needs a target with a weight above 0")
-        return self
 
 
 class HealthConfig(_Strict):

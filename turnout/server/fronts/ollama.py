@@ -1,0 +1,290 @@
+"""The Ollama API front, at the root as Ollama serves it, over every backend:
+
+    GET/HEAD /              "Ollama is running" (also Claude Code's HEAD / probe)
+    GET  /api/version       the Ollama API level served
+    GET  /api/tags          every model turnout serves, as ``provider/model`` and by alias
+    POST /api/show          details and ``capabilities`` (completion, tools, vision, embedding)
+    GET  /api/ps            models in memory: the embedded engine's, and Ollama backends'
+    POST /api/chat          NDJSON stream by default, ``stream: false`` for one object
+    POST /api/generate      likewise; ``raw`` and ``suffix`` as text completions
+    POST /api/embed         and the older /api/embeddings
+    POST /api/pull          into an Ollama backend (``provider/model`` picks it, else the first
+    DELETE /api/delete      one): with LOCAL_LLM_ENABLE_PULL=true and the admin key, if set
+    copy, create, push: refused (501) in Ollama's error shape: no backend here does them
+
+Errors are Ollama's ``{"error": "..."}`` with the gateway's status; an error after a stream
+began is a last line ``{"error": "..."}``. Translation: turnout/wire/ollama.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp
+
+from ...errors import GatewayError, InvalidRequestError, NotFoundError
+from ...gateway import Gateway
+from ...providers.ollama import OllamaProvider
+from ...wire import ollama as wire
+from ...wire.types import Kind
+from ...wire.validate import validate_chat, validate_completion, validate_embedding
+from ..models import managed_providers, require_pull
+from ..pipeline import Route
+from ..responses import BytesResponse, json_response
+from ..stream import ClientGone, Stream, read_json, while_connected
+from .common import Framed, json_headers, stream_headers
+from .ollama_errors import OLLAMA_ERRORS
+
+__all__ = ["ollama_backend", "render_error", "routes"]
+
+#: the Ollama API level this front implements (clients compare it to enable features)
+API_VERSION = "0.14.0"
+_NDJSON = stream_headers(b"application/x-ndjson")
+_VALIDATE = {"chat": validate_chat, "completion": validate_completion}
+
+
+render_error = OLLAMA_ERRORS.response
+
+
+async def _generate(request: Request, mode: wire.Mode) -> ASGIApp:
+    gateway: Gateway = request.app.state.gateway
+    timing = wire.Timing(time.perf_counter_ns())
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        kind: Kind = "chat"
+        if mode == "chat":
+            body = wire.chat_to_internal(raw)
+        else:
+            kind, body = wire.generate_to_internal(raw)
+        model = body["model"]
+        if kind == "chat" and not body["messages"]:
+            await gateway.catalog.resolve(model)  # an unknown model is still a 404
+            return json_response(wire.load_reply(model, mode, raw.get("keep_alive") == 0))
+        body = _VALIDATE[kind](body)
+        if body.get("stream"):
+            # no keep-alive frame: an NDJSON reader takes every line for an object
+            encoder = Framed(wire.ChatStream(model, timing, mode), _NDJSON, b"")
+            return Stream(gateway, kind, body, encoder, OLLAMA_ERRORS)
+        reply = await while_connected(request, gateway.complete(kind, body))
+    except GatewayError as exc:
+        return render_error(exc)
+    except ClientGone:
+        return Response(status_code=499)
+    timing.end = time.perf_counter_ns()
+    make = wire.chat_reply if mode == "chat" else wire.generate_reply
+    start = json_headers(reply.target.provider.name, [])
+    return BytesResponse(orjson.dumps(make(reply.body, model, timing)), start)
+
+
+async def chat(request: Request) -> ASGIApp:
+    return await _generate(request, "chat")
+
+
+async def generate(request: Request) -> ASGIApp:
+    return await _generate(request, "generate")
+
+
+async def _embed(request: Request, legacy: bool) -> ASGIApp:
+    gateway: Gateway = request.app.state.gateway
+    timing = wire.Timing(time.perf_counter_ns())
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        body = validate_embedding(wire.embed_to_internal(raw, legacy=legacy))
+        reply = await while_connected(request, gateway.complete("embedding", body))
+    except GatewayError as exc:
+        return render_error(exc)
+    except ClientGone:
+        return Response(status_code=499)
+    timing.end = time.perf_counter_ns()
+    out = wire.embed_reply(reply.body, body["model"], timing, legacy=legacy)
+    return BytesResponse(orjson.dumps(out), json_headers(reply.target.provider.name, []))
+
+
+async def embed(request: Request) -> ASGIApp:
+    return await _embed(request, legacy=False)
+
+
+async def embeddings(request: Request) -> ASGIApp:
+    return await _embed(request, legacy=True)
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return json_response({"version": API_VERSION})
+
+
+def _entry(name: str, meta: dict[str, Any], modified: float) -> dict[str, Any]:
+    """One model as ``/api/tags`` lists it, from what its backend reported: Ollama's details,
+    or the models directory's header (architecture, parameters, quantization, file size)."""
+    details = {
+        "parent_model": "",
+        "format": str(meta.get("format") or "gguf"),
+        "family": str(meta.get("family") or meta.get("architecture") or ""),
+        "families": meta.get("families") or None,
+        "parameter_size": str(meta.get("parameter_size") or meta.get("parameter_label") or ""),
+        "quantization_level": str(meta.get("quantization_level") or meta.get("quantization") or ""),
+    }
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(modified))
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    size = meta.get("size")
+    if not isinstance(size, int) and isinstance(meta.get("path"), str):
+        with contextlib.suppress(OSError):
+            size = os.stat(meta["path"]).st_size
+    return {"name": name, "model": name, "modified_at": stamp,
+            "size": size if isinstance(size, int) else 0, "digest": digest,
+            "details": details}  # fmt: skip
+
+
+async def tags(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    await gateway.start()
+    out = []
+    for model in await gateway.models():
+        name, owner = str(model["id"]), str(model.get("owned_by") or "")
+        meta = gateway.catalog.meta(owner, name.removeprefix(owner + "/"))
+        created = model.get("created")
+        out.append(_entry(name, meta, float(created) if isinstance(created, int) else time.time()))
+    return json_response({"models": out})
+
+
+async def show(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    try:
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        name = raw.get("model") or raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError("model is required", param="model")
+        await gateway.start()
+        target = (await gateway.catalog.resolve(name))[0]
+    except GatewayError as exc:
+        return render_error(exc)
+    caps = target.provider.capabilities(target.model)
+    capabilities = [c for c, ok in (("completion", caps.chat or caps.completion),
+                    ("tools", caps.tools), ("vision", caps.vision),
+                    ("embedding", caps.embeddings and not caps.chat)) if ok]  # fmt: skip
+    info: dict[str, Any] = {"general.architecture": "", "general.name": target.model}
+    if caps.context_length:
+        info["general.context_length"] = caps.context_length
+    entry = _entry(name, {}, time.time())
+    return json_response(
+        {"modelfile": f"FROM {target.address}\n", "parameters": "", "template": "",
+         "details": entry["details"], "model_info": info, "capabilities": capabilities,
+         "modified_at": entry["modified_at"]}
+    )  # fmt: skip
+
+
+async def ps(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    out = []
+    for name, provider in managed_providers(gateway).items():
+        for loaded in provider.status():
+            if loaded.get("state") != "loaded":
+                continue
+            entry = _entry(f"{name}/{loaded['name']}", {}, loaded.get("loaded_at") or time.time())
+            expires = loaded.get("expires_at")
+            entry["expires_at"] = time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires if isinstance(expires, float) else 2**31)
+            )
+            entry["size"] = entry["size_vram"] = int(loaded.get("estimate_bytes") or 0)
+            out.append(entry)
+    return json_response({"models": out})
+
+
+def ollama_backend(gateway: Gateway, model: str | None) -> tuple[OllamaProvider, str | None]:
+    """The Ollama backend a model-management request means: the one ``provider/...`` names,
+    else the first configured; and the model name as that backend knows it."""
+    found = {n: p for n, p in gateway.providers.items() if isinstance(p, OllamaProvider)}
+    if not found:
+        raise NotFoundError("No Ollama backend is configured on this gateway.")
+    if model is not None:
+        name, _, rest = model.partition("/")
+        if rest and name in found:
+            return found[name], rest
+    return next(iter(found.values())), model
+
+
+async def _managed(request: Request) -> tuple[OllamaProvider, str, dict[str, Any]]:
+    require_pull()  # the admin key: the pipeline's stage, for routes marked admin
+    gateway: Gateway = request.app.state.gateway
+    raw = await read_json(request, gateway.config.server.max_body_bytes)
+    name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InvalidRequestError("model is required", param="model")
+    await gateway.start()
+    provider, model = ollama_backend(gateway, name)
+    assert model is not None
+    return provider, model, raw
+
+
+async def pull(request: Request) -> Response:
+    try:
+        provider, model, raw = await _managed(request)
+        progress = provider.pull(model, insecure=bool(raw.get("insecure")))
+        first = await anext(progress)  # a refused pull still gets its status
+        if raw.get("stream", True) is False:
+            last = [first, *[p async for p in progress]][-1]
+            return json_response({"status": last.get("status", "success")})
+    except StopAsyncIteration:
+        return render_error(GatewayError("The backend sent no pull progress.", status=502))
+    except GatewayError as exc:
+        return render_error(exc)
+    return StreamingResponse(_progress(first, progress), media_type="application/x-ndjson")
+
+
+async def _progress(first: dict[str, Any], rest: Any) -> Any:
+    yield orjson.dumps(first) + b"\n"
+    try:
+        async for obj in rest:
+            yield orjson.dumps(obj) + b"\n"
+    except GatewayError as exc:
+        yield wire.error_line(exc)
+
+
+async def delete(request: Request) -> Response:
+    try:
+        provider, model, _ = await _managed(request)
+        await provider.delete(model)
+    except GatewayError as exc:
+        return render_error(exc)
+    return Response(status_code=200)  # Ollama answers a delete with an empty 200
+
+
+async def refuse(request: Request) -> Response:
+    op = request.url.path.rsplit("/", 1)[-1]
+    return json_response(
+        {"error": f"/api/{op} is not served by turnout: no backend behind it can {op} models "
+         "through the gateway (pull and delete are, for Ollama backends)"},
+        501,
+    )  # fmt: skip
+
+
+def _route(path: str, endpoint: Any, *methods: str, admin: bool = False) -> Route:
+    return Route(path, endpoint, methods or ("GET",), admin=admin, errors=OLLAMA_ERRORS)
+
+
+routes = [
+    _route("/", root),
+    _route("/api/version", version),
+    _route("/api/tags", tags),
+    _route("/api/ps", ps),
+    _route("/api/show", show, "POST"),
+    _route("/api/chat", chat, "POST"),
+    _route("/api/generate", generate, "POST"),
+    _route("/api/embed", embed, "POST"),
+    _route("/api/embeddings", embeddings, "POST"),
+    _route("/api/pull", pull, "POST", admin=True),
+    _route("/api/delete", delete, "DELETE", admin=True),
+    _route("/api/push", refuse, "POST"),
+    _route("/api/copy", refuse, "POST"),
+    _route("/api/create", refuse, "POST"),
+]

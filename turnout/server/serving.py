@@ -1,0 +1,250 @@
+"""How `turnout serve` runs the app under uvicorn: the connection protocol, with the client side
+timed out, and the graceful shutdown.
+
+The protocol is uvicorn's httptools protocol with deadlines.
+uvicorn times out an idle keep-alive connection between requests, and nothing else: a client that
+opens a connection and sends nothing, trickles its headers a byte at a time (slowloris), never
+finishes its body, or stops reading a stream it asked for holds its connection (and a stream's
+backend slot) for as long as it likes. Here each connection has at most one deadline at a time:
+
+- from the connection's start, and from the first byte of each later request, the headers must
+  be complete within ``header_timeout`` (else the connection is closed);
+- from the end of the headers, the body must be complete within ``body_timeout`` (else the
+  connection is closed and the request sees its client gone);
+- while the connection's write buffer is over its high-water mark (the client takes nothing), it
+  must drain within ``write_timeout`` (else the connection is aborted: the stream ends, its
+  backend call is closed and its slot freed).
+
+Each costs one timer per request phase; a request that arrives whole in one read arms and
+cancels two. Each closing logs one line. Beyond ``server.max_connections`` open connections (or
+requests) uvicorn answers 503; uvicorn closes a kept-alive connection idle for
+``server.keepalive_timeout_seconds``.
+
+The shutdown (`Server`): on SIGTERM or SIGINT, `Gateway.drain`: new requests are refused with a
+503 ``shutting_down`` and ``/health`` answers 503 "draining" (the listener stays open meanwhile,
+so that a balancer sees it), while the requests and streams in flight finish, for at most
+``server.shutdown_grace_seconds``; then `Gateway.cut` ends each that has not with an error in its
+client's dialect (an error event for a stream), uvicorn closes the listener and the connections,
+the app's lifespan flushes the statistics and stops managed model servers, and the process exits
+0. A second signal cuts everything at once and skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..gateway import Gateway
+from .app import create_app
+
+__all__ = ["GuardedProtocol", "Server", "guarded_protocol"]
+
+log = logging.getLogger("turnout.server")
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` with header, body and write deadlines (class attributes, set by
+    `guarded_protocol`)."""
+
+    header_timeout = 10.0
+    body_timeout = 60.0
+    write_timeout = 30.0
+
+    _deadline: asyncio.TimerHandle | None = None
+    _writer: asyncio.TimerHandle | None = None
+    _in_headers = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._headers_due()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._clear()
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_headers:  # a later request on a kept-alive connection
+            self._headers_due()
+
+    def on_headers_complete(self) -> None:
+        self._clear()
+        self._in_headers = False
+        super().on_headers_complete()
+        self._deadline = self.loop.call_later(self.body_timeout, self._expired, "body")
+
+    def on_message_complete(self) -> None:
+        self._clear()
+        super().on_message_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._writer is None:
+            self._writer = self.loop.call_later(self.write_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+
+    def _headers_due(self) -> None:
+        self._clear()
+        self._in_headers = True
+        self._deadline = self.loop.call_later(self.header_timeout, self._expired, "headers")
+
+    def _clear(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        limit = self.header_timeout if what == "headers" else self.body_timeout
+        log.info(
+            "closed a connection from %s: its request's %s did not arrive within %gs",
+            _peer(self.client),
+            what,
+            limit,
+        )
+        self.transport.close()
+
+    def _stalled(self) -> None:
+        self._writer = None
+        if self.transport.is_closing():
+            return
+        log.info(
+            "closed a connection from %s: it took nothing written to it for %gs",
+            _peer(self.client),
+            self.write_timeout,
+        )
+        self.transport.abort()  # close() would wait for the buffer the client does not read
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+def guarded_protocol(header: float, body: float, write: float) -> type[GuardedProtocol]:
+    """The protocol class to give uvicorn (``uvicorn.Config(http=...)``) with these deadlines."""
+    attrs: dict[str, Any] = {"header_timeout": header, "body_timeout": body, "write_timeout": write}
+    return type("GuardedProtocol", (GuardedProtocol,), attrs)
+
+
+class _QuietCut:
+    """The app, except that a request `Gateway.cut` cancelled where the gateway could not turn
+    it into an error (while writing to a client that does not read) ends quietly, not as an
+    "Exception in ASGI application" traceback."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app, self.gateway = app, gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            if self.gateway.cut_short(exc) is None:
+                raise
+
+
+class Server(uvicorn.Server):
+    """uvicorn serving ``gateway`` with `GuardedProtocol` and the graceful shutdown."""
+
+    def __init__(self, gateway: Gateway, log_level: str | None = None) -> None:
+        server = gateway.config.server
+        try:
+            import uvloop  # noqa: F401
+
+            loop = "uvloop"
+        except ImportError:
+            loop = "asyncio"
+        super().__init__(
+            uvicorn.Config(
+                _QuietCut(create_app(gateway), gateway),
+                host=server.host,
+                port=server.port,
+                loop=loop,
+                http=guarded_protocol(
+                    server.header_timeout_seconds,
+                    server.body_timeout_seconds,
+                    server.write_timeout_seconds,
+                ),
+                access_log=False,
+                proxy_headers=False,  # turnout reads no forwarded headers: skip the wrapper
+                log_level=log_level or server.log_level,
+                timeout_keep_alive=server.keepalive_timeout_seconds,  # type: ignore[arg-type]
+                limit_concurrency=server.max_connections,
+                # turnout drains before uvicorn's shutdown starts: by then only the replies of
+                # what `Gateway.cut` ended are left to send; uvicorn's own cut, which ends a
+                # request without a word, comes only if that takes longer
+                timeout_graceful_shutdown=2,
+            )
+        )
+        self.gateway = gateway
+        self.grace = server.shutdown_grace_seconds
+        self._drainer: asyncio.Task[None] | None = None
+        _raise_open_files(server.max_connections)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not uvicorn's: it re-raises the signal once stopped (a non-zero exit), and only a
+        # second SIGINT (not SIGTERM) forces the exit.
+        loop = asyncio.get_event_loop()
+        if self.gateway.draining or self.should_exit:  # the second signal: now
+            self.should_exit = self.force_exit = True
+            loop.call_soon_threadsafe(self._cut)
+            return
+        self.gateway.drain()
+        loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        log.info("shutting down: requests in flight have %gs to finish", self.grace)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.grace
+        while loop.time() < end:  # polled: cheaper than a signal from every request's end
+            if not self.gateway.in_flight():
+                break
+            await asyncio.sleep(0.05)
+        self._cut()
+        self.should_exit = True  # uvicorn closes the listener and waits for the connections
+
+    def _cut(self) -> None:
+        cut = self.gateway.cut()
+        if cut:
+            log.warning("shutdown grace over: ended %d request(s) still in flight", cut)
+
+    async def serve(self, sockets: Any = None) -> None:
+        try:
+            await super().serve(sockets)
+        finally:
+            if self._drainer is not None:
+                self._drainer.cancel()
+            if self.force_exit and self.gateway.started:  # uvicorn skipped the lifespan's end
+                await asyncio.wait_for(self.gateway.close(), 5)
+
+
+def _raise_open_files(connections: int) -> None:
+    """Let the process open what ``server.max_connections`` allows (and backends' sockets too):
+    a soft limit of 1,024 files with 1,000 idle connections would lock every client out."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = connections * 2 + 256
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    except (ValueError, OSError):  # pragma: no cover - a platform that does not allow it
+        pass
