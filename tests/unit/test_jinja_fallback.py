@@ -27,20 +27,24 @@ WEATHER = {
 }
 #: what the model writes when the schema holds it to a call
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
-#: llama.cpp's tools/server: oaicompat_chat_params_parse throws, the handler answers 400
-REFUSAL = {
-    "error": {
+#: what llama-server (llama-cpp-python 0.3.36's llama.cpp, run --no-jinja) answers a request with
+#: tools, status and body as read from the real binary: a 500 ``server_error``; older versions
+#: answered 400 ``invalid_request_error``
+REFUSALS = {
+    500: {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"},
+    400: {
         "code": 400,
         "message": "tools param requires --jinja flag",
         "type": "invalid_request_error",
-    }
+    },
 }
 
 
 class NoJinja:
     """llama-server started with ``--no-jinja``: tools refused, ``json_schema`` honoured."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int) -> None:
+        self.status = status
         self.bodies: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
@@ -57,7 +61,8 @@ class NoJinja:
         body = await request.json()
         self.bodies.append(body)
         if body.get("tools"):
-            return web.json_response(REFUSAL, status=400)
+            refusal = {"error": REFUSALS[self.status]}
+            return web.json_response(refusal, status=self.status)
         held = (body.get("response_format") or {}).get("type") == "json_schema"
         text = CALL if held else "It is sunny."
         usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
@@ -86,9 +91,9 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({**chunk, **data}) + b"\n\n"
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[NoJinja, str]]:
-    fake = NoJinja()
+@pytest.fixture(params=[500, 400])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[NoJinja, str]]:
+    fake = NoJinja(request.param)
     with serve_app(fake.app(), "no-jinja") as url:
         yield fake, url
 
