@@ -91,8 +91,8 @@ def run_gateway(
     """Serve a gateway over real HTTP on a free port; yield its base URL (no trailing slash).
     A configuration naming providers but not ``embedded`` gets ``embedded: false``: a test of
     other backends neither loads nor lists the embedded default unless it asks for it."""
-    explicit = {"embedded", "default_embedded"} & set(config)
-    if not isinstance(config, Gateway) and config.get("providers") and not explicit:
+    asked = isinstance(config, Gateway) or bool({"embedded", "default_embedded"} & set(config))
+    if not asked and config.get("providers"):
         config = {**config, "embedded": False}
     gateway = config if isinstance(config, Gateway) else Gateway(config, environ=environ or {})
     port = free_port()

@@ -110,6 +110,7 @@ async def _check(
 ) -> list[dict[str, Any]]:
     from ..gateway import served_configs
     from ..providers import build_provider
+    from ..providers.base import LocalModels
 
     cfg = load(config_path)
     configured = {n: c for n, c in served_configs(cfg).items() if c.enabled}
@@ -139,7 +140,8 @@ async def _check(
             "models": [],
             "detail": "",
         }
-        if provider.config.dialect == "embedded":  # in-process: nothing to reach from here
+        local = isinstance(provider, LocalModels)
+        if local:  # in-process: nothing to reach from here
             models = [m.name for m in provider.declared_models]
             detail = "in-process engine, runs inside `turnout serve`"
             return {**row, "models": models, "detail": detail}

@@ -3,9 +3,11 @@
 A request appends its `Trace` to a bounded list (O(1); when full, the record is dropped and
 counted, never queued without bound). A background task drains the list every ``interval``
 seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
-and `Gateway.stats()` drain it first, so what they show includes every finished request. The
-drain also writes the request log (logger ``turnout.requests``, info level): one line a request,
-from the batch, so a request pays for no formatting or I/O of its own.
+and `Gateway.stats()` drain it first, so what they show includes every finished request.
+
+Sinks (`Telemetry.add_sink`) receive each drained batch after the statistics have filled in its
+token counts: the OpenTelemetry exporter (telemetry/otel.py) is one, so spans are built and sent
+off the request path.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import tasks
@@ -22,11 +24,12 @@ from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
 
-__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace", "request_line"]
+__all__ = ["CONTENT_TYPE", "CURRENT", "Sink", "Telemetry", "Trace"]
+
+#: receives every drained batch of finished requests; must not block (queue, then return)
+Sink = Callable[[Sequence[Trace]], None]
 
 log = logging.getLogger("turnout.telemetry")
-#: one line a finished request (method, path, model, backend, status, tokens, latency)
-request_log = logging.getLogger("turnout.requests")
 
 
 class Telemetry:
@@ -51,6 +54,10 @@ class Telemetry:
         self._pending: list[Trace] = []
         self._series: dict[tuple[str, str], Series] = {}
         self._task: asyncio.Task[None] | None = None
+        self._sinks: list[Sink] = []
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
 
     def emit(self, trace: Trace) -> None:
         """Hand over a finished request; O(1), no await."""
@@ -83,9 +90,6 @@ class Telemetry:
             touched: set[Series] = set()
             for trace in batch:
                 self._add(trace, touched)
-            if request_log.isEnabledFor(logging.INFO):
-                for trace in batch:
-                    request_log.info("%s", request_line(trace))
             # The Prometheus counters follow the statistics' totals once per batch rather than
             # once per request: each `inc` takes a lock, and a busy drain holds thousands.
             self.metrics.publish_outcomes(self.outcomes)
@@ -98,6 +102,12 @@ class Telemetry:
         if self.dropped > self._dropped_counted:
             self.metrics.dropped.inc(self.dropped - self._dropped_counted)
             self._dropped_counted = self.dropped
+        if batch:
+            for sink in self._sinks:
+                try:
+                    sink(batch)
+                except Exception:  # one failing sink must not stop the others
+                    log.exception("telemetry sink failed")
 
     def _series_for(self, backend: str, model: str) -> Series:
         key = (backend, model)
@@ -153,6 +163,7 @@ class Telemetry:
             tokens_out = tokens_out or 0
         series.tokens_in += tokens_in
         series.tokens_out += tokens_out
+        trace.tokens_in, trace.tokens_out = tokens_in, tokens_out
         cost = tokens_in / 1000 * (trace.price_in or 0.0) + tokens_out / 1000 * (
             trace.price_out or 0.0
         )
@@ -186,23 +197,6 @@ class Telemetry:
     def render_metrics(self) -> bytes:
         self.flush()
         return self.metrics.render()
-
-
-def request_line(trace: Trace) -> str:
-    """The request log's line for ``trace``, e.g. ``POST /v1/chat/completions model=m
-    backend=local/m status=200 tokens=12+48 latency_ms=812.3 stream``."""
-    where = f"{trace.method} {trace.path}" if trace.path else f"python {trace.kind or '-'}"
-    backend = f"{trace.backend}/{trace.served}" if trace.backend else "-"
-    tokens_in = "?" if trace.tokens_in is None else trace.tokens_in
-    tokens_out = "?" if trace.tokens_out is None else trace.tokens_out
-    end = trace.t_end if trace.t_end is not None else time.perf_counter()
-    line = (
-        f"{where} model={trace.model or '-'} backend={backend} status={trace.status} "
-        f"tokens={tokens_in}+{tokens_out} latency_ms={(end - trace.t_start) * 1000:.1f}"
-    )
-    if trace.code:
-        line += f" error={trace.code}"
-    return line + " stream" * trace.stream
 
 
 def _backend(live: Mapping[str, Any]) -> dict[str, Any]:
