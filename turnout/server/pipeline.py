@@ -77,6 +77,8 @@ class Route:
     #: the dialect its errors are told in (the route's front)
     errors: Errors = OPENAI_ERRORS
     name: str = ""
+    #: the front that serves it, as the usage ledger records it
+    front: str = "openai"
 
     @property
     def label(self) -> str:
@@ -110,6 +112,9 @@ class Exchange(Request):
         self.route = route
         self.trace = trace
         self.started = False
+        #: headers a stage adds to the response (CORS); the gateway leaves a key's rate-limit
+        #: headers on the trace (``Trace.rate_headers``)
+        self.extra: list[tuple[bytes, bytes]] | None = None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -121,6 +126,10 @@ class Exchange(Request):
                 # what turnout has spent so far, backend time excluded.
                 seconds = trace.overhead_s if trace.overhead_s is not None else trace.overhead_now()
                 headers.append((_OVERHEAD, f"{seconds * 1000:.3f}".encode()))
+            if self.extra is not None:  # a stage's (CORS)
+                headers += self.extra
+            if trace.rate_headers:  # a gateway key's limits (x-ratelimit-*)
+                headers += trace.rate_headers
             message = {**message, "headers": headers}
         await self._send(message)
 

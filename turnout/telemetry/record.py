@@ -34,9 +34,15 @@ class Trace:
         "choices",
         "client",
         "code",
+        "cost",
+        "emitted",
         "error",
+        "estimated",
         "first_token_timeout",
+        "front",
+        "key",
         "kind",
+        "latency_s",
         "method",
         "model",
         "outcome",
@@ -44,6 +50,9 @@ class Trace:
         "path",
         "price_in",
         "price_out",
+        "principal",
+        "priority",
+        "rate_headers",
         "request_id",
         "served",
         "started_call",
@@ -52,11 +61,14 @@ class Trace:
         "stream",
         "t_end",
         "t_start",
+        "ticket",
         "timeout",
         "tokens_in",
         "tokens_out",
         "ttft_s",
+        "user",
         "wait_s",
+        "wall",
     )
 
     def __init__(self, t_start: float | None = None) -> None:
@@ -91,12 +103,26 @@ class Trace:
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
         self.outcome = "ok"  # "ok", "error" or "cancelled"
-        self.status = 200  # the error's status; 499 (nginx's "client closed") when cancelled
         self.code: str | None = None
         self.overhead_s: float | None = None
         #: the reply's choices (a stream's last chunk with choices): their finish reasons are
         #: read off the hot path, by the telemetry drain
         self.choices: Any = None
+        self.status = 200  # HTTP status; 499 for a client gone
+        # Access (turnout/access): who asked, and what the limits reserved for it.
+        self.wall = time.time()
+        self.front = "openai"
+        self.principal: Any = None  # the gateway key's record, once authenticated
+        self.key = ""  # its name ("" without keys): the fair queue's flow
+        self.priority = 1
+        self.user: str | None = None  # the end user (the body's "user", or X-Turnout-User)
+        self.ticket: Any = None  # the limits' reservation, settled after the call
+        self.rate_headers: list[tuple[bytes, bytes]] | None = None
+        # Filled in by telemetry's drain (estimates when the backend gave no usage).
+        self.cost = 0.0
+        self.estimated = False
+        self.latency_s = 0.0
+        self.emitted = False
 
     def begin(self, kind: Kind, model: str, stream: bool) -> None:
         self.kind, self.model, self.stream = kind, model, stream
