@@ -63,7 +63,8 @@ def config(replicas: list[str], strategy: str) -> str:
         f"      - {{provider: r{i}, model: {GEMMA}}}\n" for i in range(1, len(replicas) + 1)
     )
     return (
-        f"providers:\n{providers}routes:\n  {ROUTE}:\n    strategy: {strategy}\n    targets:\n"
+        f"embedded: false\nproviders:\n{providers}"
+        f"routes:\n  {ROUTE}:\n    strategy: {strategy}\n    targets:\n"
         f"{targets}"
     )
 

@@ -285,8 +285,10 @@ def bare_relay(tmp: Path, upstream: Server, kind: str = "aiohttp-bare") -> Itera
 
 
 def turnout_config(upstream: Server) -> str:
-    """turnout's default configuration plus one `openai` provider at the upstream (YAML)."""
+    """turnout's default configuration plus one `openai` provider at the upstream (YAML),
+    without the embedded default's model beside it (the relay is what is measured)."""
     return (
+        "embedded: false\n"
         "providers:\n"
         "  bench:\n"
         "    type: openai\n"

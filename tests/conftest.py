@@ -20,6 +20,14 @@ BUILD_SCRIPT = ROOT / "scripts" / "build_llama_server.sh"
 BUILD_TIMEOUT = 3600
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output captured by a test is as wide as the CLI makes piped output, whatever terminal ran
+    the tests: a COLUMNS exported there would wrap tables and figures. A test that wants a
+    width sets COLUMNS itself."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: the first test that will run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The first test that uses llama-server builds it (about 5 minutes on 2 cores, once, then

@@ -43,7 +43,7 @@ from .wire.tools import ToolCallStream, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
-__all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply"]
+__all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply", "served_configs"]
 
 log = logging.getLogger("turnout")
 
@@ -55,6 +55,29 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
 
 #: output tokens reserved for a request that gives no max_tokens (settled with the real count)
 _DEFAULT_RESERVE = 256
+
+
+def served_configs(config: Config) -> dict[str, ProviderConfig]:
+    """The providers ``config`` serves: those configured, and the embedded default if served."""
+    configs = dict(config.providers)
+    if _serve_default(config.embedded, configs):
+        configs["embedded"] = ProviderConfig.model_validate(DEFAULT_EMBEDDED)
+    return configs
+
+
+def _serve_default(embedded: bool | None, configs: Mapping[str, ProviderConfig]) -> bool:
+    """Whether the embedded default is served: ``embedded: true`` always, ``false`` never; unset,
+    when nothing is configured, and beside configured providers unless one of them is in-process
+    already or the embedded engine is not installed (then the start-up log says what is served)."""
+    if embedded is False or "embedded" in configs:
+        return False
+    if embedded or not configs:
+        return True
+    if any(c.dialect == "embedded" for c in configs.values()):
+        return False
+    from .providers.embedded import default_available
+
+    return default_available()
 
 
 @dataclass(slots=True)
@@ -80,9 +103,9 @@ class Gateway:
     ) -> None:
         self.config = load_config(config, environ=environ)
         register_secrets(_secrets(self.config))
-        configs = dict(self.config.providers)
-        if not configs and self.config.default_embedded:
-            configs["embedded"] = ProviderConfig.model_validate(DEFAULT_EMBEDDED)
+        configs = served_configs(self.config)
+        #: where the HTTP server listens, set by whoever serves it; named in the start-up log
+        self.address: str | None = None
         self.providers: dict[str, Provider] = {
             name: build_provider(name, cfg) for name, cfg in configs.items() if cfg.enabled
         }
@@ -145,6 +168,17 @@ class Gateway:
             if self.access is not None:
                 await self.access.start()
             self._started = True
+            log.info("%s", self.describe())
+
+    def describe(self) -> str:
+        """One line: the models served, by provider, and the address (the start-up log)."""
+        parts = [
+            f"{', '.join(self.catalog.served(p)) or 'no model listed'} from {name} "
+            f"({p.config.type})"
+            for name, p in self.providers.items()
+        ]
+        where = f" on {self.address}" if self.address else ""
+        return f"turnout serving{where}: {'; '.join(parts) or 'no provider'}"
 
     async def close(self) -> None:
         if self.discovery is not None:

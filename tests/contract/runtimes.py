@@ -80,8 +80,9 @@ class Runtime:
 
 
 def gateway_config(provider: JSON) -> JSON:
-    """The gateway's configuration: the runtime as provider ``up``, never retried."""
-    return {"providers": {"up": {"max_retries": 0, **provider}}}
+    """The gateway's configuration: the runtime as provider ``up``, never retried, without the
+    embedded default beside it."""
+    return {"providers": {"up": {"max_retries": 0, **provider}}, "embedded": False}
 
 
 #: a factory: given the test's request (for session fixtures such as a real server), a context

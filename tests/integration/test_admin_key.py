@@ -179,7 +179,9 @@ def test_serve_warns_when_open_beyond_loopback(
     fake: FakeOllama, tmp_path: Path, key: str | None, warned: bool
 ) -> None:
     config = tmp_path / "turnout.yaml"
-    config.write_text(f"providers:\n  ollama:\n    type: ollama\n    endpoint: {fake.url}\n")
+    config.write_text(
+        f"providers:\n  ollama:\n    type: ollama\n    endpoint: {fake.url}\nembedded: false\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_")}
     if key is not None:
         env["TURNOUT_SERVER__ADMIN_KEY"] = key

@@ -168,7 +168,10 @@ async def test_context_overflow_keeps_the_servers_param_and_code(llama_gateway: 
 
 async def test_no_health_endpoint_yet_the_provider_probes_healthy(llama_server: str) -> None:
     assert (await client.get(llama_server + "/health")).status == 404
-    config = {"providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}}}
+    config = {
+        "providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}},
+        "embedded": False,
+    }
     async with Gateway(config, environ={}) as gw:
         health = await gw.providers["llama"].probe()
     assert health.ok, health.detail
@@ -260,7 +263,11 @@ async def test_client_leaving_a_non_streamed_request_frees_the_slot(llama_server
     (turnout closes its connection). llama-cpp-python's server itself finishes a non-streamed
     generation whose connection closed (it only watches streams), which turnout cannot change."""
     gateway = Gateway(
-        {"providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}}}, environ={}
+        {
+            "providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}},
+            "embedded": False,
+        },
+        environ={},
     )
     slots: Any = gateway.providers["llama"]._slots
     with run_gateway(gateway) as base:

@@ -7,8 +7,10 @@ The Hub is reached through ``HF_ENDPOINT``, huggingface_hub's own setting.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,6 +206,17 @@ def test_cli_download(hub: FakeHub, tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "Repository Not Found" in missing.output
 
 
+async def listed(url: str, model: str, within: float = 30.0) -> None:
+    """Wait until ``GET /v1/models`` lists ``model`` (its refresh runs in the background)."""
+    deadline = time.monotonic() + within
+    while True:
+        models = [m["id"] for m in (await client.get(url + "/v1/models")).json()["data"]]
+        if model in models:
+            return
+        assert time.monotonic() < deadline, f"{model} not listed within {within}s: {models}"
+        await asyncio.sleep(0.05)
+
+
 async def test_http_download_streams_progress(
     hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,5 +245,6 @@ async def test_http_download_streams_progress(
         assert "Repository Not Found" in last["error"]["message"]
         bad = await client.post(url + "/v1/local/downloads", {"repo": 7})
         assert bad.status == 400 and bad.json()["error"]["param"] == "repo"
-        models = [m["id"] for m in (await client.get(url + "/v1/models")).json()["data"]]
-        assert "local/tiny-Q8_0" in models
+        # The gateway refreshes its model list in the background once a download is done: wait
+        # for that refresh rather than race it.
+        await listed(url, "local/tiny-Q8_0")

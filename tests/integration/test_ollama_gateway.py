@@ -557,7 +557,8 @@ def test_the_fake_says_it_is_running(fake: FakeOllama) -> None:
 async def test_capabilities_come_from_api_show_off_the_request_path(fake: FakeOllama) -> None:
     """The model-list refresh asks /api/show for each model; requests then use what it said."""
     gateway = Gateway(
-        {"providers": {"ollama": {"type": "ollama", "endpoint": fake.url}}}, environ={}
+        {"providers": {"ollama": {"type": "ollama", "endpoint": fake.url}}, "embedded": False},
+        environ={},
     )
     async with gateway:
         provider = gateway.providers["ollama"]

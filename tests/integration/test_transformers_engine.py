@@ -98,7 +98,7 @@ async def test_listing_shows_format_engine_and_metadata(gateway: tuple[Gateway, 
 def test_cli_list_names_the_engine(models_dir: Path) -> None:
     listed = CliRunner().invoke(app, ["models", "list", "--dir", str(models_dir), "--json"])
     assert listed.exit_code == 0, listed.output
-    engines = {m["name"]: m["engine"] for m in json.loads(listed.stdout)}
+    engines = {m["name"]: m["engine"] for m in json.loads(listed.stdout) if not m.get("default")}
     assert engines == {"g": "llama-cpp", "hf": "transformers"}
 
 

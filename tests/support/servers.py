@@ -88,7 +88,12 @@ class _ThreadedServer:
 def run_gateway(
     config: Mapping[str, Any] | Gateway, environ: Mapping[str, str] | None = None
 ) -> Iterator[str]:
-    """Serve a gateway over real HTTP on a free port; yield its base URL (no trailing slash)."""
+    """Serve a gateway over real HTTP on a free port; yield its base URL (no trailing slash).
+    A configuration naming providers but not ``embedded`` gets ``embedded: false``: a test of
+    other backends neither loads nor lists the embedded default unless it asks for it."""
+    asked = isinstance(config, Gateway) or bool({"embedded", "default_embedded"} & set(config))
+    if not asked and config.get("providers"):
+        config = {**config, "embedded": False}
     gateway = config if isinstance(config, Gateway) else Gateway(config, environ=environ or {})
     port = free_port()
     server = _ThreadedServer(create_app(gateway), port)

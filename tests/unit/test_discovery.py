@@ -22,7 +22,14 @@ from turnout.cli import app
 from turnout.config import load_config
 from turnout.gateway import Gateway
 from turnout.providers import PROVIDER_TYPES
-from turnout.providers.discovery import DEFAULT_PORTS, SIGNATURES, Found, discover, parse_target
+from turnout.providers.discovery import (
+    DEFAULT_PORTS,
+    SIGNATURES,
+    TURNOUT,
+    Found,
+    discover,
+    parse_target,
+)
 from turnout.providers.presets import DIALECT_PORTS, DIALECT_SIGNATURES, PRESETS
 
 #: fake -> (provider type, label, models) discovery must report
@@ -111,7 +118,7 @@ def test_signatures_are_the_presets_and_dialects_declarations_in_rank_order() ->
     ranks = [sig.rank for _, sig in SIGNATURES]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
     declared = {n for n, p in PRESETS.items() if p.signature is not None} | set(DIALECT_SIGNATURES)
-    assert {name for name, _ in SIGNATURES} == declared
+    assert {name for name, _ in SIGNATURES} == declared | {TURNOUT}  # and turnout's own
     assert declared <= set(PROVIDER_TYPES)
     # every fake above is named, and nothing is named that has no signature
     assert {runtime for runtime, _, _ in EXPECTED.values()} <= declared
@@ -151,6 +158,7 @@ async def test_gateway_registers_what_it_finds_at_start_up() -> None:
         config = {
             "providers": {"mine": {"type": "vllm", "endpoint": vllm}},  # configured: not twice
             "discovery": {"enabled": True, "hosts": [vllm, g4a], "timeout": 0.5},
+            "embedded": False,
             "health": {"enabled": False},
         }
         async with Gateway(config, environ={}) as gw:

@@ -143,7 +143,10 @@ def test_json_line_plain_fields_and_exceptions() -> None:
 
 def test_configure_routes_uvicorn_through_one_handler() -> None:
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    saved = (list(root.handlers), root.level, uvicorn_error.level)
+    # a gateway served in this process before (uvicorn at log level warning) leaves the level
+    uvicorn_error.setLevel(logging.NOTSET)
     try:
         handler = configure("json", "info")
         stream = io.StringIO()
@@ -155,6 +158,7 @@ def test_configure_routes_uvicorn_through_one_handler() -> None:
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+        uvicorn_error.setLevel(saved[2])
 
 
 def _free_port() -> int:

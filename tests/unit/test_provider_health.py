@@ -128,8 +128,11 @@ def test_health_and_monitor_of_a_running_gateway(
         watched = runner.invoke(app, ["monitor", "--url", url, "--count", "2", "--interval", "0.1"])
     assert watched.exit_code == 0, watched.output
     assert "req/s" in watched.output and "in flight" in watched.output
-    rows = [line for line in watched.output.splitlines() if "│ gpu" in line]
-    assert rows and "up" in rows[-1] and "0.00" in rows[-1]  # the second refresh has a rate
+    # Captured, not a terminal: tab-separated rows, one a backend a refresh.
+    rows = [line.split("\t") for line in watched.output.splitlines()]
+    gpu = [row for row in rows if row[1] == "gpu"]
+    assert len(gpu) == 2 and gpu[-1][3] == "up"
+    assert gpu[0][7] == "-" and gpu[-1][7] == "0.00"  # the second refresh has a rate
 
 
 def test_monitor_without_a_gateway() -> None:

@@ -169,7 +169,8 @@ async def test_mlx_usage_chunk_becomes_a_chunk_object() -> None:
 @pytest.mark.parametrize("type_", ["fastchat", "koboldcpp-openai"])
 async def test_usage_is_synthesised_when_the_runtime_sends_none(type_: str) -> None:
     with fake(type_) as server:
-        async with Gateway({"providers": {"up": {"type": type_, "endpoint": server.url}}}) as gw:
+        config = {"providers": {"up": {"type": type_, "endpoint": server.url}}, "embedded": False}
+        async with Gateway(config) as gw:
             chunks = [
                 c async for c in gw.stream(MODEL, HELLO, stream_options={"include_usage": True})
             ]
@@ -466,7 +467,8 @@ async def test_a_request_goes_to_the_backend_that_can_serve_it() -> None:
             "providers": {
                 "first": {"type": "fastchat", "endpoint": no_tools.url},
                 "second": {"type": "vllm", "endpoint": with_tools.url},
-            }
+            },
+            "embedded": False,
         }
         async with Gateway(config, environ={}) as gw:
             reply = await gw.chat(MODEL, HELLO, tools=tools)

@@ -18,6 +18,7 @@ from . import (
     providers as _providers,  # noqa: F401
 )
 from .common import (
+    PIPE_WIDTH,
     ConfigOption,
     UrlOption,
     app,
@@ -28,6 +29,7 @@ from .common import (
 )
 
 __all__ = [
+    "PIPE_WIDTH",
     "ConfigOption",
     "UrlOption",
     "app",

@@ -165,7 +165,7 @@ async def run_bench(
             if stream:
                 body["stream_options"] = {"include_usage": True}
             url = f"{base}/v1/chat/completions"
-            task = progress.add_task("requests", total=requests) if progress else None
+            task = progress.add_task(f"{model}: requests", total=requests) if progress else None
             pending = iter(range(requests))
             samples: list[Sample] = []
 

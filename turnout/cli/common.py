@@ -4,6 +4,7 @@ the common options, configuration loading and the progress bar. Kept apart from 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError
 
 __all__ = [
+    "PIPE_WIDTH",
     "ConfigOption",
     "UrlOption",
     "app",
@@ -32,6 +34,22 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+#: the width of output that is not a terminal (piped, captured), unless COLUMNS says: wide enough
+#: that no table, endpoint or figure is cut or wrapped (a table is only as wide as its cells)
+PIPE_WIDTH = 4096
+
+
+@app.callback()
+def _output() -> None:
+    # Rich cuts what is not a terminal to 80 columns: an endpoint loses its port, "291.5 MB"
+    # wraps. A terminal keeps its own width.
+    columns = os.environ.get("COLUMNS", "")
+    for out in (console, err_console):
+        if columns.isdigit():  # said outright: kept, even by a terminal
+            out.width = int(columns)
+        elif not out.is_terminal:
+            out.width = PIPE_WIDTH
+
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML configuration file (or TURNOUT_CONFIG).")

@@ -44,6 +44,8 @@ def _uvicorn_server(cfg: Config, log_level: str | None = None) -> Any:
     except ConfigError as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
         raise typer.Exit(2) from None
+    host = cfg.server.host
+    gateway.address = f"http://{f'[{host}]' if ':' in host else host}:{cfg.server.port}"
     server = Server(gateway, log_level)
     _redact_logs()  # after uvicorn.Config (made by Server): it installs its own handlers
     return server
@@ -171,7 +173,22 @@ def chat(
     stream: Annotated[bool, typer.Option(help="Print tokens as they arrive.")] = True,
 ) -> None:
     """Send one chat request to a running gateway and print the answer."""
-    asyncio.run(_chat(url.rstrip("/"), prompt, model, max_tokens, stream))
+    import aiohttp
+
+    base = url.rstrip("/")
+    try:
+        asyncio.run(_chat(base, prompt, model, max_tokens, stream))
+    except aiohttp.ClientConnectionError as exc:
+        why = getattr(exc, "os_error", None) or exc
+        err_console.print(
+            f"[red]cannot reach a gateway at {escape(base)} ({escape(str(why))}); start one with "
+            "`turnout serve`, or name another with --url[/red]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    except aiohttp.ClientError as exc:  # something answered, but not as a gateway does
+        err_console.print(f"[red]{escape(base)}: {escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 async def _chat(base: str, prompt: str, model: str | None, max_tokens: int, stream: bool) -> None:

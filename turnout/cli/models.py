@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from .common import ConfigOption, UrlOption, app, console, err_console, load, progress_bar
+
+if TYPE_CHECKING:
+    from ..models.directory import ModelFile
 
 models_app = typer.Typer(help="Local models: list, quantize, load, unload, download.")
 app.add_typer(models_app, name="models", no_args_is_help=True)
@@ -49,23 +52,29 @@ def list_models(
     root = models_dir(directory, config)
     with console.status(f"Reading model headers in {root}..."):
         found = scan(root)
+        default = _default_model(config)
     if json_out:
         import json
 
         listing = [{**m.to_json(), "engine": default_engine(m)} for m in found]
+        if default is not None:
+            listing.append(
+                {**default.to_json(), "engine": default_engine(default), "default": True}
+            )
         console.print_json(json.dumps(listing))
         return
-    if not found:
+    if not found and default is None:
         err_console.print(f"no models in {root} (.gguf, .safetensors, .onnx)")
         return
-    table = Table(title=f"Models in {root}", title_justify="left")
+    title = f"Models in {root}" + (", and the embedded default" if default else "")
+    table = Table(title=title, title_justify="left")
     columns = ("name", "format", "engine", "size", "architecture", "parameters", "quantization")
     for column in (*columns, "ctx"):
         table.add_column(column, justify="right" if column in ("size", "ctx") else "left")
-    for model in found:
+    for model in [*found, *([default] if default else [])]:
         h = model.header
         table.add_row(
-            model.name,
+            f"{model.name} (default)" if model is default else model.name,
             model.format,
             default_engine(model) or "-",
             human_size(model.size),
@@ -75,9 +84,36 @@ def list_models(
             str(h.context_length or "-"),
         )
     console.print(table)
+    if default is not None:
+        console.print(
+            f"[dim]{default.name} (default): the embedded default, served with nothing else "
+            "configured and beside what is, unless embedded: false[/dim]"
+        )
     for model in found:
         if model.error:
             err_console.print(f"[red]{model.name}: {model.error}[/red]")
+
+
+def _default_model(config: Path | None) -> ModelFile | None:
+    """The embedded default's model file (from its PyPI package) when the configuration serves
+    it and it is installed; None otherwise (a configuration that does not load serves none)."""
+    from ..config import load_config
+    from ..errors import ConfigError
+    from ..gateway import served_configs
+    from ..models.directory import describe
+    from ..providers.embedded import DEFAULT_MODEL, default_available, default_model_path
+
+    try:
+        cfg = load_config(config)
+    except ConfigError:
+        return None
+    if "embedded" in cfg.providers or "embedded" not in served_configs(cfg):
+        return None
+    if not default_available():
+        return None
+    model = describe(default_model_path())
+    model.name = DEFAULT_MODEL
+    return model
 
 
 @models_app.command("quantize")

@@ -5,6 +5,7 @@ gateway's backends)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
@@ -52,7 +53,7 @@ def discover(
 ) -> None:
     """Find runtimes on their default ports (every preset's), name each by its signature
     endpoints and list its models. Exit 1 when nothing answers."""
-    from ..providers.discovery import DEFAULT_PORTS, describe, discover as run
+    from ..providers.discovery import DEFAULT_PORTS, TURNOUT, describe, discover as run
 
     targets = hosts or ["127.0.0.1"]
     ports = port or list(DEFAULT_PORTS)
@@ -75,8 +76,9 @@ def discover(
     for column in ("endpoint", "runtime", "type", "version", "models", "note"):
         table.add_column(column)
     for f in found:
+        note = f.detail or ("a gateway, not a backend: left out of --yaml" * (f.runtime == TURNOUT))
         table.add_row(
-            f.endpoint, f.label, f.runtime, f.version or "-", _models(list(f.models)), f.detail
+            f.endpoint, f.label, f.runtime, f.version or "-", _models(list(f.models)), note
         )
     console.print(table)
     console.print(
@@ -90,9 +92,13 @@ def _ports(ports: list[int]) -> str:
 
 
 def _print_yaml(found: list[Any]) -> None:
+    from ..providers.discovery import TURNOUT
+
     lines = ["providers:"]
     seen: set[str] = set()
     for f in found:
+        if f.runtime == TURNOUT:  # a gateway, perhaps this one: no backend to configure
+            continue
         name = f.runtime if f.runtime not in seen else f"{f.runtime}-{f.port}"
         seen.add(name)
         lines += [f"  {name}:", f"    type: {f.runtime}", f"    endpoint: {f.endpoint}"]
@@ -102,11 +108,12 @@ def _print_yaml(found: list[Any]) -> None:
 async def _check(
     config_path: Path | None, names: list[str], timeout: float
 ) -> list[dict[str, Any]]:
+    from ..gateway import served_configs
     from ..providers import build_provider
     from ..providers.base import LocalModels
 
     cfg = load(config_path)
-    configured = {n: c for n, c in cfg.providers.items() if c.enabled}
+    configured = {n: c for n, c in served_configs(cfg).items() if c.enabled}
     unknown = [n for n in names if n not in configured]
     if unknown:
         err_console.print(
@@ -115,7 +122,10 @@ async def _check(
         )
         raise typer.Exit(2)
     if not configured:
-        err_console.print("[red]no provider is configured (providers: in turnout.yaml)[/red]")
+        err_console.print(
+            "[red]no provider is configured (providers: in turnout.yaml), and embedded: false "
+            "turns the embedded default off[/red]"
+        )
         raise typer.Exit(2)
     chosen = {n: configured[n] for n in names} if names else configured
     providers = [build_provider(n, c) for n, c in chosen.items()]
@@ -130,8 +140,11 @@ async def _check(
             "models": [],
             "detail": "",
         }
-        if isinstance(provider, LocalModels):  # in-process: nothing to reach from here
-            return {**row, "detail": "in-process engine, runs inside `turnout serve`"}
+        local = isinstance(provider, LocalModels)
+        if local:  # in-process: nothing to reach from here
+            models = [m.name for m in provider.declared_models]
+            detail = "in-process engine, runs inside `turnout serve`"
+            return {**row, "models": models, "detail": detail}
         await provider.start()
         try:
             try:
@@ -250,40 +263,39 @@ def _fetch(url: str, timeout: float) -> list[dict[str, Any]]:
     return data
 
 
+#: the monitor's columns (right-aligned: the numbers)
+_MONITOR = ("provider", "type", "status", "latency ms", "in flight", "queued", "req/s", "circuit",
+            "models", "local models")  # fmt: skip
+_NUMBERS = ("latency ms", "in flight", "queued", "req/s")
+
+
+def _monitor_cells(entry: dict[str, Any], rate: float | None) -> list[str]:
+    """One backend's monitor row, plain text (``local models``: its model states, or ``-``)."""
+    return [
+        entry["name"],
+        entry["type"],
+        "up" if entry.get("status") == "up" else "down",
+        _ms(entry.get("latency_ms")),
+        str(entry.get("in_flight", 0)),
+        str(entry.get("queued", 0)),
+        "-" if rate is None else f"{rate:.2f}",
+        entry.get("circuit") or "-",
+        ", ".join(entry.get("models") or []) or "-",
+        _lifecycle(entry.get("model_states")) or "-",
+    ]
+
+
 def _monitor_table(
     entries: list[dict[str, Any]], rates: dict[str, float | None], url: str
 ) -> Table:
     table = Table(title=f"turnout backends at {url}", title_justify="left")
-    for column in (
-        "provider",
-        "type",
-        "status",
-        "latency ms",
-        "in flight",
-        "queued",
-        "req/s",
-        "circuit",
-        "models",
-        "local models",
-    ):
-        table.add_column(
-            column,
-            justify="right" if column in ("latency ms", "in flight", "queued", "req/s") else "left",
-        )
+    for column in _MONITOR:
+        table.add_column(column, justify="right" if column in _NUMBERS else "left")
     for entry in entries:
-        rate = rates.get(entry["name"])
-        table.add_row(
-            entry["name"],
-            entry["type"],
-            _status(entry.get("status") == "up"),
-            _ms(entry.get("latency_ms")),
-            str(entry.get("in_flight", 0)),
-            str(entry.get("queued", 0)),
-            "-" if rate is None else f"{rate:.2f}",
-            entry.get("circuit") or "-",
-            _models(entry.get("models") or []),
-            escape(_lifecycle(entry.get("model_states")) or "-"),
-        )
+        cells = _monitor_cells(entry, rates.get(entry["name"]))
+        cells[2] = _status(entry.get("status") == "up")
+        cells[8] = _models(entry.get("models") or [])
+        table.add_row(*cells[:9], escape(cells[9]))
     return table
 
 
@@ -297,11 +309,15 @@ def monitor(
 ) -> None:
     """A live table of a running gateway's backends: status, latency of the last probe,
     requests in flight and queued, requests per second, circuit state, and the local models
-    loaded or loading (with progress and waiting requests)."""
+    loaded or loading (with progress and waiting requests). Not on a terminal (piped, say):
+    tab-separated rows, one a backend a refresh, after a header row."""
     before: dict[str, tuple[float, int]] = {}
     rates: dict[str, float | None] = {}
+    plain = not console.is_terminal  # piped or captured: plain rows, one a backend a refresh
+    if plain:
+        _plain_row(["time", *_MONITOR])
     shown = 0
-    with Live(console=console, auto_refresh=False) as live:
+    with contextlib.nullcontext() if plain else Live(console=console, auto_refresh=False) as live:
         while True:
             entries = _fetch(url, max(interval, 2.0))
             now = time.monotonic()
@@ -310,8 +326,20 @@ def monitor(
                 total = int(entry.get("requests") or 0)
                 rates[entry["name"]] = (total - seen[1]) / (now - seen[0]) if seen else None
                 before[entry["name"]] = (now, total)
-            live.update(_monitor_table(entries, rates, url), refresh=True)
+            if live is None:
+                stamp = time.strftime("%H:%M:%S")
+                for entry in entries:
+                    _plain_row([stamp, *_monitor_cells(entry, rates.get(entry["name"]))])
+            else:
+                live.update(_monitor_table(entries, rates, url), refresh=True)
             shown += 1
             if count and shown >= count:
                 return
             time.sleep(interval)
+
+
+def _plain_row(cells: list[str]) -> None:
+    """A row of tab-separated cells (a tab inside a cell becomes a space), written at once (as
+    it is: Rich would expand the tabs)."""
+    console.file.write("\t".join(c.replace("\t", " ") for c in cells) + "\n")
+    console.file.flush()

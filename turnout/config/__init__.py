@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     Field,
     ModelWrapValidatorHandler,
@@ -332,9 +333,12 @@ class Config(_Strict):
     #: SerializeAsAny: a provider is dumped with its type's own settings too
     providers: dict[str, SerializeAsAny[ProviderConfig]] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
-    default_embedded: bool = Field(
-        True, description="serve the embedded engine when no provider is configured"
-    )
+    #: ``default_embedded`` is the older name; unset: serve it beside the providers configured,
+    #: unless one is in-process or its engine is not installed (turnout/gateway.py)
+    embedded: bool | None = Field(
+        None, validation_alias=AliasChoices("embedded", "default_embedded"),
+        description="serve the embedded engine's default model (gemma-3-270m); false: never",
+    )  # fmt: skip
     models_dir: str = Field("./models", description="where `turnout models` finds and puts models")
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
@@ -343,6 +347,10 @@ class Config(_Strict):
     storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+
+    @property
+    def default_embedded(self) -> bool:
+        return self.embedded is not False
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -389,7 +397,7 @@ class Config(_Strict):
 
 def _check_routes(config: Config) -> None:
     """Route targets name configured providers; fallbacks name other routes, without cycles."""
-    providers = set(config.providers) or ({"embedded"} if config.default_embedded else set())
+    providers = set(config.providers) | ({"embedded"} if config.default_embedded else set())
     for name, route in config.routes.items():
         if name in config.aliases:
             raise ValueError(f"routes.{name}: also an alias; a name is either a route or an alias")

