@@ -97,7 +97,10 @@ class Gateway:
         self._starting = asyncio.Lock()
         self.discovery: AutoDiscovery | None = None
         self.draining = False  # the server is stopping: new requests are refused (`drain`)
-        self._inflight: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        #: the requests in flight: each one's task and trace
+        self._inflight: weakref.WeakKeyDictionary[asyncio.Task[Any], Trace] = (
+            weakref.WeakKeyDictionary()
+        )
         self._cut: set[asyncio.Task[Any]] = set()  # cancelled by `cut`, not by their client
 
     async def start(self) -> None:
@@ -142,8 +145,8 @@ class Gateway:
         await self.telemetry.close()  # flushes what is still pending
         outcomes = self.telemetry.outcomes
         log.info(
-            "statistics at close: %d requests (%d ok, %d errors, %d cancelled)",
-            sum(outcomes.values()), outcomes["ok"], outcomes["error"], outcomes["cancelled"],
+            "statistics at close: %d requests (%s)",
+            sum(outcomes.values()), ", ".join(f"{n} {o}" for o, n in outcomes.items()),
         )  # fmt: skip
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
@@ -165,8 +168,9 @@ class Gateway:
         `ShuttingDownError` where it waits, so a stream ends with an error event in its client's
         dialect and a plain request with a 503. Returns how many were cut."""
         cut = 0
-        for task in list(self._inflight):
+        for task, trace in list(self._inflight.items()):
             if not task.done():
+                trace.cut()  # its record says so, however the cancellation lands
                 self._cut.add(task)
                 task.cancel()
                 cut += 1
@@ -195,12 +199,12 @@ class Gateway:
             raise ShuttingDownError("turnout is shutting down and takes no new requests.")
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.add(task)
+            self._inflight[task] = trace
 
     def _settled(self) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.discard(task)
+            self._inflight.pop(task, None)
 
     async def add_providers(self, added: Mapping[str, Provider]) -> None:
         """Serve ``added`` (started providers, by name) from now on: discovery registers what
@@ -278,7 +282,7 @@ class Gateway:
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
             cut = self.cut_short(exc)
-            self._abandon(trace, cut or exc)
+            self._abandon(trace, cut or exc, cut is not None)
             if cut is not None:
                 raise cut from None
             raise
@@ -286,7 +290,8 @@ class Gateway:
             self._settled()
         trace.usage(result.get("usage"), body)
         trace.ready()
-        self.telemetry.emit(trace)
+        if not trace.held:  # an HTTP request's record goes when its response is over
+            self.telemetry.emit(trace)
         return reply
 
     async def open_stream(
@@ -307,7 +312,7 @@ class Gateway:
         except BaseException as exc:
             self._settled()
             cut = self.cut_short(exc)
-            self._abandon(trace, cut or exc)
+            self._abandon(trace, cut or exc, cut is not None)
             if cut is not None:
                 raise cut from None
             raise
@@ -316,11 +321,16 @@ class Gateway:
             chunks = _tool_calls_mended(chunks)
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
 
-    def _abandon(self, trace: Trace, exc: BaseException) -> None:
-        """A request that failed (or was cancelled) before its reply: record it as it stands."""
-        trace.failed(exc)
+    def _abandon(self, trace: Trace, exc: BaseException, cut: bool = False) -> None:
+        """A request that failed (or was cancelled, or cut) before its reply: note how, and
+        record it as it stands unless the pipeline does."""
+        if cut:
+            trace.cut()
+        else:
+            trace.failed(exc)
         trace.ready()
-        self.telemetry.emit(trace)
+        if not trace.held:
+            self.telemetry.emit(trace)
 
     def stats(self) -> dict[str, Any]:
         """Per backend and model: requests, successes, failures, latency (average, p50, p95),
@@ -382,14 +392,16 @@ class Gateway:
                 yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
             cut = self.cut_short(exc)  # the shutdown grace is over
-            trace.failed(cut or exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             if cut is not None:
+                trace.cut()
                 raise cut from None
+            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             raise
         finally:
             self._settled()
             trace.usage(usage, body, tokens_out=sent)
-            self.telemetry.emit(trace)
+            if not trace.held:
+                self.telemetry.emit(trace)
 
     async def _count(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
         """A stream's usage counted by the backend's tokenizer (estimated where it cannot)."""

@@ -96,6 +96,6 @@ def create_app(gateway: Gateway, *, stages: Sequence[Stage] = STAGES) -> Pipelin
             finally:
                 await gateway.close()
 
-    app = Pipeline(routes(), stages, lifespan)
+    app = Pipeline(routes(), stages, lifespan, record=gateway.telemetry.emit)
     app.state.gateway = gateway
     return app
