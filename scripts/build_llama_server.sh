@@ -5,6 +5,9 @@
 #
 #   bash scripts/build_llama_server.sh            # version of the llama-cpp-python in .venv
 #   LLAMA_CPP_PYTHON_VERSION=0.3.36 bash scripts/build_llama_server.sh
+#   LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON" bash scripts/build_llama_server.sh   # a CUDA build (needs nvcc)
+#
+# A build with LLAMA_CMAKE_ARGS is cached apart, in <version>-cuda (GGML_CUDA) or <version>-custom.
 #
 # Output: ${TURNOUT_CACHE:-~/.cache/turnout}/llama-server/<llama-cpp-python version>/llama-server
 # (statically linked, so the cached file runs on its own). About 5 minutes on 2 cores. Several
@@ -17,7 +20,12 @@ python=.venv/bin/python
 version="${LLAMA_CPP_PYTHON_VERSION:-$("$python" -c \
   'import importlib.metadata as m; print(m.version("llama-cpp-python"))' 2>/dev/null || true)}"
 version="${version:-0.3.36}"
-dir="${TURNOUT_CACHE:-$HOME/.cache/turnout}/llama-server/$version"
+extra="${LLAMA_CMAKE_ARGS:-}"
+variant=""
+if [ -n "$extra" ]; then
+  case "$extra" in *GGML_CUDA=ON*|*GGML_CUDA=on*) variant="-cuda" ;; *) variant="-custom" ;; esac
+fi
+dir="${TURNOUT_CACHE:-$HOME/.cache/turnout}/llama-server/$version$variant"
 bin="$dir/llama-server"
 
 if [ -x "$bin" ]; then echo "$bin"; exit 0; fi
@@ -45,7 +53,7 @@ echo "== configuring llama.cpp (from $src)" >&2
 # BUILD_SHARED_LIBS=OFF: one self-contained binary that can live in the cache on its own.
 cmake -S "$src" -B "$work/build" \
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-  -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release >&2
+  -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DCMAKE_BUILD_TYPE=Release $extra >&2
 echo "== building llama-server (about 5 minutes on 2 cores)" >&2
 cmake --build "$work/build" --target llama-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}" >&2
 

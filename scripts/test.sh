@@ -10,6 +10,16 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[all,test]'
+# The browser tests (the dashboard, the guard) drive Debian's chromium through chromedriver;
+# systemd-analyze (the unit's check) comes with systemd.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "the browser tests need Debian's chromium and chromium-driver:" \
+      "sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
 echo "== ruff format --check"; .venv/bin/ruff format --check turnout tests bench
 echo "== ruff check";          .venv/bin/ruff check turnout tests bench
 echo "== mypy";                .venv/bin/mypy

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from .providers.discovery import AutoDiscovery
 from .routing import Catalog, Router, Target
 from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
-from .telemetry import CURRENT, Telemetry, Trace
+from .telemetry import CURRENT, Telemetry, Trace, otel
 from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
 from .wire.screen import Screen
@@ -85,6 +86,10 @@ class Gateway:
         self.router = Router(self.catalog)
         self.health: HealthMonitor | None = None
         self.telemetry = Telemetry(live=self._live, prompt_text=prompt_text)
+        # traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (the otel extra)
+        self._otel = otel.from_environ(os.environ if environ is None else environ)
+        if self._otel is not None:
+            self.telemetry.add_sink(self._otel)
         security = self.config.security
         self.screen = Screen(
             image_schemes=frozenset(security.image_url_schemes),
@@ -148,6 +153,8 @@ class Gateway:
             "statistics at close: %d requests (%s)",
             sum(outcomes.values()), ", ".join(f"{n} {o}" for o, n in outcomes.items()),
         )  # fmt: skip
+        if self._otel is not None:
+            await asyncio.to_thread(self._otel.close)  # sends the spans still queued
         await asyncio.gather(*(p.close() for p in self.providers.values()))
         self._started = False
 
@@ -289,6 +296,7 @@ class Gateway:
         finally:
             self._settled()
         trace.usage(result.get("usage"), body)
+        trace.choices = result.get("choices")
         trace.ready()
         if not trace.held:  # an HTTP request's record goes when its response is over
             self.telemetry.emit(trace)
@@ -376,6 +384,7 @@ class Gateway:
                             continue  # the usage chunk turnout asked for on the client's behalf
                     if choices:
                         sent += 1
+                        trace.choices = choices
                         if collect:
                             pieces.extend(choice_texts(choices))
                             if count_early and _finished(choices):

@@ -195,4 +195,4 @@ def test_serve_warns_when_open_beyond_loopback(
     lines = [line for line in stderr.splitlines() if "model-changing endpoints" in line]
     assert len(lines) == (1 if warned else 0), stderr
     if warned:
-        assert lines[0].startswith("WARNING turnout.server:") and f"0.0.0.0:{port}" in lines[0]
+        assert "WARNING turnout.server:" in lines[0] and f"0.0.0.0:{port}" in lines[0]

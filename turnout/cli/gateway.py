@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 import time
@@ -14,7 +15,16 @@ from rich.markup import escape
 from .. import __version__
 from ..config import Config
 from ..errors import ConfigError, RedactingFilter
+from ..telemetry.logs import RequestLog, configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
+
+
+class LogFormat(enum.StrEnum):
+    """``turnout serve --log-format`` (turnout/telemetry/logs.py)."""
+
+    text = "text"
+    json = "json"
+
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -53,15 +63,22 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(help="Log lines as readable text, or as one JSON object a line (json)."),
+    ] = LogFormat.text,
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise). On SIGTERM or SIGINT it stops
     taking requests, lets those in flight finish for server.shutdown_grace_seconds, ends the rest
     with an error, and exits 0; a second signal stops it at once."""
     cfg = load(config, host, port)
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
-    _uvicorn_server(cfg).run()
+    server = _uvicorn_server(cfg)
+    server.gateway.telemetry.add_sink(RequestLog())  # one log line a request, from the drain
+    # after uvicorn.Config (made by Server), which installs its own handlers: uvicorn's records
+    # go through turnout's handler, in the format asked for
+    configure_logs(log_format.value, cfg.server.log_level)
+    _redact_logs()
+    server.run()
 
 
 @app.command()

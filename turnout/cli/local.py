@@ -27,7 +27,14 @@ def doctor(
     """Detect CPU cores, memory and CUDA/ROCm/Metal, then recommend engine settings and a
     quantization per model size and for each model in the models directory."""
     from ..models.directory import scan
-    from ..models.hardware import advise, detect, recommend_settings, size_recommendations
+    from ..models.hardware import (
+        SIZES,
+        advise,
+        detect,
+        gpu_advice,
+        recommend_settings,
+        size_recommendations,
+    )  # fmt: skip
 
     if target not in ("speed", "balanced", "quality"):
         err_console.print(f"[red]--target must be speed, balanced or quality, not {target!r}[/red]")
@@ -36,13 +43,19 @@ def doctor(
     settings = recommend_settings(hw)
     sizes = size_recommendations(hw, target)
     root = models_dir(directory, config)
+    files = [m for m in scan(root) if m.header.parameters]
     local = [
         {"name": m.name, "has": m.header.quantization,
-         **advise(float(m.header.parameters or 0), hw, target)}
-        for m in scan(root) if m.header.parameters
+         **advise(float(m.header.parameters or 0), hw, target), **_gpu_layers(m)}
+        for m in files
     ]  # fmt: skip
+    cuda = [g for g in hw.gpus if g.kind == "cuda"]
+    on_gpu = [gpu_advice(b * 1e9, cuda[0]) for b in SIZES] if cuda else []
     if json_out:
-        report = {"hardware": hw.to_json(), "settings": settings, "sizes": sizes, "models": local}
+        report = {
+            "hardware": hw.to_json(), "settings": settings, "sizes": sizes, "models": local,
+            "gpu_sizes": on_gpu,
+        }  # fmt: skip
         console.print_json(json.dumps(report))
         return
     _print_hardware(hw)
@@ -60,8 +73,39 @@ def doctor(
             human_size(row["memory_bytes"]), "yes" if row["fits"] else "[red]no[/red]",
         )  # fmt: skip
     console.print(table)
+    if on_gpu:
+        _print_gpu_sizes(on_gpu, cuda[0])
     if local:
         _print_local(local, root)
+
+
+def _gpu_layers(model: Any) -> dict[str, Any]:
+    """What ``n_gpu_layers: auto`` would choose for a GGUF here now, and why."""
+    if model.format != "gguf":
+        return {}
+    from ..providers.embedded.llama_engine import llama_offloads, resolve_gpu_layers
+    from ..providers.embedded.settings import EmbeddedModel
+
+    entry = EmbeddedModel(name=model.name, path=str(model.path), n_gpu_layers="auto")
+    layers, why = resolve_gpu_layers(entry, model.path, llama_offloads())
+    return {"n_gpu_layers_auto": layers, "n_gpu_layers_why": why}
+
+
+def _print_gpu_sizes(rows: list[dict[str, Any]], gpu: Any) -> None:
+    title = f"\nOn {gpu.name} (transformers engine; llama.cpp GGUF Q4_K_M)"
+    table = Table(title=title, title_justify="left")
+    for column in ("model size", "transformers", "memory", "llama.cpp n_gpu_layers"):
+        table.add_column(column)
+    for row in rows:
+        t = row["transformers"]
+        how = f"dtype {t['dtype']}" if "dtype" in t else "bitsandbytes"
+        setting = f"{t['weights']} ({how}), max_batch 64" if t["fits"] else "does not fit"
+        table.add_row(
+            f"{row['parameters_b']:g}B", setting,
+            human_size(t.get("memory_bytes")) if t["fits"] else "-",
+            str(row["llama_cpp"]["n_gpu_layers"]),
+        )  # fmt: skip
+    console.print(table)
 
 
 def _print_hardware(hw: Any) -> None:
@@ -74,24 +118,40 @@ def _print_hardware(hw: Any) -> None:
     console.print(
         f"  memory: {human_size(hw.memory_total)} total, {human_size(hw.memory_available)} free"
     )
-    gpus = ", ".join(
-        f"{g.kind.upper()} {g.name}" + (f" ({human_size(g.memory)})" if g.memory else "")
-        for g in hw.gpus
-    )
-    console.print(f"  GPU: {gpus or 'none found (CUDA, ROCm, Metal)'}")
+    if not hw.gpus:
+        console.print("  GPU: none found (CUDA, ROCm, Metal)")
+    for g in hw.gpus:
+        memory = f"{human_size(g.memory)} total" if g.memory else "memory unknown"
+        if g.free is not None:
+            memory += f", {human_size(g.free)} free"
+        extra = [f"driver {g.driver}"] if g.driver else []
+        if g.compute_capability:
+            extra.append(f"compute capability {g.compute_capability}")
+        label = f"GPU {g.index}" if g.kind == "cuda" else "GPU"
+        console.print(f"  {label}: {g.kind.upper()} {g.name}, {memory}; {', '.join(extra) or '-'}")
     offload = "yes" if hw.gpu_offload else "no (CPU build)"
     console.print(f"  llama.cpp GPU offload: {offload}")
 
 
 def _print_local(local: list[dict[str, Any]], root: Path) -> None:
     table = Table(title=f"\nModels in {root}", title_justify="left")
-    for column in ("model", "parameters", "has", "recommended", "memory", "note"):
+    for column in (
+        "model",
+        "parameters",
+        "has",
+        "recommended",
+        "memory",
+        "n_gpu_layers: auto",
+        "note",
+    ):
         table.add_column(column)
     for row in local:
         note = "" if row["fits"] else "[red]too large for this machine[/red]"
+        auto = row.get("n_gpu_layers_auto")
         table.add_row(
             row["name"], f"{row['parameters_b']:g}B", row.get("has") or "-",
-            row["quantization"] or "-", human_size(row["memory_bytes"]), note,
+            row["quantization"] or "-", human_size(row["memory_bytes"]),
+            "-" if auto is None else f"{auto}: {row['n_gpu_layers_why']}", note,
         )  # fmt: skip
     console.print(table)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
@@ -21,6 +21,9 @@ from rich.table import Table
 from ..errors import GatewayError
 from .common import ConfigOption, app, console, err_console, load
 from .models import human_size
+
+if TYPE_CHECKING:
+    from ..providers.base import ModelStore
 
 ollama_app = typer.Typer(help="Models of configured Ollama backends: list, show, ps, pull, delete.")
 app.add_typer(ollama_app, name="ollama", no_args_is_help=True)
@@ -32,12 +35,16 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def _backend(name: str | None, config: Any) -> AsyncIterator[Any]:
-    from ..providers import build_provider
-    from ..providers.ollama import OllamaProvider
+async def _backend(name: str | None, config: Any) -> AsyncIterator[ModelStore]:
+    from ..providers import build_provider, provider_class
+    from ..providers.base import ModelStore
 
     cfg = load(config)
-    ollamas = {n: p for n, p in cfg.providers.items() if p.dialect == "ollama" and p.enabled}
+    ollamas = {  # the backends whose models are managed through their API (ModelStore)
+        n: p
+        for n, p in cfg.providers.items()
+        if p.enabled and issubclass(provider_class(p.dialect), ModelStore)
+    }
     if name is None and len(ollamas) == 1:
         name = next(iter(ollamas))
     if name not in ollamas:
@@ -46,7 +53,7 @@ async def _backend(name: str | None, config: Any) -> AsyncIterator[Any]:
         err_console.print(f"[red]{what}; Ollama providers: {known}[/red]", soft_wrap=True)
         raise typer.Exit(2)
     provider = build_provider(name, ollamas[name])
-    assert isinstance(provider, OllamaProvider)
+    assert isinstance(provider, ModelStore)
     await provider.start()
     try:
         yield provider
@@ -54,7 +61,7 @@ async def _backend(name: str | None, config: Any) -> AsyncIterator[Any]:
         await provider.close()
 
 
-def _run(name: str | None, config: Any, work: Callable[[Any], Awaitable[T]]) -> T:
+def _run(name: str | None, config: Any, work: Callable[[ModelStore], Awaitable[T]]) -> T:
     async def go() -> T:
         async with _backend(name, config) as provider:
             return await work(provider)
@@ -79,7 +86,7 @@ def _require_pull() -> None:
 @ollama_app.command("list")
 def list_command(provider: ProviderOption = None, config: ConfigOption = None) -> None:
     """Models installed on the Ollama backend (its /api/tags)."""
-    reply = _run(provider, config, lambda p: p.call_json("GET", "/api/tags"))
+    reply = _run(provider, config, lambda p: p.tags())
     table = Table(title_justify="left")
     for column in ("name", "size", "family", "parameters", "quantization", "modified"):
         table.add_column(column)

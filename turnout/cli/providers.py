@@ -103,6 +103,7 @@ async def _check(
     config_path: Path | None, names: list[str], timeout: float
 ) -> list[dict[str, Any]]:
     from ..providers import build_provider
+    from ..providers.base import LocalModels
 
     cfg = load(config_path)
     configured = {n: c for n, c in cfg.providers.items() if c.enabled}
@@ -129,7 +130,7 @@ async def _check(
             "models": [],
             "detail": "",
         }
-        if provider.config.dialect == "embedded":  # in-process: nothing to reach from here
+        if isinstance(provider, LocalModels):  # in-process: nothing to reach from here
             return {**row, "detail": "in-process engine, runs inside `turnout serve`"}
         await provider.start()
         try:

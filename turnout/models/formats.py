@@ -49,6 +49,10 @@ class Header:
     key_length: int | None = None
     value_length: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: GGUF: bytes of each repeating layer's tensors (``blk.N.*``), and of the rest (embeddings,
+    #: output); what `turnout.models.hardware.fit_gpu_layers` places layer by layer
+    layer_bytes: list[int] = field(default_factory=list)
+    other_bytes: int = 0
 
     @property
     def parameter_label(self) -> str | None:
@@ -113,8 +117,12 @@ def read_gguf(path: Path) -> Header:
         cur.pos = 8
         n_tensors, n_kv = cur.take("Q"), cur.take("Q")
         meta = _read_kv(cur, n_kv)
-        parameters, by_type = _read_tensor_table(cur, n_tensors)
-    return _header(meta, parameters, by_type)
+        parameters, by_type, sizes = _read_tensor_table(cur, n_tensors)
+    header = _header(meta, parameters, by_type)
+    blocks = [size for name, size in sizes.items() if name.startswith("blk.")]
+    header.layer_bytes = [sizes[f"blk.{i}"] for i in range(len(blocks)) if f"blk.{i}" in sizes]
+    header.other_bytes = sizes.get("", 0)
+    return header
 
 
 def _read_kv(cur: _Cursor, count: int) -> dict[str, Any]:
@@ -148,24 +156,32 @@ def _read_kv(cur: _Cursor, count: int) -> dict[str, Any]:
     return meta
 
 
-def _read_tensor_table(cur: _Cursor, count: int) -> tuple[int, Counter[str]]:
-    """Parameters (elements of all tensors) and elements by tensor type."""
-    from gguf import GGMLQuantizationType
+def _read_tensor_table(cur: _Cursor, count: int) -> tuple[int, Counter[str], Counter[str]]:
+    """Parameters (elements of all tensors), elements by tensor type, and bytes by layer
+    (``blk.N``; ``""`` for the tensors outside the repeating layers)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     parameters = 0
     by_type: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
     for _ in range(count):
-        cur.string()
+        name = cur.string()
         dims = [cur.take("Q") for _ in range(cur.take("I"))]
         kind_id = cur.take("I")
         cur.take("Q")  # offset
         elements = math.prod(dims)
         parameters += elements
         try:
-            by_type[GGMLQuantizationType(kind_id).name] += elements
+            kind = GGMLQuantizationType(kind_id)
         except ValueError:
             by_type[f"type{kind_id}"] += elements
-    return parameters, by_type
+            continue
+        by_type[kind.name] += elements
+        block, size = GGML_QUANT_SIZES.get(kind, (1, 4))
+        parts = name.split(".")
+        layer = ".".join(parts[:2]) if parts[0] == "blk" and len(parts) > 2 else ""
+        sizes[layer] += elements // block * size
+    return parameters, by_type, sizes
 
 
 def _header(meta: dict[str, Any], parameters: int, by_type: Counter[str]) -> Header:

@@ -1,8 +1,11 @@
 """What this machine offers local models, and the settings and quantization to use on it.
 
 Detection reads the CPU, memory and GPUs without extra dependencies: ``/proc/cpuinfo`` and
-``/proc/meminfo`` (``sysctl`` on macOS), ``nvidia-smi`` for CUDA, ``rocm-smi`` or ``/dev/kfd`` for
-ROCm, Apple silicon for Metal, and whether the installed llama.cpp can offload to a GPU at all.
+``/proc/meminfo`` (``sysctl`` on macOS), NVML (``nvidia-ml-py``, when installed) or ``nvidia-smi``
+for CUDA (name, memory total and free, driver, compute capability), ``rocm-smi`` or ``/dev/kfd``
+for ROCm, Apple silicon for Metal, and whether the installed llama.cpp can offload to a GPU.
+`gpu_memory` is what the model scheduler budgets from: each CUDA device's free memory, read with
+NVML where present and ``torch.cuda.mem_get_info`` otherwise.
 
 The recommendations follow source document 001: ``calculateOptimalSettings`` (threads up to 8,
 context 2048 / 4096 / 8192 below 4 / 8 GB / above) and ``getQuantizationRecommendation`` (its
@@ -13,6 +16,7 @@ until it does; sizes come from approximate bits per weight of llama.cpp's quanti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -23,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BITS_PER_WEIGHT", "Gpu", "Hardware", "advise", "detect", "parse_cpuinfo", "parse_meminfo",
-    "recommend_quantization", "recommend_settings", "size_recommendations",
+    "BITS_PER_WEIGHT", "DeviceMemory", "Gpu", "Hardware", "advise", "detect", "fit_gpu_layers",
+    "gpu_advice",
+    "gpu_memory", "parse_cpuinfo", "parse_meminfo", "recommend_quantization",
+    "recommend_settings", "size_recommendations",
 ]  # fmt: skip
 
 GB = 1024**3
@@ -51,6 +57,21 @@ class Gpu:
     kind: str  # "cuda" | "rocm" | "metal"
     name: str
     memory: int | None = None  # bytes
+    free: int | None = None  # bytes
+    driver: str | None = None
+    compute_capability: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMemory:
+    """One accelerator's memory as a placement decision needs it."""
+
+    device: str  # "cuda:0"
+    name: str
+    total: int
+    free: int
+    source: str  # "nvml" | "torch"
 
 
 @dataclass(slots=True)
@@ -105,13 +126,94 @@ def _run(*cmd: str) -> str:
     return done.stdout if done.returncode == 0 else ""
 
 
+def _visible(count: int) -> list[int]:
+    """The physical (NVML) indices behind CUDA's device numbers: ``CUDA_VISIBLE_DEVICES``
+    when it lists indices, else all of them."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return list(range(count))
+    indices = [int(i) for i in listed.split(",") if i.strip().isdigit()]
+    return [i for i in indices if i < count]
+
+
+def _nvml_gpus() -> list[Gpu] | None:
+    """CUDA GPUs through NVML (package nvidia-ml-py), as CUDA numbers them; None without it."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver
+        return None
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        out = []
+        for cuda, physical in enumerate(_visible(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            out.append(
+                Gpu("cuda", name.decode() if isinstance(name, bytes) else str(name),
+                    int(memory.total), int(memory.free),
+                    driver.decode() if isinstance(driver, bytes) else str(driver),
+                    f"{major}.{minor}", cuda)
+            )  # fmt: skip
+        return out
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def _smi_gpus() -> list[Gpu]:
+    fields = "index,name,memory.total,memory.free,driver_version,compute_cap"
+    out: list[Gpu] = []
+    for line in _run(
+        "nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"
+    ).splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 6:
+            continue
+        index, name, total, free, driver, capability = parts
+        mib = {
+            k: int(v) * 1024 * 1024 if v.isdigit() else None for k, v in (("t", total), ("f", free))
+        }
+        out.append(
+            Gpu("cuda", name, mib["t"], mib["f"], driver or None, capability or None,
+                int(index) if index.isdigit() else len(out))
+        )  # fmt: skip
+    return out
+
+
+def gpu_memory() -> list[DeviceMemory]:
+    """Each CUDA device's total and free memory, as CUDA numbers them: NVML where
+    ``nvidia-ml-py`` is installed, else ``torch.cuda.mem_get_info`` (when torch is); empty on a
+    machine without CUDA."""
+    gpus = _nvml_gpus()
+    if gpus:
+        return [
+            DeviceMemory(f"cuda:{g.index}", g.name, g.memory or 0, g.free or 0, "nvml")
+            for g in gpus
+        ]
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        out.append(DeviceMemory(f"cuda:{index}", name, int(total), int(free), "torch"))
+    return out
+
+
 def _gpus(system: str, machine: str) -> list[Gpu]:
-    found: list[Gpu] = []
-    query = ("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
-    for line in _run(*query).splitlines():
-        name, _, mib = line.rpartition(",")
-        mem = int(mib.strip()) * 1024 * 1024 if mib.strip().isdigit() else None
-        found.append(Gpu("cuda", name.strip(), mem))
+    found: list[Gpu] = _nvml_gpus() or _smi_gpus()
     if _run("rocm-smi", "--showproductname") or Path("/dev/kfd").exists():
         found.append(Gpu("rocm", "AMD GPU (ROCm)"))
     if system == "Darwin" and machine == "arm64":
@@ -205,3 +307,68 @@ def advise(parameters: float, hw: Hardware, target: str = "balanced") -> dict[st
 def size_recommendations(hw: Hardware, target: str = "balanced") -> list[dict[str, Any]]:
     """`advise` for the usual model sizes (0.5B to 70B)."""
     return [advise(billions * 1e9, hw, target) for billions in SIZES]
+
+
+#: GPU memory llama.cpp needs beside the layers it offloads: compute buffers and scratch
+GPU_RESERVE = 512 * 1024 * 1024
+
+
+def fit_gpu_layers(
+    header: Any, n_ctx: int, free: int, reserve: int = GPU_RESERVE
+) -> tuple[int, str]:
+    """How many of a GGUF's layers llama.cpp can offload into ``free`` bytes of GPU memory (its
+    ``n_gpu_layers``), and why: each layer's weights (from the tensor table) and its share of
+    an f16 KV cache of ``n_ctx`` tokens, after ``reserve`` for compute buffers; -1 when every
+    layer and the output layer fit."""
+    sizes = list(getattr(header, "layer_bytes", None) or [])
+    if not sizes:
+        return 0, "the GGUF lists no per-layer tensors to offload"
+    kv_heads = header.kv_heads or 0
+    width = (header.key_length or 128) + (header.value_length or 128)
+    kv = n_ctx * kv_heads * width * 2
+    per = [size + kv for size in sizes]
+    room = free - reserve
+    mib = 1024 * 1024
+    need = sum(per) + header.other_bytes
+    if need <= room:
+        return -1, (
+            f"all {len(per)} layers and the output fit: about {need // mib} MiB of "
+            f"{free // mib} MiB free (KV cache for n_ctx {n_ctx} included)"
+        )
+    count, used = 0, 0
+    for size in reversed(per):  # llama.cpp offloads the last layers first
+        if used + size > room:
+            break
+        count, used = count + 1, used + size
+    average = sum(per) // len(per) // mib
+    return count, (
+        f"{count} of {len(per)} layers fit in {free // mib} MiB free (about {average} MiB a "
+        f"layer with the KV cache for n_ctx {n_ctx}, {reserve // mib} MiB kept for buffers)"
+    )
+
+
+def gpu_advice(parameters: float, gpu: Gpu) -> dict[str, Any]:
+    """For a model of ``parameters`` on ``gpu`` (its free memory, else its total): the
+    transformers engine's settings (dtype: bfloat16 from compute capability 8.0, else float16;
+    8-bit or 4-bit weights when 16-bit ones leave no room for a batch's KV cache) and
+    llama.cpp's (all layers offloaded when the Q4_K_M GGUF fits, else auto)."""
+    room = int(0.9 * (gpu.free or gpu.memory or 0))
+    major = int((gpu.compute_capability or "0").split(".")[0] or 0)
+    dtype = "bfloat16" if major >= 8 else "float16"
+    # a batch of 64 at 2,048 tokens: about 0.1 GB of KV cache a billion parameters (GQA)
+    kv = 0.1 * GB * parameters / 1e9 + 0.5 * GB
+    options = (("16-bit", 2.0, {"dtype": dtype}), ("8-bit", 1.0, {"load_in_8bit": True}),
+               ("4-bit", 0.5, {"load_in_4bit": True}))  # fmt: skip
+    transformers: dict[str, Any] = {"fits": False}
+    for label, width, settings in options:
+        need = int(parameters * width + kv)
+        if need <= room:
+            transformers = {"fits": True, "weights": label, "memory_bytes": need, **settings,
+                            "max_batch": 64}  # fmt: skip
+            break
+    gguf = model_bytes(parameters, "Q4_K_M", 4096)
+    return {
+        "parameters_b": round(parameters / 1e9, 2),
+        "transformers": transformers,
+        "llama_cpp": {"n_gpu_layers": -1 if gguf <= room else "auto", "gguf_q4_k_m_bytes": gguf},
+    }

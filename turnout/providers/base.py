@@ -12,7 +12,8 @@ import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..config import ModelEntry, ProviderConfig
 from ..errors import CapabilityError
@@ -26,7 +27,10 @@ __all__ = [
     "Chunk",
     "Health",
     "Kind",
+    "LocalFile",
+    "LocalModels",
     "ModelInfo",
+    "ModelStore",
     "Provider",
     "Usage",
     "needs",
@@ -48,6 +52,76 @@ class Health:
     ok: bool
     latency_ms: float | None = None
     detail: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class LocalFile:
+    """A model file a backend serves from its models folder."""
+
+    model: str  # the name it is served as
+    path: Path
+    engine: str  # the engine that runs it ("llama-cpp", "llama-server", "transformers", ...)
+
+
+@runtime_checkable
+class LocalModels(Protocol):
+    """A backend that loads and unloads its models itself (the embedded engine): what the
+    server's local-models API (turnout/server/models.py, ``GET /v1/providers``) and the CLI
+    reach it through."""
+
+    async def load_model(self, name: str, keep_alive: Any = None) -> float:
+        """Load ``name`` now (``keep_alive``: how long it stays once idle); the seconds it
+        took."""
+        ...
+
+    async def unload_model(self, name: str) -> bool:
+        """Unload ``name`` once its running requests are done; whether it was loaded."""
+        ...
+
+    def status(self) -> list[JSON]:
+        """The models in memory or on their way, one object each: ``name``, ``state`` (loaded,
+        loading, queued, draining), ``progress``, ``active``, ``waiting``, ``expires_at``,
+        ``engine``... An in-memory read: it never waits on a load or on I/O."""
+        ...
+
+    def load_stats(self) -> JSON:
+        """Counters of what its loading did so far (loads, unloads, evictions...)."""
+        ...
+
+    def models_folder(self) -> str | None:
+        """The folder it serves model files from (None: declared models only)."""
+        ...
+
+    def local_files(self) -> list[LocalFile]:
+        """The files of that folder it serves, with the engine that runs each."""
+        ...
+
+
+@runtime_checkable
+class ModelStore(Protocol):
+    """A backend whose models are managed through its API (Ollama's): listed, shown, pulled,
+    deleted. The shapes are the backend's own; the gateway relays them
+    (turnout/server/fronts/ollama_admin.py, ``turnout ollama``)."""
+
+    async def tags(self) -> JSON:
+        """The models installed (``{"models": [...]}``)."""
+        ...
+
+    async def ps(self) -> list[JSON]:
+        """The models loaded now."""
+        ...
+
+    async def show(self, model: str, *, verbose: bool = False) -> JSON:
+        """Details, parameters and capabilities of one model."""
+        ...
+
+    def pull(self, model: str, *, insecure: bool = False) -> AsyncIterator[JSON]:
+        """Fetch ``model``: the progress objects as they come, ``{"status": "success"}`` last."""
+        ...
+
+    async def delete(self, model: str) -> None:
+        """Remove ``model`` (an unknown one is `ModelNotFoundError`)."""
+        ...
 
 
 class Provider(ABC):

@@ -514,6 +514,12 @@ class OllamaProvider(HttpProvider):
             return True
         return ":" not in requested.rpartition("/")[2] and served == requested + ":latest"
 
+    # ModelStore (turnout/providers/base.py): the model management the gateway relays.
+
+    async def tags(self) -> JSON:
+        """``GET /api/tags``: the models installed, with size, digest and details."""
+        return self._object(await self.call_json("GET", "/api/tags"), "/api/tags")
+
     async def show(self, model: str, *, verbose: bool = False) -> JSON:
         """``POST /api/show``: modelfile, parameters, template, details, model_info and
         capabilities of one model."""

@@ -103,7 +103,7 @@ def warn_if_open(server: ServerConfig) -> bool:
     if server.admin_key is not None or _loopback(server.host):
         return False
     log.warning(
-        "model-changing endpoints (downloads, load/unload, Ollama pull/delete) are open to "
+        "model-changing endpoints (downloads, load/unload, backend pull/delete) are open to "
         "anyone who reaches %s:%d; set server.admin_key (TURNOUT_SERVER__ADMIN_KEY) to "
         "require a key",
         server.host,

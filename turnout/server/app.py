@@ -19,11 +19,12 @@ from .. import __version__
 from ..gateway import Gateway
 from . import (
     admin,
+    docs,
     fronts,
     models as local_models,
-    ollama_admin,
     ops,
     providers as provider_list,
+    ui,
 )
 from .guard import guard
 from .pipeline import Pipeline, Route, Stage
@@ -54,8 +55,9 @@ def routes() -> list[Route]:
         *fronts.routes,
         *ops.routes,
         *local_models.routes,  # downloads, load, unload: marked admin
-        *ollama_admin.routes,  # pull, delete: marked admin
         *provider_list.routes,
+        *docs.routes,  # /openapi.json (built from this table), /docs
+        *ui.routes,  # the dashboard
     ]
 
 
@@ -98,4 +100,5 @@ def create_app(gateway: Gateway, *, stages: Sequence[Stage] = STAGES) -> Pipelin
 
     app = Pipeline(routes(), stages, lifespan, record=gateway.telemetry.emit)
     app.state.gateway = gateway
+    ui.recent(gateway)  # the dashboard's request log, kept from the start
     return app

@@ -32,6 +32,7 @@ from starlette.responses import Response, StreamingResponse
 from ..errors import GatewayError, InvalidRequestError
 from ..gateway import Gateway
 from ..models.download import DownloadError, DownloadProgress, download
+from ..providers.base import LocalModels
 from .admin import guarded
 from .pipeline import Route
 from .responses import error_response, json_response
@@ -42,9 +43,9 @@ __all__ = ["managed_providers", "pull_enabled", "read_body", "require_pull", "ro
 T = TypeVar("T")
 
 
-def managed_providers(gateway: Gateway) -> dict[str, Any]:
+def managed_providers(gateway: Gateway) -> dict[str, LocalModels]:
     """The providers that load and unload models themselves (the embedded engine)."""
-    return {n: p for n, p in gateway.providers.items() if hasattr(p, "load_model")}
+    return {n: p for n, p in gateway.providers.items() if isinstance(p, LocalModels)}
 
 
 async def read_body(request: Request) -> dict[str, Any]:
@@ -62,12 +63,12 @@ async def read_body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _target(gateway: Gateway, model: str) -> tuple[str, Any, str]:
+async def _target(gateway: Gateway, model: str) -> tuple[str, LocalModels, str]:
     """(provider name, provider, model) of the first target of ``model`` that manages loading."""
     await gateway.start()  # idempotent; the catalog is filled by it
     targets = await gateway.catalog.resolve(model)
     for target in targets:
-        if hasattr(target.provider, "load_model"):
+        if isinstance(target.provider, LocalModels):
             return target.provider.name, target.provider, target.model
     names = ", ".join(t.provider.name for t in targets)
     raise InvalidRequestError(
@@ -129,7 +130,7 @@ async def ps(request: Request) -> Response:
     for name, provider in managed_providers(gateway).items():
         for entry in provider.status():
             data.append({"id": f"{name}/{entry['name']}", "provider": name, **entry})
-        stats[name] = dict(provider.scheduler.stats)
+        stats[name] = provider.load_stats()
     return json_response({"object": "list", "data": data, "stats": stats})
 
 
@@ -138,14 +139,13 @@ async def local_models(request: Request) -> Response:
     dirs = [gateway.config.models_dir]
     served: dict[Path, str] = {}  # file -> the provider/model id that serves it
     engines: dict[str, str] = {}  # provider/model id -> the engine that runs it
-    for name, provider in gateway.providers.items():
-        folder = getattr(provider.config, "models_dir", None)
+    for name, provider in managed_providers(gateway).items():
+        folder = provider.models_folder()
         if folder:
             dirs.append(folder)
-            for model in getattr(provider, "files", {}).values():
-                served[model.path] = f"{name}/{model.name}"
-                engine = getattr(provider, "engines", {}).get(model.name)
-                engines[served[model.path]] = getattr(engine, "kind", "llama-cpp")
+            for file in provider.local_files():
+                served[file.path] = f"{name}/{file.model}"
+                engines[served[file.path]] = file.engine
     data = await asyncio.to_thread(_listing, dirs, served)
     for item in data:
         item["engine"] = engines.get(item["served_as"])

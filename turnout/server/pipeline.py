@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import os
 import re
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -102,6 +104,12 @@ OVERRIDES = {
 }
 _PREFIX = b"x-turnout-"
 _OVERHEAD = b"x-turnout-overhead-ms"
+_REQUEST_ID = b"x-request-id"
+#: a client's X-Request-Id is kept when it is this (else the request gets an id of its own)
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+#: request ids: this process's random prefix and a counter (unique without a random draw each)
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count(1)
 
 
 class Exchange(Request):
@@ -125,12 +133,13 @@ class Exchange(Request):
         if message["type"] == "http.response.start":
             self.status = message["status"]
             trace = self.trace
+            headers = [*message.get("headers", ()), (_REQUEST_ID, trace.request_id.encode())]
             if trace.kind is not None:
                 # Streams that commit before their first chunk (slow first token) still report
                 # what turnout has spent so far, backend time excluded.
                 seconds = trace.overhead_s if trace.overhead_s is not None else trace.overhead_now()
-                value = f"{seconds * 1000:.3f}".encode()
-                message = {**message, "headers": [*message.get("headers", ()), (_OVERHEAD, value)]}
+                headers.append((_OVERHEAD, f"{seconds * 1000:.3f}".encode()))
+            message = {**message, "headers": headers}
         await self._send(message)
 
 
@@ -142,14 +151,19 @@ Lifespan = Callable[["Pipeline"], contextlib.AbstractAsyncContextManager[None]]
 
 def start_trace(scope: Scope) -> Trace:
     """The request's trace, with the client's per-request overrides (``X-Turnout-Timeout``,
-    ``X-Turnout-First-Token-Timeout``); a malformed one is kept as the trace's error."""
+    ``X-Turnout-First-Token-Timeout``; a malformed one is kept as the trace's error) and its id:
+    the client's ``X-Request-Id`` when it is up to 128 safe characters, else one of its own."""
     trace = Trace()
     trace.held = True  # the pipeline records it
     for name, value in scope["headers"]:
         if name.startswith(_PREFIX) and name in OVERRIDES:
             _override(trace, name, value)
+        elif name == _REQUEST_ID and _CLIENT_ID.fullmatch(value):
+            trace.request_id = value.decode()
         elif name == b"authorization":
             trace.client = hash(value)  # its key: the breaker tells clients apart by it
+    if not trace.request_id:
+        trace.request_id = f"{_ID_PREFIX}-{next(_ids):x}"
     if trace.client is None:
         client = scope.get("client")
         trace.client = client[0] if client else None

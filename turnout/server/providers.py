@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..gateway import Gateway
-from ..providers.base import Provider
+from ..providers.base import LocalModels, Provider
 from ..routing.health import BackendHealth
 from .models import managed_providers
 from .pipeline import Route
@@ -88,7 +88,7 @@ _STATE_KEYS = ("name", "state", "progress", "active", "waiting", "expires_at", "
                "loaded_at", "load_seconds", "engine")  # fmt: skip
 
 
-def _model_states(provider: Any) -> list[dict[str, Any]]:
+def _model_states(provider: LocalModels) -> list[dict[str, Any]]:
     """The provider's models in memory or on their way, as ``/v1/local/ps`` has them (an
     in-memory read: nothing here waits on a load or on I/O)."""
     return [{k: entry.get(k) for k in _STATE_KEYS} for entry in provider.status()]

@@ -6,6 +6,10 @@ its `Trace` to a bounded list (O(1); when full, the record is dropped and
 counted, never queued without bound). A background task drains the list every ``interval``
 seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
 and `Gateway.stats()` drain it first, so what they show includes every finished request.
+
+Sinks (`Telemetry.add_sink`) receive each drained batch after the statistics have filled in its
+token counts: the OpenTelemetry exporter (telemetry/otel.py) is one, so spans are built and sent
+off the request path.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .. import tasks
@@ -22,7 +26,10 @@ from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, OUTCOMES, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
 
-__all__ = ["CONTENT_TYPE", "CURRENT", "Telemetry", "Trace"]
+__all__ = ["CONTENT_TYPE", "CURRENT", "Sink", "Telemetry", "Trace"]
+
+#: receives every drained batch of finished requests; must not block (queue, then return)
+Sink = Callable[[Sequence[Trace]], None]
 
 log = logging.getLogger("turnout.telemetry")
 
@@ -51,9 +58,14 @@ class Telemetry:
         self._pending: list[Trace] = []
         self._series: dict[tuple[str, str], Series] = {}
         self._task: asyncio.Task[None] | None = None
+        self._sinks: list[Sink] = []
+
+    def add_sink(self, sink: Sink) -> None:
+        self._sinks.append(sink)
 
     def emit(self, trace: Trace) -> None:
         """Hand over a finished request; O(1), no await."""
+        trace.t_end = time.perf_counter()
         if len(self._pending) < self.capacity:
             self._pending.append(trace)
         else:
@@ -94,6 +106,12 @@ class Telemetry:
         if self.dropped > self._dropped_counted:
             self.metrics.dropped.inc(self.dropped - self._dropped_counted)
             self._dropped_counted = self.dropped
+        if batch:
+            for sink in self._sinks:
+                try:
+                    sink(batch)
+                except Exception:  # one failing sink must not stop the others
+                    log.exception("telemetry sink failed")
 
     def _series_for(self, backend: str, model: str) -> Series:
         key = (backend, model)
@@ -158,6 +176,7 @@ class Telemetry:
             tokens_out = tokens_out or 0
         series.tokens_in += tokens_in
         series.tokens_out += tokens_out
+        trace.tokens_in, trace.tokens_out = tokens_in, tokens_out
         cost = tokens_in / 1000 * (trace.price_in or 0.0) + tokens_out / 1000 * (
             trace.price_out or 0.0
         )

@@ -45,6 +45,7 @@ class Trace:
         "backend",
         "backend_s",
         "body",
+        "choices",
         "client",
         "code",
         "error",
@@ -56,9 +57,12 @@ class Trace:
         "overhead_s",
         "price_in",
         "price_out",
+        "request_id",
         "served",
         "started_call",
+        "starts",
         "stream",
+        "t_end",
         "t_start",
         "timeout",
         "tokens_in",
@@ -69,6 +73,8 @@ class Trace:
 
     def __init__(self, t_start: float | None = None) -> None:
         self.t_start = time.perf_counter() if t_start is None else t_start
+        self.t_end: float | None = None  # set by telemetry when the record is handed over
+        self.request_id = ""  # X-Request-Id: the client's (sanitised) or the server's own
         # What the client asked for (headers X-Turnout-Timeout, X-Turnout-First-Token-Timeout).
         self.timeout: float | None = None
         self.first_token_timeout: float | None = None
@@ -83,6 +89,7 @@ class Trace:
         self.body: JSON | None = None  # kept only when usage must be estimated later
         # What the router did.
         self.attempts: list[Attempt] = []
+        self.starts: list[float] = []  # perf_counter at each attempt's call, in order
         self.backend: str | None = None  # the backend that answered
         self.served = ""  # its model name
         self.price_in: float | None = None
@@ -97,6 +104,9 @@ class Trace:
         self.outcome = "ok"  # one of `OUTCOMES`
         self.code: str | None = None  # the reason, for any other outcome
         self.overhead_s: float | None = None
+        #: the reply's choices (a stream's last chunk with choices): their finish reasons are
+        #: read off the hot path, by the telemetry drain
+        self.choices: Any = None
 
     def begin(self, kind: Kind, model: str, stream: bool) -> None:
         self.kind, self.model, self.stream = kind, model, stream
@@ -104,6 +114,7 @@ class Trace:
     def call_started(self) -> float:
         now = time.perf_counter()
         self.started_call = now
+        self.starts.append(now)
         return now
 
     def call_ended(self, started: float) -> float:
@@ -134,6 +145,12 @@ class Trace:
             self.body = body
             if tokens_out is not None:
                 self.tokens_out = tokens_out
+
+    def finish_reasons(self) -> list[str]:
+        choices = self.choices if isinstance(self.choices, list) else ()
+        return [
+            c["finish_reason"] for c in choices if isinstance(c, dict) and c.get("finish_reason")
+        ]
 
     def failed(self, exc: BaseException) -> None:
         """Note how the request ended: ``exc`` a `GatewayError` (refused or failed, by its

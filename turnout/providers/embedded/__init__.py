@@ -8,16 +8,14 @@ scheduler (`scheduler`), the engines (`llama_engine`, `thread_engine`, `torch_en
 downloads, conversions) live in `turnout.models`, which imports nothing from here.
 """
 
-from .provider import (
-    DEFAULT_MODEL,
+from .choice import (
     ENGINE_BY_FORMAT,
     ENGINES_OF_FORMAT,
-    EmbeddedProvider,
     default_engine,
-    default_model_path,
     model_format,
     thread_engine_class,
 )
+from .provider import DEFAULT_MODEL, EmbeddedProvider, default_model_path
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -95,7 +95,7 @@ async def bench_engines(
 ) -> list[EngineResult]:
     """Benchmark ``model`` (a GGUF file, or a safetensors or ONNX folder) on every engine here
     that can run it, one engine at a time."""
-    from .provider import model_format
+    from .choice import model_format
 
     path = Path(model)
     entry = EmbeddedModel(
@@ -134,7 +134,7 @@ async def _bench_thread_engine(
     progress: Callable[[str], None] | None,
 ) -> list[EngineResult]:
     from ...errors import ConfigError
-    from .provider import ENGINE_BY_FORMAT, thread_engine_class
+    from .choice import ENGINE_BY_FORMAT, thread_engine_class
 
     kind = ENGINE_BY_FORMAT[fmt]
     name = _LABELS.get(kind, kind)

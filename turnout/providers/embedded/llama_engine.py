@@ -9,18 +9,21 @@ per loading thread (other threads get the defaults untouched).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ...models.formats import Header
+from ...models.formats import Header, HeaderError, read_gguf
+from ...models.hardware import fit_gpu_layers, gpu_memory
 from .settings import EmbeddedModel
 
-__all__ = ["LlamaEngine", "LoadCancelled", "estimate_bytes"]
+__all__ = ["LlamaEngine", "LoadCancelled", "estimate_bytes", "resolve_gpu_layers"]
 
 _MB = 1024 * 1024
+log = logging.getLogger("turnout.embedded")
 _local = threading.local()
 _hook_lock = threading.Lock()
 
@@ -43,6 +46,41 @@ def estimate_bytes(
     per_instance = kv + 64 * _MB + file_size // 20  # compute buffers grow with the model
     weights = file_size if mmap else file_size * instances
     return weights + per_instance * instances
+
+
+def llama_offloads() -> bool | None:
+    """Whether the installed llama-cpp-python was built with a GPU backend (None: not
+    installed)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def resolve_gpu_layers(
+    entry: EmbeddedModel, path: Path, offloads: bool | None = None
+) -> tuple[int, str]:
+    """The ``n_gpu_layers`` to run ``path`` with, and why: the configured count, or for
+    ``auto`` the layers that fit in the first CUDA GPU's free memory (`fit_gpu_layers`); 0 on
+    a machine without one, or when llama.cpp cannot offload (``offloads`` False: a CPU
+    build)."""
+    if entry.n_gpu_layers != "auto":
+        return int(entry.n_gpu_layers), "configured"
+    if offloads is False:
+        return 0, (
+            "this llama.cpp build cannot offload to a GPU (a CPU build; the README shows "
+            "the CUDA install line)"
+        )
+    devices = gpu_memory()
+    if not devices:
+        return 0, "no CUDA GPU found (NVML, torch): every layer runs on the CPU"
+    try:
+        header = read_gguf(path)
+    except (HeaderError, OSError) as exc:
+        return 0, f"the GGUF's header could not be read ({exc})"
+    layers, why = fit_gpu_layers(header, entry.n_ctx, devices[0].free)
+    return layers, f"{devices[0].device} ({devices[0].name}): {why}"
 
 
 def _install_progress_hook() -> None:
@@ -76,6 +114,7 @@ class LlamaEngine:
         self.embed_busy = asyncio.Lock()  # one embedding call at a time on it
         self.path: Path | None = None
         self._resolve = resolve
+        self.gpu_layers = entry.n_gpu_layers if isinstance(entry.n_gpu_layers, int) else 0
 
     def make(self, *, embedding: bool = False, **extra: Any) -> Any:
         """A new llama.cpp instance of this model (blocking: call it in a worker thread)."""
@@ -89,7 +128,7 @@ class LlamaEngine:
             n_threads=threads,
             n_threads_batch=threads,
             n_batch=self.entry.n_batch,
-            n_gpu_layers=self.entry.n_gpu_layers,
+            n_gpu_layers=self.gpu_layers,
             use_mmap=self.entry.use_mmap,
             use_mlock=self.entry.use_mlock,
             embedding=embedding,
@@ -119,6 +158,11 @@ class LlamaEngine:
     async def load(self, progress: Callable[[float], None], cancel: threading.Event) -> None:
         """Fill the pool; abandon (closing what was built) as soon as ``cancel`` is set."""
         self.path = await asyncio.to_thread(self._resolve)
+        if self.entry.n_gpu_layers == "auto":
+            self.gpu_layers, why = await asyncio.to_thread(
+                resolve_gpu_layers, self.entry, self.path, llama_offloads()
+            )
+            log.info("model %s: n_gpu_layers auto -> %d: %s", self.entry.name, self.gpu_layers, why)
         built: list[Any] = []
         try:
             for i in range(self.parallel):

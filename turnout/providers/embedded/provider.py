@@ -34,16 +34,23 @@ from ...errors import (
 )
 from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
+from ...models.hardware import gpu_memory
 from ...wire.durations import FOREVER, parse_keep_alive
-from ..base import JSON, Call, Capabilities, Chunk, Health, ModelInfo, Provider
+from ..base import JSON, Call, Capabilities, Chunk, Health, LocalFile, ModelInfo, Provider
 from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
+from .choice import (
+    ENGINE_BY_FORMAT,
+    ENGINES_OF_FORMAT,
+    model_format,
+    thread_engine_class,
+)
 from .llama_engine import LlamaEngine, estimate_bytes
 from .llama_wire import assemble, embed, generate, request_kwargs
-from .scheduler import Lease, ModelTooLargeError, Scheduler
+from .scheduler import Lease, ModelTooLargeError, Need, Scheduler
 from .server_engine import ServerEngine, find_llama_server
-from .settings import EmbeddedConfig, EmbeddedModel
-from .thread_engine import ThreadEngine
+from .settings import EmbeddedConfig, EmbeddedModel, accelerator_defaults
+from .thread_engine import ThreadEngine, placements
 
 __all__ = ["EmbeddedProvider", "default_model_path"]
 
@@ -102,42 +109,6 @@ def _keep_alive_param(value: Any) -> float | None:
 
 
 Engine = LlamaEngine | ServerEngine | ThreadEngine
-#: the engine ``engine: auto`` picks for each model format, and the engines that serve each
-ENGINE_BY_FORMAT = {"gguf": "llama-cpp", "safetensors": "transformers", "onnx": "onnx"}
-ENGINES_OF_FORMAT = {
-    "gguf": ("llama-cpp", "llama-server"),
-    "safetensors": ("transformers",),
-    "onnx": ("onnx",),
-}
-
-
-def model_format(path: Path) -> str:
-    """A model path's format: a Hugging Face folder is safetensors, an onnxruntime-genai folder
-    onnx, a file by its suffix (GGUF when unknown: llama.cpp then says what is wrong)."""
-    if path.is_dir():
-        return "onnx" if (path / "genai_config.json").is_file() else "safetensors"
-    return {".safetensors": "safetensors", ".onnx": "onnx"}.get(path.suffix.lower(), "gguf")
-
-
-def default_engine(model: ModelFile) -> str | None:
-    """The engine ``engine: auto`` runs a directory model on; None when none can (a lone
-    safetensors or ONNX file without the folder around it)."""
-    if model.format != "gguf" and not model.path.is_dir():
-        return None
-    return ENGINE_BY_FORMAT.get(model.format)
-
-
-def thread_engine_class(kind: str) -> type[ThreadEngine]:
-    """The engine class of ``transformers`` or ``onnx`` (imported only when used)."""
-    if kind == "transformers":
-        from .torch_engine import TransformersEngine
-
-        return TransformersEngine
-    try:
-        from .onnx_engine import OnnxEngine
-    except ImportError as exc:
-        raise ConfigError(f"the onnx engine is not available here: {exc}") from None
-    return OnnxEngine
 
 
 def _fixed(path: Path) -> Callable[[], Path]:
@@ -169,13 +140,15 @@ class EmbeddedProvider(Provider):
             else m
             for m in config.models or default
         ]
+        models = [accelerator_defaults(m, config) for m in models]
         config = config.model_copy(update={"models": models})
         # The engine pools queue requests themselves; no provider-wide semaphore.
         self.parallel = config.max_concurrency or 1
         super().__init__(name, config.model_copy(update={"max_concurrency": None}))
         self.engines: dict[str, Engine] = {}
         self.files: dict[str, ModelFile] = {}  # directory models, by name
-        self._estimates: dict[str, int] = {}
+        self._estimates: dict[str, int | Need] = {}
+        self._estimate_errors: dict[str, BackendError] = {}
         self._binary: str | None = None  # the llama-server to run; None: llama-cpp-python's
         if config.engine == "llama-server" or any(m.engine == "llama-server" for m in models):
             try:  # checked now: a wrong path is a configuration error, reported at start-up
@@ -194,6 +167,7 @@ class EmbeddedProvider(Provider):
             budget=budget,
             swap_after=config.swap_after_seconds,
             owner=name,
+            devices=gpu_memory,
         )
         self._declared_paths = {
             str(Path(e.path).expanduser().resolve()) for e in models if e.path
@@ -241,11 +215,11 @@ class EmbeddedProvider(Provider):
 
         return resolve
 
-    def _declared_estimate(self, entry: EmbeddedModel) -> int:
+    def _declared_estimate(self, entry: EmbeddedModel) -> int | Need:
         path = self._resolver(entry)()
         engine = self.engines.get(entry.name)
         if isinstance(engine, ThreadEngine):
-            return engine.estimate_bytes(path)
+            return engine.placement(path)
         try:
             header = read_gguf(path)
         except (HeaderError, OSError):
@@ -257,12 +231,23 @@ class EmbeddedProvider(Provider):
         if self._started:
             return
         for entry in self.config.models:
-            self._estimates[entry.name] = await asyncio.to_thread(self._declared_estimate, entry)
+            try:
+                self._estimates[entry.name] = await asyncio.to_thread(
+                    self._declared_estimate, entry
+                )
+            except BackendError as exc:  # e.g. a device that is not here: its requests say so
+                self._estimate_errors[entry.name] = exc
         await self._scan()
         self._started = True
         for entry in self.config.models:  # preload, in order, what fits without evicting
             if self.scheduler.fits(entry.name):
                 await self.scheduler.load(entry.name)
+
+    def _record(self, name: str, need: int | Need | BackendError) -> None:
+        if isinstance(need, BackendError):
+            self._estimate_errors[name] = need
+        else:
+            self._estimates[name] = need
 
     async def _scan(self) -> None:
         if not self.config.models_dir:
@@ -279,7 +264,7 @@ class EmbeddedProvider(Provider):
             if real in self._declared_paths:
                 continue
             if model.name not in self.engines:
-                entry = _directory_entry(model)
+                entry = accelerator_defaults(_directory_entry(model), self.config)
                 try:
                     engine = self._engine_for(entry, _fixed(model.path), model.format)
                 except ConfigError:  # its engine is not available here: listed, not served
@@ -293,9 +278,9 @@ class EmbeddedProvider(Provider):
                     )
             current[model.name] = model
         if measure:  # the runtimes' estimates read the models' configs: off the event loop
-            sizes = await asyncio.to_thread(lambda: [e.estimate_bytes(p) for _, e, p in measure])
+            sizes = await asyncio.to_thread(placements, [(e, p) for _, e, p in measure])
             for (name, _, _), size in zip(measure, sizes, strict=True):
-                self._estimates[name] = size
+                self._record(name, size)
         for gone in set(self.files) - set(current):
             if not self.scheduler.is_loaded(gone):
                 self.engines.pop(gone, None)
@@ -351,17 +336,20 @@ class EmbeddedProvider(Provider):
 
     # Lifecycle, for the scheduler and the admin API.
 
-    def _estimate(self, name: str) -> int:
+    def _estimate(self, name: str) -> int | Need:
         engine = self.engines.get(name)
         if engine is None:
             raise ModelNotFoundError(
                 f"embedded provider '{self.name}' has no model {name!r}", param="model"
             )
+        if name in self._estimate_errors:
+            raise self._estimate_errors[name]
         need = self._estimates.get(name, 0)
+        total = need.host + need.device if isinstance(need, Need) else need
         limit = engine.entry.max_memory_mb
-        if limit is not None and need > limit * _MB:
+        if limit is not None and total > limit * _MB:
             raise ModelTooLargeError(
-                f"model '{name}' of provider '{self.name}' needs about {need // _MB} MB, more "
+                f"model '{name}' of provider '{self.name}' needs about {total // _MB} MB, more "
                 f"than its max_memory_mb ({limit} MB)",
                 backend=self.name,
             )
@@ -378,6 +366,8 @@ class EmbeddedProvider(Provider):
 
     async def _load(self, name: str, progress: Callable[[float], None], cancel: Any) -> Any:
         engine = self.engines[name]
+        if isinstance(engine, ThreadEngine):
+            engine.placed = self.scheduler.device_of(name)  # the GPU the scheduler chose
         await engine.load(progress, cancel)
         return engine
 
@@ -415,9 +405,25 @@ class EmbeddedProvider(Provider):
             engine = self.engines.get(entry["name"])
             server = getattr(engine, "server", None)
             entry["engine"] = getattr(engine, "kind", "llama-cpp")
+            if isinstance(engine, ThreadEngine):
+                entry.update(engine.describe())  # device, batch
             if server is not None:
                 entry.update(pid=server.pid, url=server.url)
         return out
+
+    # LocalModels (turnout/providers/base.py), with load_model, unload_model and status above.
+
+    def load_stats(self) -> JSON:
+        return dict(self.scheduler.stats)
+
+    def models_folder(self) -> str | None:
+        return self.config.models_dir
+
+    def local_files(self) -> list[LocalFile]:
+        return [
+            LocalFile(m.name, m.path, getattr(self.engines.get(m.name), "kind", "llama-cpp"))
+            for m in self.files.values()
+        ]
 
     async def _relay(self, call: Call) -> AsyncGenerator[Chunk, None]:
         """A stream from a model's managed server or thread engine, its lease held until the

@@ -11,8 +11,17 @@ busy models could make room, the least recently used one keeps taking new reques
 model is unloaded ``keep_alive`` seconds after its last request (the request's own ``keep_alive``
 wins, Ollama-style). A load that every waiting request has given up on is cancelled.
 
+GPUs are budgeted beside host memory: an estimate may be a `Need` with bytes on an accelerator
+(any CUDA device, or one pinned like ``cuda:1``). Each device's budget is its free memory when the
+scheduler first places a model on a GPU (``devices``: NVML, else torch; a simulated list in
+tests). A model goes to the device with the most room; when none has room, idle models on the
+device that can make it are evicted (least recently used first), and nothing elsewhere; a model
+larger than any device's budget is refused at once, naming its size and each device's free
+memory, instead of being loaded and evicted in a loop.
+
 The scheduler knows nothing of engines: it calls ``load(name, progress, cancel)`` and
-``unload(name, handle)``, and asks ``estimate(name)`` for a model's bytes.
+``unload(name, handle)``, asks ``estimate(name)`` for a model's bytes (an int: host memory only,
+or a `Need`), and `device_of` says where it placed a model.
 """
 
 from __future__ import annotations
@@ -27,8 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BackendError, BackendUnavailableError, GatewayError
+from ...models.hardware import DeviceMemory
 
-__all__ = ["Lease", "ModelTooLargeError", "Scheduler"]
+__all__ = ["Lease", "ModelTooLargeError", "Need", "Scheduler"]
+
+_MB = 1024 * 1024
 
 LoadFn = Callable[[str, Callable[[float], None], threading.Event], Awaitable[Any]]
 UnloadFn = Callable[[str, Any], Awaitable[None]]
@@ -40,6 +52,16 @@ class ModelTooLargeError(BackendError):
     status = 503
     code = "insufficient_memory"
     retryable = False  # another backend may still serve it (fallback stays on)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What a model takes: ``host`` bytes of memory, and ``device`` bytes on an accelerator
+    (0: none), on ``where`` (``cuda:N``), or on any CUDA device when ``where`` is None."""
+
+    host: int
+    device: int = 0
+    where: str | None = None
 
 
 @dataclass(eq=False)
@@ -57,6 +79,8 @@ class _Resident:
     estimate: int
     keep_alive: float
     started: float
+    device: str | None = None  # the accelerator it was placed on
+    device_bytes: int = 0
     handle: Any = None
     active: int = 0
     progress: float = 0.0
@@ -91,13 +115,14 @@ class Scheduler:
         self,
         load: LoadFn,
         unload: UnloadFn,
-        estimate: Callable[[str], int],
+        estimate: Callable[[str], int | Need],
         *,
         keep_alive: Callable[[str], float],
         max_loaded: int | None = None,
         budget: int | None = None,
         swap_after: float = 5.0,
         owner: str = "embedded",
+        devices: Callable[[], list[DeviceMemory]] | None = None,
     ) -> None:
         self._load, self._unload, self._estimate = load, unload, estimate
         self._keep_alive = keep_alive
@@ -107,6 +132,8 @@ class Scheduler:
             swap_after,
             owner,
         )
+        self._devices = devices
+        self._budgets: dict[str, DeviceMemory] | None = None  # read at the first GPU placement
         self._residents: dict[str, _Resident] = {}
         self._waiters: list[_Waiter] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -185,10 +212,20 @@ class Scheduler:
         """Whether ``name`` would load now without unloading anything (False when it never
         could: its requests are told why)."""
         try:
-            need = self._estimate(name)
+            need = self._need(name)
+            placed = self._place(name, need) if need.device else None
         except GatewayError:
             return False
-        return name in self._residents or self._fits(need, count_unloading=True)
+        if name in self._residents:
+            return True
+        return (placed is not None or not need.device) and self._fits(
+            need.host, count_unloading=True
+        )
+
+    def device_of(self, name: str) -> str | None:
+        """The accelerator ``name`` is placed on (while loading or loaded), or None."""
+        resident = self._residents.get(name)
+        return resident.device if resident is not None else None
 
     async def unload(self, name: str) -> bool:
         """Unload ``name`` once its running requests are done; False if it was not loaded."""
@@ -219,6 +256,8 @@ class Scheduler:
                     "active": r.active,
                     "waiting": len(waiting),
                     "estimate_bytes": r.estimate,
+                    "device": r.device,
+                    "device_bytes": r.device_bytes,
                     "loaded_at": r.loaded_at,
                     "expires_at": r.expires,
                     "keep_alive": None if math.isinf(r.keep_alive) else r.keep_alive,
@@ -273,6 +312,10 @@ class Scheduler:
             return False
         return self.budget is None or memory + need <= self.budget
 
+    def _need(self, name: str) -> Need:
+        need = self._estimate(name)
+        return need if isinstance(need, Need) else Need(need)
+
     def _schedule(self) -> None:
         if self._closed:
             return
@@ -283,15 +326,16 @@ class Scheduler:
             if name in self._residents:
                 continue  # loading, unloading or draining: its waiters wait for that
             try:
-                need = self._estimate(name)
+                need = self._need(name)
+                if self.budget is not None and need.host > self.budget:
+                    raise self._too_large(name, need.host)
+                device = self._place(name, need) if need.device else None
             except GatewayError as exc:
                 self._fail(name, exc)
                 continue
-            if self.budget is not None and need > self.budget:
-                self._fail(name, self._too_large(name, need))
-                continue
-            if self._fits(need, count_unloading=True):
-                self._start_load(name, need)
+            placed = device is not None or not need.device
+            if placed and self._fits(need.host, count_unloading=True):
+                self._start_load(name, need, device)
                 continue
             self._make_room(name, need, now)
             blocked = True
@@ -312,11 +356,17 @@ class Scheduler:
             if not waiter.future.done():
                 waiter.future.set_result(self._grant(resident, waiter.keep_alive))
 
-    def _make_room(self, name: str, need: int, now: float) -> None:
+    def _make_room(self, name: str, need: Need, now: float) -> None:
         """Unload idle models (least recently used first) until ``need`` fits once their unloads
-        finish. With only busy models left, mark one to drain after ``swap_after``."""
-        while not self._fits(need, count_unloading=False):
-            loaded = [r for r in self._residents.values() if r.state == "loaded"]
+        finish: for GPU memory, only models on the device chosen to make room on. With only busy
+        models left, mark one to drain after ``swap_after``."""
+        target = self._room_target(need) if need.device else None
+        while not self._room_ok(need, target):
+            host_short = not self._fits(need.host, count_unloading=False)
+            loaded = [
+                r for r in self._residents.values()
+                if r.state == "loaded" and (host_short or r.device == target)
+            ]  # fmt: skip
             idle = sorted((r for r in loaded if r.active == 0), key=lambda r: r.last_used)
             if idle:
                 self._start_unload(idle[0], "evicted")
@@ -333,6 +383,76 @@ class Scheduler:
             else:
                 self._wake_at(due)
             return
+
+    # GPU placement.
+
+    def _device_budgets(self) -> dict[str, DeviceMemory]:
+        if self._budgets is None:
+            found = self._devices() if self._devices is not None else []
+            self._budgets = {d.device: d for d in found}
+        return self._budgets
+
+    def _on_device(self, device: str, count_unloading: bool = True) -> int:
+        return sum(
+            r.device_bytes for r in self._residents.values()
+            if r.device == device and (count_unloading or r.state != "unloading")
+        )  # fmt: skip
+
+    def _candidates(self, name: str, need: Need) -> list[DeviceMemory]:
+        """The devices ``need`` may go to; an error when it can never fit on any of them."""
+        budgets = self._device_budgets()
+        pinned = need.where not in (None, "cuda")
+        found = [budgets[need.where]] if pinned and need.where in budgets else []
+        if not pinned:
+            found = [d for d in budgets.values() if d.device.startswith("cuda")]
+        if not found or max(d.free for d in found) < need.device:
+            raise self._too_large_for_gpu(name, need, list(budgets.values()))
+        return found
+
+    def _place(self, name: str, need: Need) -> str | None:
+        """The device with the most room that holds ``need`` now (counting models still
+        unloading), or None when every candidate is full."""
+        roomy = [
+            (d.free - self._on_device(d.device), d.device)
+            for d in self._candidates(name, need)
+        ]  # fmt: skip
+        room, device = max(roomy)
+        return device if room >= need.device else None
+
+    def _room_target(self, need: Need) -> str | None:
+        """The device to make room on: the one where unloading the idle models frees most."""
+        best: tuple[int, str] | None = None
+        for d in self._budgets.values() if self._budgets else ():
+            if need.where not in (None, "cuda") and d.device != need.where:
+                continue
+            busy = sum(
+                r.device_bytes for r in self._residents.values()
+                if r.device == d.device and (r.active or r.state == "loading")
+            )  # fmt: skip
+            if best is None or d.free - busy > best[0]:
+                best = (d.free - busy, d.device)
+        return best[1] if best else None
+
+    def _room_ok(self, need: Need, target: str | None) -> bool:
+        if not self._fits(need.host, count_unloading=False):
+            return False
+        if not need.device or target is None or self._budgets is None:
+            return True
+        return self._on_device(target, False) + need.device <= self._budgets[target].free
+
+    def _too_large_for_gpu(
+        self, name: str, need: Need, devices: list[DeviceMemory]
+    ) -> ModelTooLargeError:
+        seen = "; ".join(
+            f"{d.device} ({d.name}) {d.free // _MB} MB free of {d.total // _MB} MB" for d in devices
+        )
+        where = need.where if need.where not in (None, "cuda") else "any GPU"
+        return ModelTooLargeError(
+            f"model '{name}' of provider '{self.owner}' needs about {need.device // _MB} MB of "
+            f"GPU memory (weights, KV cache and batch buffers), more than {where} here has "
+            f"free: {seen or 'no CUDA GPU found'}",
+            backend=self.owner,
+        )
 
     def _wake_at(self, when: float) -> None:
         loop = asyncio.get_running_loop()
@@ -374,9 +494,12 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _start_load(self, name: str, need: int) -> None:
+    def _start_load(self, name: str, need: Need, device: str | None) -> None:
         loop = asyncio.get_running_loop()
-        resident = _Resident(name, "loading", need, self._keep_alive(name), loop.time())
+        resident = _Resident(
+            name, "loading", need.host, self._keep_alive(name), loop.time(), device,
+            need.device if device else 0,
+        )  # fmt: skip
         resident.idle.set()
         self._residents[name] = resident
         self._spawn(self._run_load(resident))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ from .settings import EmbeddedModel
 
 __all__ = ["PYTHON_SERVER", "ManagedServer", "ServerEngine", "find_llama_server"]
 
+logger = logging.getLogger("turnout.embedded")
 #: the ``llama_server`` setting that asks for llama-cpp-python's server instead of a binary
 PYTHON_SERVER = "llama-cpp-python"
 _CACHE = Path(os.environ.get("TURNOUT_CACHE", "~/.cache/turnout")).expanduser() / "llama-server"
@@ -59,7 +61,8 @@ def find_llama_server(configured: str | None = None) -> str | None:
         preferred = _CACHE / version("llama-cpp-python") / "llama-server"
     except Exception:  # the package is not installed: any cached build will do
         preferred = _CACHE / "none"
-    candidates = [preferred, *sorted(_CACHE.glob("*/llama-server"), reverse=True)]
+    cuda = preferred.parent.with_name(preferred.parent.name + "-cuda") / "llama-server"
+    candidates = [cuda, preferred, *sorted(_CACHE.glob("*/llama-server"), reverse=True)]
     return next((str(p) for p in candidates if os.access(p, os.X_OK)), None)
 
 
@@ -166,12 +169,20 @@ class ServerEngine:
 
     async def load(self, progress: Callable[[float], None], cancel: threading.Event) -> None:
         path = await asyncio.to_thread(self._resolve)
+        entry = self.entry
+        if entry.n_gpu_layers == "auto":
+            from .llama_engine import llama_offloads, resolve_gpu_layers
+
+            offloads = llama_offloads() if self.binary is None else None  # a binary: unknown
+            layers, why = await asyncio.to_thread(resolve_gpu_layers, entry, path, offloads)
+            logger.info("model %s: n_gpu_layers auto -> %d: %s", entry.name, layers, why)
+            entry = entry.model_copy(update={"n_gpu_layers": layers})
         port = _free_port()
         api_key = secrets.token_urlsafe(32)
         fd, name = tempfile.mkstemp(prefix=f"turnout-{self.kind}-", suffix=".log")
         try:  # the server writes its log to a file: a pipe nobody reads would fill and block it
             proc = await asyncio.create_subprocess_exec(
-                *command(self.binary, self.entry, path, port),
+                *command(self.binary, entry, path, port),
                 stdout=fd, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 env=server_environment(api_key),
             )  # fmt: skip

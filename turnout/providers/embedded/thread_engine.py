@@ -32,6 +32,7 @@ from ..chat_templates import TEMPLATES, Template
 from ..emulation import refuse_unsupported, single_prompt, unsupported
 from .llama_engine import LoadCancelled
 from .llama_wire import assemble
+from .scheduler import Need
 from .settings import EmbeddedModel
 from .token_text import Chunks, StopScanner, chat_turns, parse_logit_bias, template_for
 
@@ -41,6 +42,7 @@ __all__ = [
     "StopScanner",
     "ThreadEngine",
     "chat_turns",
+    "placements",
     "require_packages",
     "template_for",
 ]
@@ -113,6 +115,7 @@ class ThreadEngine(ABC):
         self.entry, self._resolve = entry, resolve
         self.path: Path | None = None
         self.architecture: str | None = None  # set by `_load_blocking` when it knows it
+        self.placed: str | None = None  # the GPU the scheduler placed it on, if any
         self._busy = asyncio.Lock()
         self._workers: set[asyncio.Future[Any]] = set()
 
@@ -151,6 +154,15 @@ class ThreadEngine(ABC):
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)
         return size + size // 4
+
+    def placement(self, path: Path) -> int | Need:
+        """What the scheduler budgets for the model (blocking): host bytes, or a `Need` with
+        GPU memory for a runtime that places models on a GPU."""
+        return self.estimate_bytes(path)
+
+    def describe(self) -> JSON:
+        """What ``/v1/local/ps`` adds about the loaded engine (its device, its batch)."""
+        return {}
 
     # The engine shape the scheduler and the provider use.
 
@@ -325,3 +337,14 @@ class ThreadEngine(ABC):
             f"{self.kind} engine of model '{self.entry.name}' failed: "
             f"{type(exc).__name__}: {str(exc)[:300]}"
         )
+
+
+def placements(engines: list[tuple[ThreadEngine, Path]]) -> list[int | Need | BackendError]:
+    """What each model asks of the scheduler, or why it cannot say (a device not here)."""
+    out: list[int | Need | BackendError] = []
+    for engine, path in engines:
+        try:
+            out.append(engine.placement(path))
+        except BackendError as exc:
+            out.append(exc)
+    return out

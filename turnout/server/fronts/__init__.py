@@ -4,13 +4,14 @@ A new front is a module here (its `Front` and its `routes`) and one line below; 
 pass the pipeline like every other (turnout/server/pipeline.py). Besides OpenAI's Chat
 Completions (`openai`): Anthropic Messages (`anthropic`), the Ollama API at the root
 (`ollama`), OpenAI Responses (`responses`) and the source web app's ``/api/local-llm/*``
-(`webapp`).
+(`webapp`); and the model management of Ollama backends relayed in Ollama's shapes
+(`ollama_admin`, ``/v1/ollama/{provider}/...``; pull and delete marked admin).
 """
 
 from __future__ import annotations
 
 from ..pipeline import Route
-from . import anthropic, ollama, openai, responses, webapp
+from . import anthropic, ollama, ollama_admin, openai, responses, webapp
 
 __all__ = ["routes"]
 
@@ -21,4 +22,5 @@ routes: list[Route] = [
     *ollama.routes,
     *responses.routes,
     *webapp.routes,
+    *ollama_admin.routes,
 ]

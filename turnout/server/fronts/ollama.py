@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 
 from ...errors import GatewayError, InvalidRequestError, NotFoundError
 from ...gateway import Gateway
-from ...providers.ollama import OllamaProvider
+from ...providers.base import ModelStore
 from ...wire import ollama as wire
 from ...wire.types import Kind
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
@@ -200,10 +200,10 @@ async def ps(request: Request) -> Response:
     return json_response({"models": out})
 
 
-def ollama_backend(gateway: Gateway, model: str | None) -> tuple[OllamaProvider, str | None]:
+def ollama_backend(gateway: Gateway, model: str | None) -> tuple[ModelStore, str | None]:
     """The Ollama backend a model-management request means: the one ``provider/...`` names,
     else the first configured; and the model name as that backend knows it."""
-    found = {n: p for n, p in gateway.providers.items() if isinstance(p, OllamaProvider)}
+    found = {n: p for n, p in gateway.providers.items() if isinstance(p, ModelStore)}
     if not found:
         raise NotFoundError("No Ollama backend is configured on this gateway.")
     if model is not None:
@@ -213,7 +213,7 @@ def ollama_backend(gateway: Gateway, model: str | None) -> tuple[OllamaProvider,
     return next(iter(found.values())), model
 
 
-async def _managed(request: Request) -> tuple[OllamaProvider, str, dict[str, Any]]:
+async def _managed(request: Request) -> tuple[ModelStore, str, dict[str, Any]]:
     require_pull()  # the admin key: the pipeline's stage, for routes marked admin
     gateway: Gateway = request.app.state.gateway
     raw = await read_json(request, gateway.config.server.max_body_bytes)

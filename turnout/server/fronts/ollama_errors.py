@@ -3,7 +3,8 @@ bad request, 401 a missing key, 404 an unknown model, 429, 500, 502...), as Olla
 and its clients read it (``ollama.ResponseError(error, status_code)``). In an NDJSON stream that
 already began, the same object is the last line (``OLLAMA_ERRORS.body``).
 
-Used by the Ollama-dialect admin routes (turnout/server/ollama_admin.py), and the Ollama front.
+Used by the Ollama front (fronts/ollama.py) and the Ollama-dialect admin routes
+(fronts/ollama_admin.py).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp
 
 from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
-from ...providers.ollama import OllamaProvider
+from ...providers.base import ModelStore
 from ...wire.validate import validate_chat
 from ..models import require_pull
 from ..pipeline import Route
@@ -101,12 +101,12 @@ async def ollama_list(request: Request) -> Response:
     try:
         await gateway.start()
         provider, _ = ollama_backend(gateway, None)
-        return json_response(await provider.call_json("GET", "/api/tags"))
+        return json_response(await provider.tags())
     except GatewayError as exc:
         return _error(exc)
 
 
-async def _managed(request: Request) -> tuple[OllamaProvider, str]:
+async def _managed(request: Request) -> tuple[ModelStore, str]:
     require_pull()  # the admin key: the pipeline's stage, for routes marked admin
     gateway: Gateway = request.app.state.gateway
     raw = await read_json(request, gateway.config.server.max_body_bytes)

@@ -29,31 +29,31 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..errors import GatewayError, InvalidRequestError, NotFoundError
-from ..gateway import Gateway
-from ..providers.ollama import OllamaProvider
-from ..wire.screen import check_pull
-from .fronts.ollama_errors import OLLAMA_ERRORS
-from .models import read_body, require_pull
-from .pipeline import Endpoint, Route
-from .responses import OPENAI_ERRORS, Errors, json_response
+from ...errors import GatewayError, InvalidRequestError, NotFoundError
+from ...gateway import Gateway
+from ...providers.base import ModelStore
+from ...wire.screen import check_pull
+from ..models import read_body, require_pull
+from ..pipeline import Endpoint, Route
+from ..responses import OPENAI_ERRORS, Errors, json_response
+from .ollama_errors import OLLAMA_ERRORS
 
 __all__ = ["routes"]
 
 
-def _ollama(request: Request) -> OllamaProvider:
+def _ollama(request: Request) -> ModelStore:
     gateway: Gateway = request.app.state.gateway
     name = request.path_params["provider"]
     provider = gateway.providers.get(name)
-    if isinstance(provider, OllamaProvider):
+    if isinstance(provider, ModelStore):
         return provider
-    known = [n for n, p in gateway.providers.items() if isinstance(p, OllamaProvider)]
+    known = [n for n, p in gateway.providers.items() if isinstance(p, ModelStore)]
     raise NotFoundError(
         f"No Ollama provider named '{name}' (Ollama providers: {', '.join(known) or 'none'})."
     )
 
 
-async def _model(request: Request) -> tuple[OllamaProvider, dict[str, Any]]:
+async def _model(request: Request) -> tuple[ModelStore, dict[str, Any]]:
     provider = _ollama(request)
     await request.app.state.gateway.start()  # opens the provider's HTTP session
     body = await read_body(request)
@@ -84,7 +84,7 @@ def _endpoint(handler: Handler, native: bool) -> Endpoint:
 async def _tags(request: Request, native: bool) -> Response:
     provider = _ollama(request)
     await request.app.state.gateway.start()
-    return json_response(await provider.call_json("GET", "/api/tags"))
+    return json_response(await provider.tags())
 
 
 async def _ps(request: Request, native: bool) -> Response:

@@ -1,0 +1,162 @@
+"""How turnout's log lines look: ``--log-format text`` (the readable default) or ``json``.
+
+``json`` writes one JSON object a line: ``time`` (ISO 8601, UTC, milliseconds), ``level``,
+``logger``, ``message``, and the request's fields when the record carries them, as the request log
+(logger ``turnout.requests``) does: ``request_id``, ``key`` (the gateway key's prefix, never the
+key), ``method``, ``path``, ``model``, ``backend``, ``status``, ``outcome``, ``error``,
+``tokens_in``, ``tokens_out``, ``latency_ms``, ``ttft_ms``, ``overhead_ms``, ``attempts``. A record
+carries them either as ``extra={"trace": trace}`` (a `Trace`, read here, after the fact, in the
+telemetry drain) or as plain ``extra`` fields of those names. Exceptions become ``exc_info``.
+
+`RequestLog` is the telemetry sink that writes those request lines (``turnout serve`` attaches
+it); the formatters only format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "FORMATS",
+    "JsonFormatter",
+    "RequestLog",
+    "TextFormatter",
+    "configure",
+    "trace_fields",
+]
+
+FORMATS = ("text", "json")
+#: plain ``extra`` fields copied into a JSON line when a record has them
+FIELDS = (
+    "request_id", "key", "method", "path", "model", "backend", "status", "outcome", "error",
+    "tokens_in", "tokens_out", "latency_ms", "ttft_ms", "overhead_ms", "attempts", "stream",
+)  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def trace_fields(trace: Any) -> dict[str, Any]:
+    """The log fields of a finished request's `Trace` (read by attribute, so that this module
+    imports nothing of turnout's)."""
+    get = trace.__getattribute__
+    backend = getattr(trace, "backend", None)
+    end = getattr(trace, "t_end", None)
+    out: dict[str, Any] = {
+        "request_id": getattr(trace, "request_id", "") or None,
+        "key": _prefix(getattr(trace, "key", "")),
+        "method": getattr(trace, "method", "") or None,
+        "path": getattr(trace, "path", "") or None,
+        "model": get("model") or None,
+        "backend": f"{backend}/{trace.served}" if backend else None,
+        "status": getattr(trace, "status", None),
+        "outcome": get("outcome"),
+        "error": get("code"),
+        "stream": get("stream"),
+        "tokens_in": get("tokens_in"),
+        "tokens_out": get("tokens_out"),
+        "latency_ms": None if end is None else _ms(end - trace.t_start),
+        "ttft_ms": _ms(get("ttft_s")),
+        "overhead_ms": _ms(get("overhead_s")),
+        "attempts": [
+            {"backend": b, "model": m, "ok": ok, "error": code, "ms": _ms(s)}
+            for b, m, ok, code, s, _ in get("attempts")
+        ],
+    }
+    return {k: v for k, v in out.items() if v is not None and v != []}
+
+
+def _prefix(key: Any) -> str | None:
+    """A gateway key's name or prefix as logged: never more than its first 12 characters."""
+    if not key:
+        return None
+    text = str(getattr(key, "prefix", None) or getattr(key, "name", None) or key)
+    return text[:12]
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        out: dict[str, Any] = {
+            "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        trace = record.__dict__.get("trace")
+        if trace is not None:
+            out.update(trace_fields(trace))
+        for name in FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                out[name] = value
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """The readable default: ``HH:MM:SS.mmm LEVEL logger: message``, and the request id when the
+    record has one."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
+        )
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace = record.__dict__.get("trace")
+        rid = record.__dict__.get("request_id") or getattr(trace, "request_id", "")
+        return f"{line} [{rid}]" if rid else line
+
+
+def configure(fmt: str = "text", level: str | int = "INFO") -> logging.Handler:
+    """Send the root logger's records to stderr in ``fmt`` (replacing its handlers); uvicorn's
+    loggers are made to go through the same handler."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uv = logging.getLogger(name)
+        uv.handlers.clear()
+        uv.propagate = True
+    return handler
+
+
+class RequestLog:
+    """A telemetry sink writing one line a finished model request to the ``turnout.requests``
+    logger (info level), from the drain's batch: a request pays for no formatting or I/O. The
+    record carries the trace (``extra={"trace": trace}``), so `JsonFormatter` writes its fields
+    and the text line stays short."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("turnout.requests")
+
+    def __call__(self, batch: Any) -> None:
+        if not self.log.isEnabledFor(logging.INFO):
+            return
+        for trace in batch:
+            if trace.kind is None:
+                continue
+            fields = trace_fields(trace)
+            tokens = f"{fields.get('tokens_in', '?')}+{fields.get('tokens_out', '?')}"
+            self.log.info(
+                "%s model=%s backend=%s %s tokens=%s latency_ms=%s",
+                trace.kind, fields.get("model", "-"), fields.get("backend", "-"),
+                fields.get("error") or fields["outcome"], tokens, fields.get("latency_ms", "-"),
+                extra={"trace": trace},
+            )  # fmt: skip
