@@ -6,6 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "turnout needs Python 3.11 or newer" >&2; exit 1; }
+# PostgreSQL 15 and Redis from Debian's packages: the teams tests (tests/access) start a throwaway
+# cluster and a redis-server of their own. Installed only when missing, and only as root.
+if ! { command -v redis-server >/dev/null && { command -v initdb >/dev/null \
+        || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null
+  else
+    echo "tests/access need PostgreSQL and redis-server: apt-get install postgresql redis-server" >&2
+  fi
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install --quiet --upgrade pip

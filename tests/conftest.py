@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.servers import run_gateway, run_llama_cpp_server
+
+# Every gateway a test serves keeps its usage ledger (SQLite, in the data directory): never the
+# user's own. Tests that use keys give their gateway a database of their own.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="turnout-test-data-")
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "build_llama_server.sh"

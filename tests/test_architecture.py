@@ -88,9 +88,11 @@ LAYERS: tuple[tuple[int, str], ...] = (
     (0, "turnout.tasks"),
     (1, "turnout.config"),
     (2, "turnout.models"),
+    (2, "turnout.access"),  # gateway keys, limits, budgets, sans I/O
     (3, "turnout.providers"),
     (4, "turnout.telemetry"),
     (4, "turnout.routing"),
+    (4, "turnout.store"),  # keys and the usage ledger in SQLite/PostgreSQL, limits in Redis
     (5, "turnout.gateway"),
     (5, "turnout.discovery"),  # while it is a top-level module; under providers/ it is layer 3
     (6, "turnout.server"),

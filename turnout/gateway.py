@@ -34,6 +34,7 @@ from .providers.discovery import AutoDiscovery
 from .routing import Catalog, Router, Target
 from .routing.attempt import close_stream
 from .routing.health import BackendHealth, HealthMonitor
+from .store.service import Access
 from .telemetry import CURRENT, Telemetry, Trace, otel
 from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
@@ -51,6 +52,9 @@ DEFAULT_EMBEDDED: dict[str, Any] = {
     "type": "embedded",
     "models": [{"name": "gemma-3-270m", "chat_format": "gemma", "n_ctx": 2048}],
 }
+
+#: output tokens reserved for a request that gives no max_tokens (settled with the real count)
+_DEFAULT_RESERVE = 256
 
 
 @dataclass(slots=True)
@@ -107,6 +111,14 @@ class Gateway:
             weakref.WeakKeyDictionary()
         )
         self._cut: set[asyncio.Task[Any]] = set()  # cancelled by `cut`, not by their client
+        self.access: Access | None = None
+
+    def use_access(self) -> Access:
+        """Turn on gateway keys, limits and the usage ledger (the HTTP server does; the Python
+        API has them off unless asked). Call before `start`."""
+        if self.access is None:
+            self.access = Access(self.config, self.telemetry)
+        return self.access
 
     async def start(self) -> None:
         """Load engines and open connections; called by ``async with`` and the HTTP server, and
@@ -133,6 +145,8 @@ class Gateway:
                 self.health.start()  # the first round runs now, in the background
             self.router.health = self.health
             self.telemetry.start()
+            if self.access is not None:
+                await self.access.start()
             self._started = True
 
     async def close(self) -> None:
@@ -148,6 +162,8 @@ class Gateway:
             await self.health.close()
             self.health = None
         await self.telemetry.close()  # flushes what is still pending
+        if self.access is not None:
+            await self.access.close()  # after telemetry's last flush: every ledger row written
         outcomes = self.telemetry.outcomes
         log.info(
             "statistics at close: %d requests (%s)",
@@ -285,6 +301,8 @@ class Gateway:
         try:
             self._admit(trace)
             self.screen.check(kind, body)
+            if trace.principal is not None:
+                await self._limit(trace, kind, body)
             result, target = await self.router.complete(kind, body, trace=trace)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
@@ -316,6 +334,8 @@ class Gateway:
         try:
             self._admit(trace)
             self.screen.check(kind, body)
+            if trace.principal is not None:
+                await self._limit(trace, kind, body)
             chunks, target = await self.router.stream(kind, body, trace=trace)
         except BaseException as exc:
             self._settled()
@@ -328,6 +348,23 @@ class Gateway:
         if body.get("tools"):  # only a stream that may call tools pays for their mending
             chunks = _tool_calls_mended(chunks)
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
+
+    async def _limit(self, trace: Trace, kind: Kind, body: JSON) -> None:
+        """The request's gateway key may use this model and is within its limits (raises 403 or
+        429 otherwise); tokens are reserved from max_tokens and an estimate of the prompt."""
+        access = self.access
+        assert access is not None
+        user = body.get("user")
+        if trace.user is None and isinstance(user, str) and user:
+            trace.user = user
+        tokens = 0
+        if access.needs_tokens(trace):
+            most = body.get("max_completion_tokens") or body.get("max_tokens")
+            out = most if isinstance(most, int) and kind != "embedding" else 0
+            if not out and kind != "embedding":
+                out = _DEFAULT_RESERVE
+            tokens = out + (len(prompt_text(kind, body)) + 3) // 4
+        await access.admit(trace, kind, body, tokens)
 
     def _abandon(self, trace: Trace, exc: BaseException, cut: bool = False) -> None:
         """A request that failed (or was cancelled, or cut) before its reply: note how, and

@@ -184,8 +184,10 @@ def test_serve_warns_when_open_beyond_loopback(
     if key is not None:
         env["TURNOUT_SERVER__ADMIN_KEY"] = key
     port = free_port()
+    # Without gateway keys a public address needs --allow-unauthenticated (tests/access covers
+    # the refusal); the admin key's own warning is what this test is about.
     cmd = [sys.executable, "-m", "turnout", "serve", "--config", str(config),
-           "--host", "0.0.0.0", "--port", str(port)]  # fmt: skip
+           "--host", "0.0.0.0", "--port", str(port), "--allow-unauthenticated"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 60, proc)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The ``turnout`` command. Each module here adds one group of commands to `app` (in
 `common`): ``gateway`` (serve, demo, chat, config, version), ``models``, ``local``, ``convert``,
-``bench``, ``providers`` and ``ollama``."""
+``bench``, ``providers``, ``ollama``, and ``keys`` (keys, usage)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from . import (
     bench as _bench,  # noqa: F401
     convert as _convert,  # noqa: F401
     gateway as _gateway,  # noqa: F401
+    keys as _keys,  # noqa: F401
     local as _local,  # noqa: F401
     models as _models,  # noqa: F401
     ollama as _ollama,  # noqa: F401

@@ -67,11 +67,25 @@ def serve(
         LogFormat,
         typer.Option(help="Log lines as readable text, or as one JSON object a line (json)."),
     ] = LogFormat.text,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Keys and ledger (storage.database_url).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option("--allow-unauthenticated", help="Serve beyond loopback without gateway keys."),
+    ] = False,
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise). On SIGTERM or SIGINT it stops
     taking requests, lets those in flight finish for server.shutdown_grace_seconds, ends the rest
     with an error, and exits 0; a second signal stops it at once."""
     cfg = load(config, host, port)
+    if database_url:
+        cfg = cfg.model_copy(
+            update={"storage": cfg.storage.model_copy(update={"database_url": database_url})}
+        )
+    if allow_unauthenticated:
+        open_server = cfg.server.model_copy(update={"allow_unauthenticated": True})
+        cfg = cfg.model_copy(update={"server": open_server})
     server = _uvicorn_server(cfg)
     server.gateway.telemetry.add_sink(RequestLog())  # one log line a request, from the drain
     # after uvicorn.Config (made by Server), which installs its own handlers: uvicorn's records
@@ -79,6 +93,8 @@ def serve(
     configure_logs(log_format.value, cfg.server.log_level)
     _redact_logs()
     server.run()
+    if not server.started:  # the lifespan refused (it logged why): say so with the exit status
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -209,6 +225,11 @@ def config_check(config: ConfigOption = None) -> None:
         for header in provider.get("headers") or {}:
             if _SECRET_HEADER.search(header):
                 provider["headers"][header] = "***"
+    from ..store import safe_url
+
+    for url in ("database_url", "redis_url"):  # their passwords, if any
+        if shown["storage"].get(url):
+            shown["storage"][url] = safe_url(shown["storage"][url])
     import yaml
 
     # soft_wrap: a wrapped line would no longer be the YAML it shows

@@ -2,10 +2,9 @@
 
 Sources, later ones winning: the YAML file (``--config`` or ``TURNOUT_CONFIG``), then providers
 added by environment, as the web app of source document 003 does (``OPENAI_COMPATIBLE_DATA``,
-``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then
-``TURNOUT_<SECTION>__<KEY>`` overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or
-``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (values are read as YAML scalars). Any invalid setting
-raises `ConfigError` naming the key and what is allowed.
+``OLLAMA_BASE_URL``; turnout/providers/environment.py reads them), then ``TURNOUT_<SECTION>__<KEY>``
+overrides, e.g. ``TURNOUT_SERVER__PORT=9000`` or ``TURNOUT_PROVIDERS__LOCAL__API_KEY=...`` (read
+as YAML scalars). An invalid setting raises `ConfigError` naming the key and what is allowed.
 
 No provider type is named here: turnout/providers registers each (`register_provider_type`)
 with its dialect and settings model (a `ProviderConfig` subclass with the dialect's own options),
@@ -35,6 +34,7 @@ from pydantic import (
 
 from ..errors import ConfigError
 from ..wire.screen import SecurityConfig
+from .access import TEXT_SETTINGS, AuthConfig, LimitsConfig, StorageConfig
 from .base import _Strict
 from .routes import (
     RETRY_CLASSES,
@@ -89,6 +89,7 @@ class ServerConfig(_Strict):
         description="required as 'Authorization: Bearer' by model-changing endpoints "
         "(turnout/server/admin.py); unset: they are open",
     )
+    allow_unauthenticated: bool = Field(False, description="serve beyond loopback without keys")
     # Host names answered besides loopback names, `host` and IP addresses ('*': any), and the
     # browser origins that may call the gateway (turnout/server/guard.py).
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -339,6 +340,9 @@ class Config(_Strict):
     health: HealthConfig = Field(default_factory=lambda: HealthConfig())
     discovery: DiscoveryConfig = Field(default_factory=lambda: DiscoveryConfig())
     security: SecurityConfig = Field(default_factory=lambda: SecurityConfig())
+    storage: StorageConfig = Field(default_factory=lambda: StorageConfig())
+    limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -483,7 +487,7 @@ def _apply_overrides(data: dict[str, Any], env: Mapping[str, str]) -> None:
                 node[part] = child
             node = child
         last = _existing_key(node, path[-1])
-        if last in ("api_key", "admin_key") or path[-2:-1] == ["headers"]:
+        if last in TEXT_SETTINGS or path[-2:-1] == ["headers"]:
             node[last] = value  # secrets and header values are text, never YAML-typed
             continue
         try:

@@ -109,10 +109,10 @@ class Attempts:
         timer = None if deadline is None else asyncio.timeout_at(deadline)
         try:
             if timer is None:  # no time limit: no timer to set up and cancel
-                await backend.limiter.enter(backend.provider)
+                await backend.limiter.enter(backend.provider, trace.key, trace.priority)
             else:
                 async with timer:
-                    await backend.limiter.enter(backend.provider)
+                    await backend.limiter.enter(backend.provider, trace.key, trace.priority)
         except TimeoutError:
             backend.breaker.abandon(trial)
             if timer is not None and timer.expired():

@@ -1,5 +1,6 @@
 """Per-backend concurrency: requests in flight, a bounded queue behind ``max_concurrency``, and
-the 429 a full queue earns.
+the 429 a full queue earns. Waiting requests go in by weighted fair queueing (`FairQueue`: by
+their gateway key's priority and recent use), not in arrival order.
 
 The slots themselves are the provider's (`Provider.acquire`/`release`), because a provider also
 takes them for calls of its own; this module counts who holds and who waits, refuses to queue
@@ -9,10 +10,12 @@ beyond ``queue_size``, and tells the router how busy each backend is (``least_bu
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from ..errors import BackendRateLimitedError
 from ..providers.base import Provider
+from .fairq import FairQueue
 
 __all__ = ["Limiter", "QueueFullError"]
 
@@ -24,7 +27,7 @@ class QueueFullError(BackendRateLimitedError):
 
 
 class Limiter:
-    __slots__ = ("in_flight", "limit", "queue_size", "rejected", "waiting")
+    __slots__ = ("in_flight", "limit", "queue", "queue_size", "rejected", "waiting")
 
     def __init__(self, limit: int | None, queue_size: int) -> None:
         self.limit = limit
@@ -32,6 +35,7 @@ class Limiter:
         self.in_flight = 0
         self.waiting = 0
         self.rejected = 0
+        self.queue = FairQueue()
 
     def full(self) -> bool:
         """True when one more request would have to queue beyond ``queue_size``."""
@@ -48,17 +52,36 @@ class Limiter:
         busy = self.in_flight + self.waiting
         return busy / self.limit if self.limit else float(busy)
 
-    async def enter(self, provider: Provider) -> None:
-        self.waiting += 1
+    async def enter(self, provider: Provider, key: str = "", weight: float = 1.0) -> None:
+        """Take one of the backend's slots, waiting in the fair queue while all are held. A slot
+        freed while others wait passes straight to the next of them (`_hand_on`), so nobody
+        arriving meanwhile can jump the queue."""
+        if self.limit is not None and (self.in_flight >= self.limit or len(self.queue)):
+            future = self.queue.push(key, weight)
+            self.waiting += 1
+            try:
+                await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    self._hand_on()  # let in, then cancelled before running: pass it on
+                raise
+            finally:
+                self.waiting -= 1
+        else:
+            self.in_flight += 1
         try:
-            await provider.acquire()
-        finally:
-            self.waiting -= 1
-        self.in_flight += 1
+            await provider.acquire()  # the provider's own semaphore, shared with its own calls
+        except BaseException:
+            self._hand_on()
+            raise
+
+    def _hand_on(self) -> None:
+        if not self.queue.pop():
+            self.in_flight -= 1
 
     def leave(self, provider: Provider) -> None:
-        self.in_flight -= 1
         provider.release()
+        self._hand_on()
 
     def refuse(self, name: str, seconds_per_call: float | None) -> QueueFullError:
         """The 429 for a full queue, with a Retry-After guessed from the backend's pace."""

@@ -23,8 +23,10 @@ from dataclasses import replace
 
 from starlette.requests import Request
 
+from ..access.auth import not_admin
 from ..config import ServerConfig
 from ..errors import GatewayError
+from ..telemetry import CURRENT
 from .pipeline import Exchange, Handler, Route
 
 __all__ = ["AdminKeyError", "admin_key", "check_admin", "guarded", "warn_if_open"]
@@ -45,7 +47,15 @@ class AdminKeyError(GatewayError):
 
 
 def check_admin(request: Request) -> None:
-    """Raise `AdminKeyError` unless the request carries the admin key (or none is set)."""
+    """Raise `AdminKeyError` unless the request carries the admin key (or none is set); with
+    gateway keys in use (turnout/server/gate.py), `PermissionDeniedError` (403) for a key that is
+    not an admin key."""
+    trace = CURRENT.get()
+    principal = trace.principal if trace is not None else None
+    if principal is not None:
+        if principal.admin:
+            return
+        raise not_admin(principal, f"{request.method} {request.url.path}")
     secret = request.app.state.gateway.config.server.admin_key
     if secret is None:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from starlette.requests import Request
@@ -21,6 +22,8 @@ from . import (
     admin,
     docs,
     fronts,
+    gate,
+    keys,
     models as local_models,
     ops,
     providers as provider_list,
@@ -30,12 +33,15 @@ from .guard import guard
 from .pipeline import Pipeline, Route, Stage
 from .responses import json_response
 
+log = logging.getLogger("turnout.server")
+
 __all__ = ["STAGES", "create_app", "routes"]
 
 #: what every request passes after its trace and before its route, in order
 STAGES: tuple[Stage, ...] = (
     guard,  # bounded bodies, a Host it answers to, no cross-origin change, JSON bodies
-    admin.admin_key,  # a route marked admin needs the admin key
+    gate.authenticate,  # a gateway key, once keys are in use (401); CORS preflights
+    admin.admin_key,  # a route marked admin needs an admin key (or server.admin_key)
 )
 
 
@@ -56,6 +62,7 @@ def routes() -> list[Route]:
         *ops.routes,
         *local_models.routes,  # downloads, load, unload: marked admin
         *provider_list.routes,
+        *keys.routes,  # /v1/keys (marked admin), /v1/usage
         *docs.routes,  # /openapi.json (built from this table), /docs
         *ui.routes,  # the dashboard
     ]
@@ -85,13 +92,26 @@ def _collector_for_serving() -> Iterator[None]:
         gc.unfreeze()
 
 
-def create_app(gateway: Gateway, *, stages: Sequence[Stage] = STAGES) -> Pipeline:
-    """The gateway's ASGI app; it starts and closes ``gateway`` with its lifespan."""
+def create_app(
+    gateway: Gateway, *, stages: Sequence[Stage] = STAGES, access: bool = True
+) -> Pipeline:
+    """The gateway's ASGI app; it starts and closes ``gateway`` with its lifespan. With
+    ``access`` (the default) it asks for gateway keys once one exists, applies their limits and
+    keeps the usage ledger (turnout/store)."""
+    if access:
+        gateway.use_access()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Pipeline) -> AsyncIterator[None]:
         admin.warn_if_open(gateway.config.server)
         await gateway.start()
+        if gateway.access is not None:
+            try:
+                gate.refuse_if_open(gateway.config.server, gateway.access.required)
+            except gate.StartupRefused as exc:
+                log.error("%s", exc)
+                await gateway.close()
+                raise
         with _collector_for_serving():
             try:
                 yield

@@ -56,7 +56,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import GatewayError, InvalidRequestError, MethodNotAllowedError, NotFoundError
 from ..telemetry import CURRENT, Trace
-from ..telemetry.record import outcome_of
 from .responses import OPENAI_ERRORS, Errors, server_error
 
 __all__ = [
@@ -91,6 +90,8 @@ class Route:
     name: str = ""
     #: a request for a model's answer: recorded in the statistics whatever its fate
     inference: bool = False
+    #: the front that serves it, as the usage ledger records it
+    front: str = "openai"
 
     @property
     def label(self) -> str:
@@ -124,6 +125,9 @@ class Exchange(Request):
         self.route = route
         self.trace = trace
         self.status = 0  # the response's, once it started
+        #: headers a stage adds to the response (CORS); the gateway leaves a key's rate-limit
+        #: headers on the trace (``Trace.rate_headers``)
+        self.extra: list[tuple[bytes, bytes]] | None = None
 
     @property
     def started(self) -> bool:
@@ -139,6 +143,10 @@ class Exchange(Request):
                 # what turnout has spent so far, backend time excluded.
                 seconds = trace.overhead_s if trace.overhead_s is not None else trace.overhead_now()
                 headers.append((_OVERHEAD, f"{seconds * 1000:.3f}".encode()))
+            if self.extra is not None:  # a stage's (CORS)
+                headers += self.extra
+            if trace.rate_headers:  # a gateway key's limits (x-ratelimit-*)
+                headers += trace.rate_headers
             message = {**message, "headers": headers}
         await self._send(message)
 
@@ -354,17 +362,17 @@ def _settle(trace: Trace, status: int, failure: BaseException | None) -> None:
         return
     if failure is not None:
         if isinstance(failure, ClientDisconnect):
-            trace.outcome, trace.code = "cancelled", "client_gone"
+            trace.outcome, trace.code, trace.status = "cancelled", "client_gone", 499
         elif trace.outcome == "ok" or not isinstance(
             failure, GatewayError | asyncio.CancelledError
         ):
-            trace.outcome, trace.code = outcome_of(failure)  # a bug overrides what came before
+            trace.failed(failure)  # a bug overrides what came before
     elif trace.outcome == "ok":
         if status == 0 or status == 499:  # no response, or one nobody reads: the client left
-            trace.outcome, trace.code = "cancelled", "client_gone"
+            trace.outcome, trace.code, trace.status = "cancelled", "client_gone", 499
         elif status >= 400:  # a reply the route made itself
             trace.outcome = "refused" if status < 500 else "error"
-            trace.code = f"http_{status}"
+            trace.code, trace.status = f"http_{status}", status
 
 
 def _peer(scope: Scope) -> str:

@@ -8,8 +8,10 @@ seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``
 and `Gateway.stats()` drain it first, so what they show includes every finished request.
 
 Sinks (`Telemetry.add_sink`) receive each drained batch after the statistics have filled in its
-token counts: the OpenTelemetry exporter (telemetry/otel.py) is one, so spans are built and sent
-off the request path.
+token counts (estimated where the backend gave none) and costs: the OpenTelemetry exporter
+(telemetry/otel.py) is one, so spans are built and sent off the request path; the usage ledger
+(turnout/store/ledger.py) another. With a sink attached a full list is drained at once instead of
+dropping a record: a ledger row is owed for every request.
 """
 
 from __future__ import annotations
@@ -64,9 +66,16 @@ class Telemetry:
         self._sinks.append(sink)
 
     def emit(self, trace: Trace) -> None:
-        """Hand over a finished request; O(1), no await."""
-        trace.t_end = time.perf_counter()
+        """Hand over a finished request, once; O(1), no await."""
+        if trace.emitted:
+            return
+        trace.emitted = True
+        trace.t_end = now = time.perf_counter()
+        trace.latency_s = now - trace.t_start
         if len(self._pending) < self.capacity:
+            self._pending.append(trace)
+        elif self._sinks:
+            self.flush()
             self._pending.append(trace)
         else:
             self.dropped += 1
@@ -165,9 +174,11 @@ class Telemetry:
             self._tokens(trace, series)
 
     def _tokens(self, trace: Trace, series: Series) -> None:
+        """Count the reply's tokens and cost; what was estimated is written back to the trace."""
         tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
         if tokens_in is None or tokens_out is None:
             series.tokens_estimated += 1
+            trace.estimated = True
             if tokens_in is None:
                 text = ""
                 if trace.body is not None and self._prompt_text is not None and trace.kind:
@@ -182,6 +193,7 @@ class Telemetry:
         )
         if cost:
             series.cost += cost
+            trace.cost = cost
 
     def stats(self) -> dict[str, Any]:
         """Everything recorded so far, per backend and model, with each backend's live state."""

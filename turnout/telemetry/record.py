@@ -31,6 +31,8 @@ __all__ = ["CURRENT", "OUTCOMES", "Attempt", "Trace", "outcome_of"]
 
 #: every outcome a request can have (module docstring)
 OUTCOMES = ("ok", "refused", "error", "internal", "cancelled", "cut")
+#: the HTTP status an outcome stands for when no error gave one (499: nginx's "client gone")
+_STATUS = {"internal": 500, "cancelled": 499}
 
 #: backend, model, succeeded, error code, seconds in the backend, seconds to first chunk
 Attempt = tuple[str, str, bool, str | None, float, float | None]
@@ -48,27 +50,40 @@ class Trace:
         "choices",
         "client",
         "code",
+        "cost",
+        "emitted",
         "error",
+        "estimated",
         "first_token_timeout",
+        "front",
         "held",
+        "key",
         "kind",
+        "latency_s",
         "model",
         "outcome",
         "overhead_s",
         "price_in",
         "price_out",
+        "principal",
+        "priority",
+        "rate_headers",
         "request_id",
         "served",
         "started_call",
         "starts",
+        "status",
         "stream",
         "t_end",
         "t_start",
+        "ticket",
         "timeout",
         "tokens_in",
         "tokens_out",
         "ttft_s",
+        "user",
         "wait_s",
+        "wall",
     )
 
     def __init__(self, t_start: float | None = None) -> None:
@@ -107,6 +122,21 @@ class Trace:
         #: the reply's choices (a stream's last chunk with choices): their finish reasons are
         #: read off the hot path, by the telemetry drain
         self.choices: Any = None
+        self.status = 200  # HTTP status; 499 for a client gone
+        # Access (turnout/access): who asked, and what the limits reserved for it.
+        self.wall = time.time()
+        self.front = "openai"
+        self.principal: Any = None  # the gateway key's record, once authenticated
+        self.key = ""  # its name ("" without keys): the fair queue's flow
+        self.priority = 1
+        self.user: str | None = None  # the end user (the body's "user", or X-Turnout-User)
+        self.ticket: Any = None  # the limits' reservation, settled after the call
+        self.rate_headers: list[tuple[bytes, bytes]] | None = None
+        # Filled in by telemetry's drain (estimates when the backend gave no usage).
+        self.cost = 0.0
+        self.estimated = False
+        self.latency_s = 0.0
+        self.emitted = False
 
     def begin(self, kind: Kind, model: str, stream: bool) -> None:
         self.kind, self.model, self.stream = kind, model, stream
@@ -158,10 +188,13 @@ class Trace:
         left: `asyncio.CancelledError`, or the stream closed under it)."""
         if self.outcome != "cut":  # the shutdown's cut shows up as whatever it interrupted
             self.outcome, self.code = outcome_of(exc)
+            self.status = _STATUS.get(self.outcome, 500)
+            if isinstance(exc, GatewayError):
+                self.status = exc.status
 
     def cut(self) -> None:
         """The shutdown grace ended the request."""
-        self.outcome, self.code = "cut", "shutting_down"
+        self.outcome, self.code, self.status = "cut", "shutting_down", 503
 
 
 def outcome_of(exc: BaseException) -> tuple[str, str]:

@@ -47,7 +47,7 @@ class Front:
         self, path: str, endpoint: Endpoint, methods: tuple[str, ...] = ("GET",), **meta: Any
     ) -> Route:
         """A route of this front: its errors (a 405 included) in this front's dialect."""
-        return Route(path, endpoint, methods, errors=self.errors, **meta)
+        return Route(path, endpoint, methods, errors=self.errors, front=self.name, **meta)
 
     def inference(self, kind: Kind, parse: Parse) -> Endpoint:
         """The endpoint of an inference path: read the body (bounded), parse it, then either

@@ -1,0 +1,189 @@
+"""The stores, on a real SQLite file and a real PostgreSQL 15 cluster: versioned migrations, keys
+with rotation and revocation, the ledger (idempotent by request id), the spool through an outage,
+and the shared limits on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.databases import Postgres
+from turnout.access.cache import KeyCache
+from turnout.access.keys import KeyRecord
+from turnout.access.quota import Admission
+from turnout.store import open_store
+from turnout.store.keyring import KeyError_, create_key, key_json, revoke_key, rotate_key
+from turnout.store.ledger import Ledger
+from turnout.store.spool import Spool
+from turnout.store.sql import LEDGER_COLUMNS, SQLStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'turnout.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def row(i: int, **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = dict.fromkeys(LEDGER_COLUMNS)
+    base.update(
+        request_id=f"r{i}", ts=time.time(), key_name="k", front="openai", model="m",
+        status=200, tokens_in=3, tokens_out=4, estimated=False, cost=0.5, latency_ms=1.0,
+        streamed=False,
+    )  # fmt: skip
+    base.update(extra)
+    return base
+
+
+async def opened(url: str) -> SQLStore:
+    store = open_store(url)
+    await store.open()
+    return store
+
+
+async def test_migrations_are_versioned_and_run_once(database_url: str) -> None:
+    store = await opened(database_url)
+    await store.close()
+    store = await opened(database_url)  # a second start: nothing to do, nothing broken
+    rows = await store._query("SELECT version FROM schema_version")
+    assert [r[0] for r in rows] == [1]
+    await store.close()
+
+
+async def test_keys_rotate_and_revoke(database_url: str) -> None:
+    store = await opened(database_url)
+    cache = KeyCache(store)
+    raw, record = await create_key(store, "ci", models=["gemma-*"], rpm=10, budget=2.0)
+    assert raw.startswith("gw_") and record.prefix == raw[:11]
+    with pytest.raises(KeyError_, match="exists"):
+        await create_key(store, "ci")
+    with pytest.raises(KeyError_, match="letters"):
+        await create_key(store, "bad name; drop table keys")
+    await cache.refresh()
+    assert cache.lookup(raw) == record and cache.lookup(raw + "x") is None
+    new, until = await rotate_key(store, "ci", "2s")
+    await cache.refresh()
+    assert cache.lookup(new) is not None and cache.lookup(raw) is not None  # grace period
+    assert cache.lookup(raw, now=until + 0.1) is None and cache.lookup(new, now=until + 1)
+    await revoke_key(store, "ci")
+    await cache.refresh()
+    assert cache.lookup(new) is None and cache.any_keys
+    listed = [key_json(r, used, None) for r, used in await store.list_keys()]
+    assert listed[0]["state"] == "revoked" and listed[0]["prefix"] == new[:11]
+    assert raw not in repr(listed) and new not in repr(listed)
+    stored = repr(await store._query("SELECT * FROM keys")) + repr(
+        await store._query("SELECT * FROM credentials")
+    )
+    assert raw not in stored and new not in stored
+    await store.close()
+
+
+async def test_ledger_rows_are_written_once_and_reported(database_url: str) -> None:
+    store = await opened(database_url)
+    await store.add_key(KeyRecord(name="k", prefix="gw_x"), "h")
+    rows = [row(i) for i in range(10)]
+    await store.write_usage(rows)
+    await store.write_usage(rows[5:])  # a replayed batch
+    assert await store.count_usage() == 10
+    report = await store.usage_report(by="key")
+    assert report == [
+        {"key": "k", "requests": 10, "errors": 0, "tokens_in": 30, "tokens_out": 40, "cost": 5.0}
+    ]
+    assert (await store.usage_report(by="day"))[0]["requests"] == 10
+    assert await store.usage_report(by="model", key="nobody") == []
+    assert (await store.list_keys())[0][1] is not None  # last used, from the ledger
+    with pytest.raises(ValueError, match="allowed"):
+        await store.usage_report(by="1; DROP TABLE usage")
+    await store.close()
+
+
+async def test_ledger_spools_through_a_postgres_outage(
+    postgres: Postgres, pg_url: str, tmp_path: Path
+) -> None:
+    store = await opened(pg_url)
+    ledger = Ledger(store, Spool(tmp_path / "spool.jsonl"), retry=0.2)
+    ledger._queue.extend(row(i) for i in range(100))
+    await ledger.flush()
+    postgres.stop()
+    try:
+        ledger._queue.extend(row(i) for i in range(100, 300))
+        await ledger.flush()
+        assert ledger.spool.pending() and ledger.spooled == 200
+        ledger._queue.extend(row(i) for i in range(300, 350))
+        await asyncio.sleep(0.3)
+        await ledger.flush()
+    finally:
+        postgres.start()
+    await asyncio.sleep(0.3)
+    await ledger.flush()
+    assert not ledger.spool.pending()
+    assert await store.count_usage() == 350
+    ids = {r["request_id"] for r in await store.usage_rows()}
+    assert ids == {f"r{i}" for i in range(350)}
+    await store.close()
+
+
+def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.jsonl", max_bytes=4096)
+    kept = spool.append([row(i) for i in range(100)])
+    assert 0 < kept < 100 and spool.dropped == 100 - kept and spool.size() <= 4096
+
+
+async def test_shared_limits_hold_across_instances(redis_url: str) -> None:
+    from turnout.store.shared import SharedQuotas
+
+    one, two = SharedQuotas(redis_url), SharedQuotas(redis_url)
+    key = KeyRecord(name="team", prefix="", rpm=10, tpm=10_000)
+    results = await asyncio.gather(
+        *(q.admit(Admission(key, None, "chat", 100)) for q in [one, two] * 15)
+    )
+    admitted = [r for r in results if r.error is None]
+    assert len(admitted) == 10
+    refused = [r.error for r in results if r.error is not None]
+    assert all(e.status == 429 and 0 < (e.retry_after or 0) <= 60 for e in refused)
+    headers = refused[0].headers()
+    assert headers["x-ratelimit-limit-requests"] == "10" and "Retry-After" in headers
+    await one.close()
+    await two.close()
+
+
+async def test_shared_tokens_and_budget_settle(redis_url: str) -> None:
+    from turnout.store.shared import SharedQuotas
+
+    one, two = SharedQuotas(redis_url), SharedQuotas(redis_url)
+    key = KeyRecord(name="b", prefix="", tpm=1000, budget=1.0, budget_period="1d")
+    first = await one.admit(Admission(key, None, "chat", 800))
+    assert first.ticket is not None
+    assert (await two.admit(Admission(key, None, "chat", 800))).error is not None
+    await one.settle_many([(first.ticket, 50, 1.5)])  # used 50 tokens; spent past the budget
+    over = await two.admit(Admission(key, None, "chat", 10))
+    assert over.error is not None and over.error.code == "budget_exceeded"
+    tokens = KeyRecord(name="t", prefix="", tpm=1000)
+    held = await one.admit(Admission(tokens, None, "chat", 800))
+    assert held.ticket is not None
+    assert (await two.admit(Admission(tokens, None, "chat", 800))).error is not None
+    await one.settle_many([(held.ticket, 50, 0.0)])  # 750 of the 800 reserved come back
+    assert (await two.admit(Admission(tokens, None, "chat", 800))).error is None
+    await one.close()
+    await two.close()
+
+
+async def test_redis_unreachable_allows_locally_or_denies() -> None:
+    from tests.support.servers import free_port
+    from turnout.store.shared import SharedQuotas
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    key = KeyRecord(name="k", prefix="", rpm=1)
+    allow = SharedQuotas(url, on_error="allow", timeout=0.2)
+    assert (await allow.admit(Admission(key, None, "chat", 0))).error is None
+    assert (await allow.admit(Admission(key, None, "chat", 0))).error is not None  # local rpm
+    deny = SharedQuotas(url, on_error="deny", timeout=0.2)
+    refused = (await deny.admit(Admission(key, None, "chat", 0))).error
+    assert refused is not None and refused.status == 503
+    await allow.close()
+    await deny.close()
