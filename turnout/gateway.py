@@ -129,7 +129,10 @@ class Gateway:
         self._starting = asyncio.Lock()
         self.discovery: AutoDiscovery | None = None
         self.draining = False  # the server is stopping: new requests are refused (`drain`)
-        self._inflight: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        #: the requests in flight: each one's task and trace
+        self._inflight: weakref.WeakKeyDictionary[asyncio.Task[Any], Trace] = (
+            weakref.WeakKeyDictionary()
+        )
         self._cut: set[asyncio.Task[Any]] = set()  # cancelled by `cut`, not by their client
         self.access: Access | None = None
 
@@ -197,8 +200,8 @@ class Gateway:
             await self.access.close()  # after telemetry's last flush: every ledger row written
         outcomes = self.telemetry.outcomes
         log.info(
-            "statistics at close: %d requests (%d ok, %d errors, %d cancelled)",
-            sum(outcomes.values()), outcomes["ok"], outcomes["error"], outcomes["cancelled"],
+            "statistics at close: %d requests (%s)",
+            sum(outcomes.values()), ", ".join(f"{n} {o}" for o, n in outcomes.items()),
         )  # fmt: skip
         if self._otel is not None:
             await asyncio.to_thread(self._otel.close)  # sends the spans still queued
@@ -222,8 +225,9 @@ class Gateway:
         `ShuttingDownError` where it waits, so a stream ends with an error event in its client's
         dialect and a plain request with a 503. Returns how many were cut."""
         cut = 0
-        for task in list(self._inflight):
+        for task, trace in list(self._inflight.items()):
             if not task.done():
+                trace.cut()  # its record says so, however the cancellation lands
                 self._cut.add(task)
                 task.cancel()
                 cut += 1
@@ -252,12 +256,12 @@ class Gateway:
             raise ShuttingDownError("turnout is shutting down and takes no new requests.")
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.add(task)
+            self._inflight[task] = trace
 
     def _settled(self) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._inflight.discard(task)
+            self._inflight.pop(task, None)
 
     async def add_providers(self, added: Mapping[str, Provider]) -> None:
         """Serve ``added`` (started providers, by name) from now on: discovery registers what
@@ -337,7 +341,7 @@ class Gateway:
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
             cut = self.cut_short(exc)
-            self._abandon(trace, cut or exc)
+            self._abandon(trace, cut or exc, cut is not None)
             if cut is not None:
                 raise cut from None
             raise
@@ -346,7 +350,8 @@ class Gateway:
         trace.usage(result.get("usage"), body)
         trace.choices = result.get("choices")
         trace.ready()
-        self.telemetry.emit(trace)
+        if not trace.held:  # an HTTP request's record goes when its response is over
+            self.telemetry.emit(trace)
         return reply
 
     async def open_stream(
@@ -369,7 +374,7 @@ class Gateway:
         except BaseException as exc:
             self._settled()
             cut = self.cut_short(exc)
-            self._abandon(trace, cut or exc)
+            self._abandon(trace, cut or exc, cut is not None)
             if cut is not None:
                 raise cut from None
             raise
@@ -395,11 +400,16 @@ class Gateway:
             tokens = out + (len(prompt_text(kind, body)) + 3) // 4
         await access.admit(trace, kind, body, tokens)
 
-    def _abandon(self, trace: Trace, exc: BaseException) -> None:
-        """A request that failed (or was cancelled) before its reply: record it as it stands."""
-        trace.failed(exc)
+    def _abandon(self, trace: Trace, exc: BaseException, cut: bool = False) -> None:
+        """A request that failed (or was cancelled, or cut) before its reply: note how, and
+        record it as it stands unless the pipeline does."""
+        if cut:
+            trace.cut()
+        else:
+            trace.failed(exc)
         trace.ready()
-        self.telemetry.emit(trace)
+        if not trace.held:
+            self.telemetry.emit(trace)
 
     def stats(self) -> dict[str, Any]:
         """Per backend and model: requests, successes, failures, latency (average, p50, p95),
@@ -462,14 +472,16 @@ class Gateway:
                 yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
             cut = self.cut_short(exc)  # the shutdown grace is over
-            trace.failed(cut or exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             if cut is not None:
+                trace.cut()
                 raise cut from None
+            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
             raise
         finally:
             self._settled()
             trace.usage(usage, body, tokens_out=sent)
-            self.telemetry.emit(trace)
+            if not trace.held:
+                self.telemetry.emit(trace)
 
     async def _count(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
         """A stream's usage counted by the backend's tokenizer (estimated where it cannot)."""

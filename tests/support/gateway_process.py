@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import yaml
 
 from tests.support.servers import free_port, wait_http
 
-__all__ = ["Served", "paced_config", "read_sse", "serve_process"]
+__all__ = ["Served", "closing_statistics", "paced_config", "read_sse", "serve_process"]
 
 
 @dataclass
@@ -72,3 +73,16 @@ async def read_sse(response: aiohttp.ClientResponse) -> tuple[list[Any], bool]:
         if line.startswith(b"data: "):
             events.append(orjson.loads(line[6:]))
     return events, False
+
+
+def closing_statistics(log: str) -> dict[str, int]:
+    """The request counts the gateway logs when it closes: the total, and each outcome that
+    counted any (``statistics at close: 20 requests (18 ok, 0 refused, ..., 2 cut)``)."""
+    line = re.search(r"statistics at close: (\d+) requests \(([^)]*)\)", log)
+    assert line is not None, log
+    counts = {"total": int(line.group(1))}
+    for part in line.group(2).split(", "):
+        n, outcome = part.split(" ")
+        if int(n):
+            counts[outcome] = int(n)
+    return counts

@@ -119,7 +119,10 @@ def test_failures_are_counted_by_code_and_attempts_per_backend() -> None:
     assert a["models"]["m"]["errors"] == {"backend_unavailable": 2}
     assert (b["requests"], b["successes"]) == (1, 1)
     assert b["models"]["m"]["ttft_ms"]["p50"] == 50.0
-    assert snapshot["requests"] == {"total": 2, "ok": 1, "error": 1, "cancelled": 0}
+    assert snapshot["requests"] == {
+        "total": 2, "ok": 1, "refused": 0, "error": 1, "internal": 0, "cancelled": 0, "cut": 0,
+        "reasons": {"error": {"backend_unavailable": 1}},
+    }  # fmt: skip
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -118,7 +118,7 @@ def create_app(
             finally:
                 await gateway.close()
 
-    app = Pipeline(routes(), stages, lifespan)
+    app = Pipeline(routes(), stages, lifespan, record=gateway.telemetry.emit)
     app.state.gateway = gateway
     ui.recent(gateway)  # the dashboard's request log, kept from the start
     return app

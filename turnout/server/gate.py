@@ -5,14 +5,13 @@ route's front (the pipeline renders it with the route's error renderer).
 The key's name and priority go on the request's trace, where the gateway checks its scope and
 limits (403, 429; the rate-limit headers it leaves on the trace go out with the response) and
 the backends' fair queues read its priority. The stage also answers CORS preflights for
-``server.cors_origins`` (before any key: browsers send none), and records a request that asked
-for a model but never reached telemetry (a client gone at just the wrong moment), so that the
-ledger has exactly one row per request.
+``server.cors_origins`` (before any key: browsers send none). The ledger has exactly one row per
+request because the pipeline records every request once, whatever its fate
+(turnout/server/pipeline.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 
@@ -54,12 +53,7 @@ def authenticate(next: Handler) -> Handler:
         trace.front = x.route.front
         if principal is not None:
             _identify(trace, principal, scope)
-        try:
-            await next(x)
-        finally:
-            if trace.kind is not None and not trace.emitted:
-                trace.failed(asyncio.CancelledError())
-                gateway.telemetry.emit(trace)
+        await next(x)  # the pipeline records the request, whatever its fate
 
     return stage
 

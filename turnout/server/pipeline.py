@@ -19,11 +19,22 @@ A stage is a function from the next handler to a handler, called once when the p
         return stage
 
 A `GatewayError` raised before the response starts becomes the reply in the route's dialect
-(`Route.errors`); any other exception is logged and becomes a 500 in that dialect.
+(`Route.errors`); any other exception is logged and becomes a 500 in that dialect. A client that
+leaves before its body is complete is one log line, not a traceback.
+
+**One record per request.** The pipeline hands each request's trace to ``record`` (the
+gateway's telemetry) once its response is over, whatever its fate: answered, refused by a stage
+or by validation (400, 403, 413, 415...), failed in a backend, failed inside turnout (500), left
+by its client, cut by the shutdown (turnout/telemetry/record.py names the outcomes). Every
+request of an inference route (``Route.inference``) is recorded, and any other that reached the
+gateway. The gateway notes what it knows (its error, the client gone, the cut); what it did not
+see (a stage's refusal, a reply the front made itself, an exception after it answered) is
+settled here from the exception and the response's status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -38,7 +49,7 @@ from urllib.parse import unquote
 
 from starlette.convertors import Convertor
 from starlette.datastructures import State
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,6 +88,8 @@ class Route:
     #: the dialect its errors are told in (the route's front)
     errors: Errors = OPENAI_ERRORS
     name: str = ""
+    #: a request for a model's answer: recorded in the statistics whatever its fate
+    inference: bool = False
     #: the front that serves it, as the usage ledger records it
     front: str = "openai"
 
@@ -111,14 +124,18 @@ class Exchange(Request):
         super().__init__(scope, receive, send)
         self.route = route
         self.trace = trace
-        self.started = False
+        self.status = 0  # the response's, once it started
         #: headers a stage adds to the response (CORS); the gateway leaves a key's rate-limit
         #: headers on the trace (``Trace.rate_headers``)
         self.extra: list[tuple[bytes, bytes]] | None = None
 
+    @property
+    def started(self) -> bool:
+        return self.status != 0
+
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self.started = True
+            self.status = message["status"]
             trace = self.trace
             headers = [*message.get("headers", ()), (_REQUEST_ID, trace.request_id.encode())]
             if trace.kind is not None:
@@ -146,6 +163,7 @@ def start_trace(scope: Scope) -> Trace:
     the client's ``X-Request-Id`` when it is up to 128 safe characters, else one of its own."""
     trace = Trace()
     trace.method, trace.path = scope["method"], scope["path"]  # for the request log
+    trace.held = True  # the pipeline records it
     for name, value in scope["headers"]:
         if name.startswith(_PREFIX) and name in OVERRIDES:
             _override(trace, name, value)
@@ -184,12 +202,22 @@ async def _respond(x: Exchange) -> None:
     await response(x.scope, x.receive, x.send)
 
 
+def _ignore(trace: Trace) -> None:
+    pass
+
+
 class Pipeline:
-    """The gateway's ASGI app: trace, stages, route, for every HTTP request; the lifespan."""
+    """The gateway's ASGI app: trace, stages, route, for every HTTP request; the lifespan.
+    ``record`` takes each request's trace once its response is over."""
 
     def __init__(
-        self, routes: Sequence[Route], stages: Sequence[Stage], lifespan: Lifespan | None = None
+        self,
+        routes: Sequence[Route],
+        stages: Sequence[Stage],
+        lifespan: Lifespan | None = None,
+        record: Callable[[Trace], None] = _ignore,
     ) -> None:
+        self.record = record
         self.routes = tuple(routes)
         self.stages = tuple(stages)
         self.state = State()
@@ -208,18 +236,35 @@ class Pipeline:
         trace = start_trace(scope)
         x = Exchange(scope, receive, send, self._table.find(scope), trace)
         token = CURRENT.set(trace)
+        failure: BaseException | None = None
         try:
             await self._handler(x)
         except Exception as exc:
+            failure = exc
             if x.started:
                 raise  # after the response started: the ASGI server logs it and closes
-            if isinstance(exc, GatewayError):
-                response = x.route.errors.response(exc)
-            else:
-                response = server_error(x.method, x.url.path, x.route.errors)
-            await response(scope, receive, x.send)
+            await self._failed(x, exc)
+        except BaseException as exc:  # cancelled: the server stops, or the shutdown cut it
+            failure = exc
+            raise
         finally:
             CURRENT.reset(token)
+            if trace.kind is not None or x.route.inference:
+                if failure is not None or (trace.outcome == "ok" and not 0 < x.status < 400):
+                    _settle(trace, x.status, failure)
+                self.record(trace)
+
+    async def _failed(self, x: Exchange, exc: Exception) -> None:
+        """The reply to an exception raised before the response started."""
+        if isinstance(exc, GatewayError):
+            response = x.route.errors.response(exc)
+        elif isinstance(exc, ClientDisconnect):  # the client left mid-body: nobody to answer
+            log.info("client %s left before sending all of its request (%s %s)",
+                     _peer(x.scope), x.method, _raw(x.scope))  # fmt: skip
+            return
+        else:
+            response = server_error(x.method, x.url.path, x.route.errors)
+        await response(x.scope, x.receive, x.send)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -309,6 +354,31 @@ class _Table:
         if path != "/" and any(regex.match(_flip(path)) for _, regex, _, _ in self._ordered):
             return self._redirect
         return self._not_found
+
+
+def _settle(trace: Trace, status: int, failure: BaseException | None) -> None:
+    """How a request ended, where the gateway did not say (or said less than the pipeline
+    saw): an exception turnout did not expect is turnout's failure, whatever came before it."""
+    if trace.outcome == "cut":
+        return
+    if failure is not None:
+        if isinstance(failure, ClientDisconnect):
+            trace.outcome, trace.code, trace.status = "cancelled", "client_gone", 499
+        elif trace.outcome == "ok" or not isinstance(
+            failure, GatewayError | asyncio.CancelledError
+        ):
+            trace.failed(failure)  # a bug overrides what came before
+    elif trace.outcome == "ok":
+        if status == 0 or status == 499:  # no response, or one nobody reads: the client left
+            trace.outcome, trace.code, trace.status = "cancelled", "client_gone", 499
+        elif status >= 400:  # a reply the route made itself
+            trace.outcome = "refused" if status < 500 else "error"
+            trace.code, trace.status = f"http_{status}", status
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "a client"
 
 
 def _flip(path: str) -> str:

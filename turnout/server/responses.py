@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError
+from ..telemetry import CURRENT
 
 __all__ = [
     "OPENAI_ERRORS",
@@ -23,6 +24,7 @@ __all__ = [
     "Errors",
     "error_response",
     "json_response",
+    "noted",
     "server_error",
     "sse_headers",
 ]
@@ -75,10 +77,19 @@ class Errors:
     body: Callable[[GatewayError], Any]
 
     def response(self, exc: GatewayError) -> Response:
+        noted(exc)
         headers = exc.headers()
         if exc.backend:
             headers["X-Turnout-Backend"] = exc.backend
         return json_response(self.body(exc), exc.status, headers)
+
+
+def noted(exc: GatewayError) -> None:
+    """Note ``exc`` as how the request being served ended (its statistics record's reason),
+    unless something already said how: what an endpoint answers itself, it says here."""
+    trace = CURRENT.get()
+    if trace is not None and trace.outcome == "ok":
+        trace.failed(exc)
 
 
 def _openai_body(exc: GatewayError) -> Any:

@@ -1,6 +1,8 @@
 """Telemetry: each request's record, emitted once after its response, aggregated off the hot path.
 
-A request appends its `Trace` to a bounded list (O(1); when full, the record is dropped and
+Every request gives one record whatever its fate (turnout/telemetry/record.py: its outcome and
+reason); ``/stats`` counts them under ``requests``, per outcome and per reason. A request appends
+its `Trace` to a bounded list (O(1); when full, the record is dropped and
 counted, never queued without bound). A background task drains the list every ``interval``
 seconds into per-backend-and-model statistics and Prometheus metrics; ``/stats``, ``/metrics``
 and `Gateway.stats()` drain it first, so what they show includes every finished request.
@@ -23,7 +25,7 @@ from typing import Any
 from .. import tasks
 from ..wire.types import JSON, Kind
 from .metrics import CONTENT_TYPE, Live, Metrics
-from .record import CURRENT, Trace
+from .record import CURRENT, OUTCOMES, Trace
 from .stats import MAX_SERIES, OTHER, Series, Window
 
 __all__ = ["CONTENT_TYPE", "CURRENT", "Sink", "Telemetry", "Trace"]
@@ -49,7 +51,9 @@ class Telemetry:
         self.dropped = 0
         self._dropped_counted = 0
         self.overhead = Window()
-        self.outcomes = {"ok": 0, "error": 0, "cancelled": 0}
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        #: outcome -> reason -> requests, for every outcome but "ok"
+        self.reasons: dict[str, dict[str, int]] = {}
         self.started = time.time()
         self._live = live
         self._prompt_text = prompt_text
@@ -134,7 +138,14 @@ class Telemetry:
         """Count one request into the statistics and the histograms; the counters it moves are
         published by `flush` for the whole batch (``touched``: the series it changed)."""
         metrics = self.metrics
-        self.outcomes[trace.outcome] += 1
+        outcome = trace.outcome
+        self.outcomes[outcome] += 1
+        if outcome != "ok":
+            reasons = self.reasons.get(outcome)
+            if reasons is None:
+                reasons = self.reasons[outcome] = {}
+            reason = trace.code or outcome
+            reasons[reason] = reasons.get(reason, 0) + 1
         if trace.overhead_s is not None:
             self.overhead.add(trace.overhead_s)
             metrics.overhead.observe(trace.overhead_s)
@@ -143,7 +154,9 @@ class Telemetry:
             touched.add(series)
             children: Any = series.children
             series.requests += 1
-            if ok:
+            if code == "cancelled":  # the client left: says nothing about the backend
+                series.cancelled += 1
+            elif ok:
                 series.successes += 1
                 series.latency.add(seconds)
                 children.latency.observe(seconds)
@@ -194,13 +207,18 @@ class Telemetry:
             entry["requests"] += series.requests
             entry["successes"] += series.successes
             entry["failures"] += series.failures
+            entry["cancelled"] += series.cancelled
             entry["tokens_in"] += series.tokens_in
             entry["tokens_out"] += series.tokens_out
             entry["cost"] = round(entry["cost"] + series.cost, 6)
             entry["models"][model] = series.to_json()
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
-            "requests": {"total": sum(self.outcomes.values()), **self.outcomes},
+            "requests": {
+                "total": sum(self.outcomes.values()),
+                **self.outcomes,
+                "reasons": {o: dict(sorted(r.items())) for o, r in sorted(self.reasons.items())},
+            },
             "overhead_ms": self.overhead.summary_ms(),
             "dropped_records": self.dropped,
             "backends": backends,
@@ -216,6 +234,7 @@ def _backend(live: Mapping[str, Any]) -> dict[str, Any]:
         "requests": 0,
         "successes": 0,
         "failures": 0,
+        "cancelled": 0,
         "tokens_in": 0,
         "tokens_out": 0,
         "cost": 0.0,

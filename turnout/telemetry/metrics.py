@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .record import OUTCOMES
+
 __all__ = ["CONTENT_TYPE", "Children", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,7 +79,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "turnout_requests", "Client requests by outcome (ok, error, cancelled).",
+            "turnout_requests", "Client requests by outcome (" + ", ".join(OUTCOMES) + ").",
             ["outcome"], registry=r,
         )  # fmt: skip
         self.backend_requests = Counter(
@@ -113,7 +115,7 @@ class Metrics:
             "turnout_telemetry_dropped", "Request records dropped because the queue was full.",
             registry=r,
         )  # fmt: skip
-        self._outcomes = {o: self.requests.labels(o) for o in ("ok", "error", "cancelled")}
+        self._outcomes = {o: self.requests.labels(o) for o in OUTCOMES}
         self._published_outcomes = dict.fromkeys(self._outcomes, 0)
         if live is not None:
             r.register(_LiveCollector(live))

@@ -1,9 +1,20 @@
 """`Trace`: what one request asked of turnout and what it did, in one small mutable object.
 
-Created when the request arrives (by the HTTP middleware, so that reading and validating the body
-count as turnout's time; by the gateway for the Python API), filled in by the gateway and the
-router as the request runs, and handed to telemetry once, after the response. Only attribute
-stores and one list append per attempt happen on the request path.
+Created when the request arrives (by the pipeline, so that reading and validating the body count
+as turnout's time; by the gateway for the Python API), filled in by the gateway and the router as
+the request runs, and handed to telemetry once, after the response: by the pipeline for an HTTP
+request (``held``), whatever its fate, else by the gateway. Only attribute stores and one list
+append per attempt happen on the request path.
+
+How a request ended (``outcome``), with its reason (``code``) unless it succeeded:
+
+- ``ok``: answered;
+- ``refused``: turnout or the backend refused it for what it asked (a 4xx: invalid, too large,
+  forbidden, unknown model...), reason the error's code;
+- ``error``: it failed (a 5xx: no backend up, a backend's failure or timeout), reason the code;
+- ``internal``: turnout itself failed on it (a bug: a 500 ``internal_error``);
+- ``cancelled``: the client left before the answer was complete (``client_gone``);
+- ``cut``: the shutdown grace ended it (``shutting_down``).
 """
 
 from __future__ import annotations
@@ -16,7 +27,12 @@ from typing import Any
 from ..errors import GatewayError
 from ..wire.types import JSON, Kind
 
-__all__ = ["CURRENT", "Attempt", "Trace"]
+__all__ = ["CURRENT", "OUTCOMES", "Attempt", "Trace", "outcome_of"]
+
+#: every outcome a request can have (module docstring)
+OUTCOMES = ("ok", "refused", "error", "internal", "cancelled", "cut")
+#: the HTTP status an outcome stands for when no error gave one (499: nginx's "client gone")
+_STATUS = {"internal": 500, "cancelled": 499}
 
 #: backend, model, succeeded, error code, seconds in the backend, seconds to first chunk
 Attempt = tuple[str, str, bool, str | None, float, float | None]
@@ -40,6 +56,7 @@ class Trace:
         "estimated",
         "first_token_timeout",
         "front",
+        "held",
         "key",
         "kind",
         "latency_s",
@@ -81,6 +98,7 @@ class Trace:
         self.timeout: float | None = None
         self.first_token_timeout: float | None = None
         self.error: GatewayError | None = None  # an override the client got wrong
+        self.held = False  # the pipeline emits it when the response is over, not the gateway
         # Who asked (a hash of its key, else its address): the breaker's source of a failure.
         self.client: Hashable = None
         # What the request is; None until the gateway takes it.
@@ -102,8 +120,8 @@ class Trace:
         # How it ended.
         self.tokens_in: int | None = None
         self.tokens_out: int | None = None
-        self.outcome = "ok"  # "ok", "error" or "cancelled"
-        self.code: str | None = None
+        self.outcome = "ok"  # one of `OUTCOMES`
+        self.code: str | None = None  # the reason, for any other outcome
         self.overhead_s: float | None = None
         #: the reply's choices (a stream's last chunk with choices): their finish reasons are
         #: read off the hot path, by the telemetry drain
@@ -169,7 +187,24 @@ class Trace:
         ]
 
     def failed(self, exc: BaseException) -> None:
-        if isinstance(exc, GatewayError):
-            self.outcome, self.code, self.status = "error", exc.code or exc.type, exc.status
-        else:
-            self.outcome, self.code, self.status = "cancelled", None, 499
+        """Note how the request ended: ``exc`` a `GatewayError` (refused or failed, by its
+        status), any other exception (turnout's own failure), or a cancellation (the client
+        left: `asyncio.CancelledError`, or the stream closed under it)."""
+        if self.outcome != "cut":  # the shutdown's cut shows up as whatever it interrupted
+            self.outcome, self.code = outcome_of(exc)
+            self.status = _STATUS.get(self.outcome, 500)
+            if isinstance(exc, GatewayError):
+                self.status = exc.status
+
+    def cut(self) -> None:
+        """The shutdown grace ended the request."""
+        self.outcome, self.code, self.status = "cut", "shutting_down", 503
+
+
+def outcome_of(exc: BaseException) -> tuple[str, str]:
+    """The outcome and reason of a request that ended with ``exc``."""
+    if isinstance(exc, GatewayError):
+        return ("refused" if exc.status < 500 else "error"), exc.code or exc.type
+    if isinstance(exc, Exception):
+        return "internal", "internal_error"
+    return "cancelled", "client_gone"  # CancelledError, GeneratorExit: nobody is listening

@@ -62,6 +62,7 @@ class Series:
     """One backend and model: what `GetStats` reports per vendor, plus errors by code."""
 
     __slots__ = (
+        "cancelled",
         "children",
         "cost",
         "errors",
@@ -79,6 +80,7 @@ class Series:
         self.requests = 0
         self.successes = 0
         self.failures = 0
+        self.cancelled = 0  # calls ended because the client left: neither success nor failure
         self.errors: dict[str, int] = {}
         self.latency = Window()
         self.ttft = Window()
@@ -93,6 +95,7 @@ class Series:
             "requests": self.requests,
             "successes": self.successes,
             "failures": self.failures,
+            "cancelled": self.cancelled,
             "errors": dict(sorted(self.errors.items())),
             "latency_ms": self.latency.summary_ms(),
             "ttft_ms": self.ttft.summary_ms(),

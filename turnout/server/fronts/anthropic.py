@@ -30,7 +30,7 @@ from ...wire.openai import prompt_text
 from ...wire.sse import comment
 from ...wire.validate import validate_chat
 from ..pipeline import Route
-from ..responses import BytesResponse, Errors, json_response
+from ..responses import BytesResponse, Errors, json_response, noted
 from ..stream import ClientGone, HeaderCache, Stream, read_json, while_connected
 from .common import Framed, json_headers, stream_headers
 
@@ -48,6 +48,7 @@ class _Errors(Errors):
     """Anthropic's error dialect: its body, and its status for "no backend free" (529)."""
 
     def response(self, exc: GatewayError) -> Response:
+        noted(exc)
         status, body = error_body(exc)
         headers = exc.headers()
         if exc.backend:
@@ -114,14 +115,14 @@ async def count_tokens(request: Request) -> Response:
     return json_response({"input_tokens": n}, headers=headers)
 
 
-def _route(path: str, endpoint: Any) -> Route:
-    return Route(path, endpoint, ("POST",), errors=ANTHROPIC_ERRORS)
+def _route(path: str, endpoint: Any, inference: bool = False) -> Route:
+    return Route(path, endpoint, ("POST",), errors=ANTHROPIC_ERRORS, inference=inference)
 
 
 #: a base URL given with /v1 makes the SDK post to /v1/v1/messages: served too
 routes = [
-    _route("/v1/messages", messages),
+    _route("/v1/messages", messages, inference=True),
     _route("/v1/messages/count_tokens", count_tokens),
-    _route("/v1/v1/messages", messages),
+    _route("/v1/v1/messages", messages, inference=True),
     _route("/v1/v1/messages/count_tokens", count_tokens),
 ]

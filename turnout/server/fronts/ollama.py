@@ -268,8 +268,11 @@ async def refuse(request: Request) -> Response:
     )  # fmt: skip
 
 
-def _route(path: str, endpoint: Any, *methods: str, admin: bool = False) -> Route:
-    return Route(path, endpoint, methods or ("GET",), admin=admin, errors=OLLAMA_ERRORS)
+def _route(
+    path: str, endpoint: Any, *methods: str, admin: bool = False, inference: bool = False
+) -> Route:
+    methods = methods or ("GET",)
+    return Route(path, endpoint, methods, admin=admin, errors=OLLAMA_ERRORS, inference=inference)
 
 
 routes = [
@@ -278,10 +281,10 @@ routes = [
     _route("/api/tags", tags),
     _route("/api/ps", ps),
     _route("/api/show", show, "POST"),
-    _route("/api/chat", chat, "POST"),
-    _route("/api/generate", generate, "POST"),
-    _route("/api/embed", embed, "POST"),
-    _route("/api/embeddings", embeddings, "POST"),
+    _route("/api/chat", chat, "POST", inference=True),
+    _route("/api/generate", generate, "POST", inference=True),
+    _route("/api/embed", embed, "POST", inference=True),
+    _route("/api/embeddings", embeddings, "POST", inference=True),
     _route("/api/pull", pull, "POST", admin=True),
     _route("/api/delete", delete, "DELETE", admin=True),
     _route("/api/push", refuse, "POST"),

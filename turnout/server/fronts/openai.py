@@ -80,9 +80,21 @@ async def get_model(request: Request) -> Response:
 
 
 routes = [
-    FRONT.route("/v1/chat/completions", FRONT.inference("chat", validate_chat), ("POST",)),
-    FRONT.route("/v1/completions", FRONT.inference("completion", validate_completion), ("POST",)),
-    FRONT.route("/v1/embeddings", FRONT.inference("embedding", validate_embedding), ("POST",)),
+    FRONT.route(
+        "/v1/chat/completions", FRONT.inference("chat", validate_chat), ("POST",), inference=True
+    ),
+    FRONT.route(
+        "/v1/completions",
+        FRONT.inference("completion", validate_completion),
+        ("POST",),
+        inference=True,
+    ),
+    FRONT.route(
+        "/v1/embeddings",
+        FRONT.inference("embedding", validate_embedding),
+        ("POST",),
+        inference=True,
+    ),
     FRONT.route("/v1/models", list_models),
     FRONT.route("/v1/models/{model:path}", get_model),
 ]

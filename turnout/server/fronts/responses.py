@@ -150,7 +150,7 @@ async def delete(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/responses", create, ("POST",)),
+    Route("/v1/responses", create, ("POST",), inference=True),
     Route("/v1/responses/{response_id}", retrieve, ("GET",)),
     Route("/v1/responses/{response_id}", delete, ("DELETE",)),
 ]

@@ -138,14 +138,16 @@ async def ollama_delete(request: Request) -> Response:
     return json_response({"status": "success", "model": model, "deleted": True})
 
 
-def _route(path: str, endpoint: Any, method: str = "GET", *, admin: bool = False) -> Route:
-    return Route(path, endpoint, (method,), admin=admin, errors=WEBAPP_ERRORS)
+def _route(
+    path: str, endpoint: Any, method: str = "GET", *, admin: bool = False, inference: bool = False
+) -> Route:
+    return Route(path, endpoint, (method,), admin=admin, errors=WEBAPP_ERRORS, inference=inference)
 
 
 routes = [
     _route("/api/local-llm/providers", providers),
-    _route("/api/local-llm/proxy", proxy, "POST"),
-    _route("/api/local-llm/stream", stream, "POST"),
+    _route("/api/local-llm/proxy", proxy, "POST", inference=True),
+    _route("/api/local-llm/stream", stream, "POST", inference=True),
     _route("/api/local-llm/ollama/list", ollama_list),
     _route("/api/local-llm/ollama/pull", ollama_pull, "POST", admin=True),
     _route("/api/local-llm/ollama/delete", ollama_delete, "POST", admin=True),
