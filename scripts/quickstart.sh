@@ -10,5 +10,7 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 [ -x .venv/bin/python ] || python3 -m venv .venv
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[embedded]'
+# Exactly the versions tested, each checked against its hash (scripts/lock.sh makes the lock).
+.venv/bin/python -m pip install --quiet --require-hashes -r requirements-embedded.lock
+.venv/bin/python -m pip install --quiet --no-deps -e .
 exec .venv/bin/turnout demo "$@"

@@ -20,7 +20,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[all,test]'
+# Exactly the versions tested, each checked against its hash (scripts/lock.sh makes the lock).
+.venv/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+.venv/bin/python -m pip install --quiet --no-deps -e .
 # The browser tests (the dashboard, the guard) drive Debian's chromium through chromedriver;
 # systemd-analyze (the unit's check) comes with systemd.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then

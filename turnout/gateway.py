@@ -39,7 +39,7 @@ from .telemetry import CURRENT, Telemetry, Trace, otel
 from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
 from .wire.screen import Screen
-from .wire.tools import ToolCallStream, tidy_reply
+from .wire.tools import mend_tool_calls, tidy_reply
 from .wire.types import JSON, Chunk
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
@@ -102,7 +102,7 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = load_config(config, environ=environ)
-        register_secrets(_secrets(self.config))
+        register_secrets(self.config.secrets())
         configs = served_configs(self.config)
         #: where the HTTP server listens, set by whoever serves it; named in the start-up log
         self.address: str | None = None
@@ -380,7 +380,7 @@ class Gateway:
             raise
         trace.ready()
         if body.get("tools"):  # only a stream that may call tools pays for their mending
-            chunks = _tool_calls_mended(chunks)
+            chunks = mend_tool_calls(chunks)
         return StreamReply(self._metered(kind, body, chunks, target, trace), target)
 
     async def _limit(self, trace: Trace, kind: Kind, body: JSON) -> None:
@@ -471,17 +471,22 @@ class Gateway:
                 usage = counted[1]
                 yield Chunk(usage_chunk(kind, last, target.model, usage))
         except BaseException as exc:
-            cut = self.cut_short(exc)  # the shutdown grace is over
-            if cut is not None:
-                trace.cut()
-                raise cut from None
-            trace.failed(exc)  # a GatewayError mid-stream, or the client gone (cancelled)
-            raise
+            raise self._ended_early(trace, exc)  # noqa: B904 (the error itself, or the cut)
         finally:
             self._settled()
             trace.usage(usage, body, tokens_out=sent)
             if not trace.held:
                 self.telemetry.emit(trace)
+
+    def _ended_early(self, trace: Trace, exc: BaseException) -> BaseException:
+        """What a stream that ended early raises: the cut once the shutdown grace is over, else
+        the error itself (a GatewayError mid-stream, or the client gone: cancelled)."""
+        cut = self.cut_short(exc)
+        if cut is None:
+            trace.failed(exc)
+            return exc
+        trace.cut()
+        return cut
 
     async def _count(self, kind: Kind, body: JSON, target: Target, completion: str) -> JSON:
         """A stream's usage counted by the backend's tokenizer (estimated where it cannot)."""
@@ -551,16 +556,6 @@ class Gateway:
         return self.catalog.model_objects()
 
 
-def _secrets(config: Config) -> list[str | None]:
-    """Every credential in the configuration, which `turnout.errors.redact` must never show."""
-    admin = config.server.admin_key
-    values: list[str | None] = [admin.get_secret_value() if admin is not None else None]
-    for provider in config.providers.values():
-        values.append(provider.api_key)
-        values.extend(provider.headers.values())
-    return values
-
-
 def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:
     """Fill in what OpenAI's schema requires of a reply and local runtimes leave out: a chat
     message's ``refusal`` and a choice's ``logprobs`` (both null), and base64 embeddings when the
@@ -583,20 +578,6 @@ def _conform(kind: Kind, body: JSON, result: JSON) -> JSON:
 
 def _finished(choices: list[JSON]) -> bool:
     return all(choice.get("finish_reason") for choice in choices)
-
-
-async def _tool_calls_mended(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """A stream's tool calls in OpenAI's contract (`ToolCallStream`), whatever the dialect; a
-    chunk that needed nothing keeps its raw bytes."""
-    mend = ToolCallStream()
-    try:
-        async for chunk in chunks:
-            data = mend(chunk.data)
-            yield chunk if data is chunk.data else Chunk(data)
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 def _seconds(name: str, value: object) -> float:

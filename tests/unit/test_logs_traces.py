@@ -202,7 +202,7 @@ def test_serve_with_log_format_json(tmp_path: Path) -> None:
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
     (line,) = [p for p in parsed if p["logger"] == "turnout.requests"]
     assert line["request_id"] == "cli-chat"
-    assert line["model"] == "nowhere" and line["outcome"] == "error"
+    assert line["model"] == "nowhere" and line["outcome"] == "refused"  # a 4xx
     assert line["error"] == "model_not_found" and line["latency_ms"] > 0
     assert line["level"] == "info" and "model=nowhere" in line["message"]
 

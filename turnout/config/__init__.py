@@ -348,6 +348,15 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=lambda: LimitsConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
 
+    def secrets(self) -> list[str | None]:
+        """Every credential in the configuration, which `turnout.errors.redact` never shows."""
+        admin = self.server.admin_key
+        values: list[str | None] = [admin.get_secret_value() if admin is not None else None]
+        for provider in self.providers.values():
+            values.append(provider.api_key)
+            values.extend(provider.headers.values())
+        return values
+
     @property
     def default_embedded(self) -> bool:
         return self.embedded is not False

@@ -13,11 +13,21 @@ for a whole reply, and `merge_deltas` assembles a reply's calls from a stream's 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-__all__ = ["ToolCallStream", "arguments_text", "call_id", "merge_deltas", "tidy_reply"]
+from .types import Chunk
+
+__all__ = [
+    "ToolCallStream",
+    "arguments_text",
+    "call_id",
+    "mend_tool_calls",
+    "merge_deltas",
+    "tidy_reply",
+]
 
 JSON = dict[str, Any]
 
@@ -143,3 +153,17 @@ def tidy_reply(result: JSON) -> JSON:
         if message.get("content") == "":
             message["content"] = None
     return result
+
+
+async def mend_tool_calls(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """A stream's tool calls in OpenAI's contract (`ToolCallStream`), whatever the dialect; a
+    chunk that needed nothing keeps its raw bytes."""
+    mend = ToolCallStream()
+    try:
+        async for chunk in chunks:
+            data = mend(chunk.data)
+            yield chunk if data is chunk.data else Chunk(data)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
