@@ -158,7 +158,10 @@ async def test_errors_are_gateway_errors(gw: Gateway) -> None:
 
 
 async def test_in_front_of_llama_cpp_python(llama_server: str) -> None:
-    config = {"providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}}}
+    config = {
+        "providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}},
+        "embedded": False,  # only the server: no embedded default beside it
+    }
     async with Gateway(config, environ={}) as gateway:
         assert [m["id"] for m in await gateway.models()] == [f"llama/{MODEL}"]
         reply = await gateway.chat(MODEL, HI, max_tokens=4, logit_bias=NO_EOS)

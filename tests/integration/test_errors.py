@@ -298,8 +298,10 @@ async def test_backend_that_never_answers_is_a_504(gateway: str, stream: bool) -
     assert 0.4 < reply.elapsed < 5
 
 
-async def test_timeout_retried_is_still_a_504(gateway: str) -> None:
+async def test_a_timeout_is_a_504_not_retried_on_the_same_backend(gateway: str) -> None:
+    # max_retries: 1, but a stalled backend is not asked again by default (retry_on has no
+    # "timeout"): the client waits one timeout, not two
     body = {"model": "hang-retry", "messages": HI, "max_tokens": 4}
     reply = await client.post(gateway + "/v1/chat/completions", body)
     _error(reply, 504, type="timeout", code="backend_timeout", param=None)
-    assert 0.9 < reply.elapsed < 8  # two attempts of 0.5 s
+    assert 0.4 < reply.elapsed < 0.9  # one attempt of 0.5 s

@@ -51,6 +51,7 @@ def _config(upstream: str, **server: Any) -> dict[str, Any]:
     return {
         "providers": {"up": {"type": "openai", "endpoint": upstream, "max_retries": 0}},
         "health": {"enabled": False},
+        "embedded": False,  # the backend alone: no model loaded beside it
         "server": server,
     }
 
