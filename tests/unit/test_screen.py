@@ -122,3 +122,26 @@ def test_two_thousand_mutated_bodies_are_accepted_or_refused_naming_a_field() ->
                 refused += 1
                 assert exc.status == 400 and exc.message
     assert refused > 1000  # the mutations do break most bodies
+
+
+def test_a_provider_narrows_the_keep_alive_a_request_may_set() -> None:
+    from turnout.config import ConfigError, load_config
+    from turnout.providers import build_provider
+    from turnout.wire.screen import bound_keep_alive
+    from turnout.wire.types import Call
+
+    assert bound_keep_alive(3600.0, "1m", "10m") == 600.0
+    assert bound_keep_alive(5.0, "1m", None) == 60.0
+    assert bound_keep_alive("5m", None, None) == 300.0
+    config = load_config(
+        {"providers": {"o": {"type": "ollama", "request_keep_alive_max": "10m"}}}, environ={}
+    )
+    provider = build_provider("o", config.providers["o"])
+    call = Call("chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                         "keep_alive": 3600.0}, "m")  # fmt: skip
+    _, payload = provider._plan(call, stream=False)  # type: ignore[attr-defined]
+    assert payload["keep_alive"] == 600.0
+    with pytest.raises(ConfigError, match=r"providers\.o\.request_keep_alive_max"):
+        load_config(
+            {"providers": {"o": {"type": "ollama", "request_keep_alive_max": 0}}}, environ={}
+        )

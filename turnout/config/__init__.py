@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError
+from ..wire.durations import parse_keep_alive
 from ..wire.screen import SecurityConfig
 from .access import TEXT_SETTINGS, AuthConfig, LimitsConfig, StorageConfig
 from .base import _Strict
@@ -224,6 +225,10 @@ class ProviderConfig(_Strict):
     # 120 s for a local backend, 60 s for a cloud one), between chunks, and in all.
     first_token_timeout: float | None = Field(None, gt=0)
     idle_timeout: float = Field(60.0, gt=0)
+    # The keep_alive a request may set on this backend (Ollama, the embedded engine), within
+    # security.request_keep_alive_min..max: a duration like "5m" or seconds; unset: those.
+    request_keep_alive_min: float | str | None = None
+    request_keep_alive_max: float | str | None = None
     total_timeout: float | None = Field(600.0, gt=0)
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
@@ -285,6 +290,13 @@ class ProviderConfig(_Strict):
         if v not in _TYPES:
             allowed = ", ".join(provider_types()) or "none registered (import turnout.providers)"
             raise ValueError(f"unknown provider type {v!r}; allowed: {allowed}")
+        return v
+
+    @field_validator("request_keep_alive_min", "request_keep_alive_max")
+    @classmethod
+    def _duration(cls, v: float | str | None) -> float | str | None:
+        if v is not None and not 0 < parse_keep_alive(v) < float("inf"):  # raises if malformed
+            raise ValueError("must be a positive, finite duration (requests never unload or pin)")
         return v
 
     @field_validator("endpoint")

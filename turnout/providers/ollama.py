@@ -42,6 +42,7 @@ from ..wire.openai import (
     reply_id,
     usage_dict,
 )
+from ..wire.screen import bound_keep_alive
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .http import HttpProvider
 from .tool_schema import ToolPlan, plan_tools
@@ -413,10 +414,16 @@ class OllamaProvider(HttpProvider):
 
     def _plan(self, call: Call, stream: bool) -> tuple[str, JSON]:
         if call.kind == "chat":
-            return "/api/chat", to_ollama_chat(call.body, call.model, stream=stream)
-        if call.kind == "completion":
-            return "/api/generate", to_ollama_generate(call.body, call.model, stream=stream)
-        return "/api/embed", to_ollama_embed(call.body, call.model)
+            path, payload = "/api/chat", to_ollama_chat(call.body, call.model, stream=stream)
+        elif call.kind == "completion":
+            path = "/api/generate"
+            payload = to_ollama_generate(call.body, call.model, stream=stream)
+        else:
+            path, payload = "/api/embed", to_ollama_embed(call.body, call.model)
+        if "keep_alive" in payload:  # within this backend's own range, if it has one
+            low, high = self.config.request_keep_alive_min, self.config.request_keep_alive_max
+            payload["keep_alive"] = bound_keep_alive(payload["keep_alive"], low, high)
+        return path, payload
 
     async def complete(self, call: Call) -> JSON:
         call, plan = forced_tools(call)

@@ -203,3 +203,18 @@ def pull_registry(model: str) -> str | None:
     if len(parts) >= 3 or (len(parts) == 2 and ("." in parts[0] or ":" in parts[0])):
         return parts[0]
     return None
+
+
+def bound_keep_alive(value: Any, low: float | str | None, high: float | str | None) -> Any:
+    """A request's ``keep_alive`` within one backend's own range (``request_keep_alive_min`` /
+    ``_max`` of its provider), on top of the gateway's (`Screen`); ``value`` unchanged when it
+    is not a duration (validation has already refused those) or no bound is set."""
+    try:
+        seconds = parse_keep_alive(value)
+    except ValueError:
+        return value
+    if low is not None:
+        seconds = max(seconds, parse_keep_alive(low))
+    if high is not None:
+        seconds = min(seconds, parse_keep_alive(high))
+    return seconds

@@ -36,6 +36,7 @@ from ...models.directory import ModelFile, scan
 from ...models.formats import HeaderError, read_gguf
 from ...models.hardware import gpu_memory
 from ...wire.durations import FOREVER, parse_keep_alive
+from ...wire.screen import bound_keep_alive
 from ..base import JSON, Call, Capabilities, Chunk, Health, LocalFile, ModelInfo, Provider
 from ..emulation import unsupported
 from ..tool_schema import has_tool_history, plan_tools
@@ -460,6 +461,9 @@ class EmbeddedProvider(Provider):
         if engine is None:
             raise BackendError(f"embedded provider '{self.name}' has no model {call.model!r}")
         keep_alive = _keep_alive_param(call.body.get("keep_alive"))
+        if keep_alive is not None:  # within this provider's own range, if it has one
+            low, high = self.config.request_keep_alive_min, self.config.request_keep_alive_max
+            keep_alive = bound_keep_alive(keep_alive, low, high)
         if not self._started:
             await self.start()
         return engine, await self.scheduler.acquire(call.model, keep_alive)
