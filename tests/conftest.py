@@ -28,6 +28,20 @@ def _no_inherited_width(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COLUMNS", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _streams_restored() -> Iterator[None]:
+    """sys.stdout and sys.stderr as they were before each test. A Rich live display (a status
+    spinner, a progress bar) redirects them to a proxy of the stream it started on; one started
+    inside typer's CliRunner and stopped after the runner closed its stream would otherwise hand
+    the next test a closed stream (seen on a fresh clone under CI=true: a later CliRunner raised
+    "I/O operation on closed file", another read an earlier command's table in its output)."""
+    import sys
+
+    out, err = sys.stdout, sys.stderr
+    yield
+    sys.stdout, sys.stderr = out, err
+
+
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection: the first test that will run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The first test that uses llama-server builds it (about 5 minutes on 2 cores, once, then
