@@ -39,6 +39,11 @@ def _streams_restored() -> Iterator[None]:
 
     out, err = sys.stdout, sys.stderr
     yield
+    from turnout.cli.common import console, err_console
+
+    for shared in (console, err_console):  # the CLI's consoles outlive a CliRunner invocation
+        while getattr(shared, "_live_stack", None):
+            shared._live_stack[-1].stop()
     sys.stdout, sys.stderr = out, err
 
 
