@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -93,29 +94,31 @@ class StoreError(Exception):
 Row = Sequence[Any]
 
 
-class SQLStore:
+class SQLStore(ABC):
     """Queries shared by both databases; subclasses run them (`_run`, `_many`, `_query`)."""
 
     kind = "sql"
     #: the SQL for "the UTC day of ts" in this database
     day_sql = ""
 
+    @abstractmethod
     async def _run(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
         """Run ``statements`` in one transaction; the rows the last one changed."""
-        raise NotImplementedError
+        ...
 
-    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
-    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        raise NotImplementedError
+    @abstractmethod
+    async def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
+    @abstractmethod
     async def open(self) -> None:
         """Connect and bring the schema up to the newest migration."""
-        raise NotImplementedError
+        ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def close(self) -> None: ...
 
     # Keys.
 
