@@ -136,7 +136,14 @@ def llama_server(gemma_path: Path) -> Iterator[str]:
 def llama_gateway(llama_server: str) -> Iterator[str]:
     """turnout over HTTP in front of the shared llama-cpp-python server, as provider ``llama``
     (preset ``llama-cpp-python``: one request at a time, usage counted by turnout)."""
-    config = {"providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}}}
+    # The server ends a running stream when any other request arrives, and other gateways share
+    # it: this long-lived one neither probes nor refreshes in the background, so that it never
+    # cuts the stream of a test running through another gateway.
+    config = {
+        "providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}},
+        "health": {"interval": 3600},
+        "server": {"models_refresh_seconds": 3600},
+    }
     with run_gateway(config) as url:
         yield url
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from tests.support.checks import (
     check_error,
 )
 from tests.support.openapi import assert_valid
-from tests.support.servers import run_gateway
+from tests.support.servers import run_gateway, run_llama_cpp_server
 from turnout import Gateway
 
 pytestmark = pytest.mark.slow
@@ -222,11 +223,19 @@ async def test_concurrent_streams_queue_and_all_finish(llama_gateway: str) -> No
     check_chat(plain.json(), max_tokens=6)
 
 
-async def test_a_model_list_refresh_never_cuts_a_stream(llama_server: str) -> None:
-    """turnout refreshes the backend's model list in the background (here every 0.1 s)."""
+async def test_a_model_list_refresh_never_cuts_a_stream(gemma_path: Path) -> None:
+    """turnout refreshes the backend's model list in the background (here every 0.1 s).
+
+    A server of its own: the session's shared one also serves other gateways (``llama_gateway``),
+    whose health checks and refreshes, not this gateway's, would cut the stream."""
+    with run_llama_cpp_server(gemma_path) as server:
+        await _refresh_during_a_stream(server)
+
+
+async def _refresh_during_a_stream(server: str) -> None:
     config = {
         "server": {"models_refresh_seconds": 0.1},
-        "providers": {"llama": {"type": "llama-cpp-python", "endpoint": llama_server}},
+        "providers": {"llama": {"type": "llama-cpp-python", "endpoint": server}},
     }
     with run_gateway(config) as url:
         reply = await client.stream(url + "/v1/chat/completions", _stream(48))
