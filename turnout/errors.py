@@ -48,6 +48,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoBackendAvailableError",
     "NotFoundError",
+    "REDACTED",
     "RedactingFilter",
     "RequestTooLargeError",
     "ShuttingDownError",
@@ -265,11 +266,18 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub(_credential, text)
 
 
+#: a record attribute: its message was redacted when it was built (the request log's lines)
+REDACTED = "turnout_redacted"
+
+
 class RedactingFilter(logging.Filter):
     """A logging filter (put on handlers) that redacts secrets from every record it passes,
-    the formatted message and any exception text alike."""
+    the formatted message and any exception text alike (a record marked `REDACTED` without
+    exception text is passed as it is)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get(REDACTED) and not record.exc_info:
+            return True
         message = record.getMessage()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

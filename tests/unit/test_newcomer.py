@@ -214,6 +214,27 @@ def test_the_request_log_names_a_failure_and_its_status() -> None:
     assert request_line(python).startswith("python embedding model=e ")
 
 
+def test_the_request_log_redacts_the_model_a_client_named_and_the_filter_trusts_it() -> None:
+    """The one client-chosen part of a request line, its model, is redacted as the line is
+    built; the handlers' RedactingFilter then passes the marked record without scanning it,
+    while an unmarked record is still redacted."""
+    from turnout.errors import REDACTED, RedactingFilter, register_secrets
+
+    register_secrets(["sk-planted-secret-0123456789"])
+    trace = _trace(model="Bearer abcdefghijklmnop sk-planted-secret-0123456789")
+    line = request_line(trace)
+    assert "abcdefghijklmnop" not in line and "sk-planted" not in line, line
+    assert line.startswith("POST /v1/chat/completions model=Bearer [redacted] [redacted] ")
+    marked = logging.LogRecord("turnout.requests", logging.INFO, __file__, 1, "%s", (line,), None)
+    marked.__dict__[REDACTED] = True
+    assert RedactingFilter().filter(marked) and marked.args == (line,)  # untouched
+    plain = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "key=%s", ("sk-planted-secret-0123456789",), None
+    )
+    RedactingFilter().filter(plain)
+    assert "sk-planted" not in plain.getMessage()
+
+
 def test_the_request_log_costs_nothing_when_info_is_off(caplog: pytest.LogCaptureFixture) -> None:
     telemetry = Telemetry()
     telemetry.add_sink(RequestLog())

@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from ..errors import REDACTED, redact
+
 __all__ = [
     "FORMATS",
     "JsonFormatter",
@@ -111,6 +113,15 @@ class TextFormatter(logging.Formatter):
         super().__init__(
             "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"
         )
+        self._cached = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        # strftime once a second, not once a line
+        second = int(record.created)
+        cached = self._cached  # one tuple: threads that log at once read a consistent pair
+        if cached[0] != second:
+            cached = self._cached = (second, super().formatTime(record, datefmt))
+        return cached[1]
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -153,25 +164,29 @@ class RequestLog:
         for trace in batch:
             if trace.kind is None:
                 continue
-            self.log.info("%s", request_line(trace), extra={"trace": trace})
+            # the line is redacted as it is built (only its model name comes from the client):
+            # the handlers' filter need not scan it again
+            self.log.info("%s", request_line(trace), extra={"trace": trace, REDACTED: True})
 
 
 def request_line(trace: Any) -> str:
     """The request log's text line, e.g. ``POST /v1/chat/completions model=m backend=up/m
     status=200 tokens=12+48 latency_ms=812.3 stream`` (``python chat ...`` for the Python API;
-    ``error=<code>`` after a failure)."""
-    fields = trace_fields(trace)
-    where = (
-        f"{fields.get('method', '-')} {fields['path']}"
-        if "path" in fields
-        else f"python {trace.kind}"
-    )
-    tokens = f"{fields.get('tokens_in', '?')}+{fields.get('tokens_out', '?')}"
+    ``error=<code>`` after a failure). The model name, the one part a client chose, is redacted
+    here (turnout/errors.py), so the line needs no further redaction."""
+    path = getattr(trace, "path", "")
+    where = f"{getattr(trace, 'method', '') or '-'} {path}" if path else f"python {trace.kind}"
+    backend = trace.backend
+    end = trace.t_end
+    tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
+    status = getattr(trace, "status", None)
     line = (
-        f"{where} model={fields.get('model', '-')} backend={fields.get('backend', '-')} "
-        f"status={fields.get('status', '-')} tokens={tokens} "
-        f"latency_ms={fields.get('latency_ms', '-')}"
+        f"{where} model={redact(trace.model) if trace.model else '-'} "
+        f"backend={f'{backend}/{trace.served}' if backend else '-'} "
+        f"status={'-' if status is None else status} "
+        f"tokens={'?' if tokens_in is None else tokens_in}+{'?' if tokens_out is None else tokens_out} "
+        f"latency_ms={'-' if end is None else _ms(end - trace.t_start)}"
     )
-    if "error" in fields:
-        line += f" error={fields['error']}"
-    return line + " stream" * bool(fields.get("stream"))
+    if trace.code is not None:
+        line += f" error={trace.code}"
+    return line + " stream" * bool(trace.stream)
