@@ -44,9 +44,12 @@ def gateway(llama_server: str) -> Iterator[str]:
     config = {
         "server": {"admin_key": ADMIN},
         "providers": {
-            "embedded": {"type": "embedded",
+            # Two instances, read into memory rather than mapped: a load of about a second
+            # (llama.cpp's own progress reports, half a bar per instance) instead of a quarter,
+            # so that the Models page shows the bar part-way (test_dashboard asserts it does).
+            "embedded": {"type": "embedded", "max_concurrency": 2,
                          "models": [{"name": "gemma-3-270m", "chat_format": "gemma",
-                                     "n_ctx": 2048}]},
+                                     "n_ctx": 2048, "use_mmap": False}]},
             "llama": {"type": "llama-cpp-python", "endpoint": llama_server},
         },
     }  # fmt: skip
@@ -104,6 +107,19 @@ def rows(driver: Any, table: str) -> list[Any]:
     return list(driver.find_elements("css selector", f"#{table} tbody tr"))
 
 
+#: records (state, progress, bar width) of a model's row each time the page renders it
+WATCH_BAR = """
+const model = arguments[0], body = document.querySelector("#local-table tbody");
+window.turnoutBars = [];
+new MutationObserver(() => {
+  const row = [...body.querySelectorAll("tr")].find((r) => r.dataset.model === model);
+  const bar = row && row.querySelector(".bar");
+  if (bar) window.turnoutBars.push(
+    [row.dataset.state, Number(bar.dataset.progress), bar.firstChild.style.width]);
+}).observe(body, {childList: true});
+"""
+
+
 def test_dashboard(gateway: str, browser: Any) -> None:
     d = browser
     d.get(gateway + "/ui")
@@ -152,9 +168,18 @@ def test_dashboard(gateway: str, browser: Any) -> None:
         seen.append((str(row.get_attribute("data-state")), progress))
         return seen[-1][0] == "loaded"
 
+    # Every state of the row the page renders, as it renders it (each poll rebuilds the table).
+    d.execute_script(WATCH_BAR, model)
     local_row().find_element("tag name", "button").click()
     wait(loaded, 120, "the model loaded")
     assert seen[0] == ("unloaded", 0.0) and seen[-1] == ("loaded", 1.0), seen
+    rendered = d.execute_script("return window.turnoutBars")
+    part_way = [(state, p, width) for state, p, width in rendered if 0 < p < 1]
+    assert part_way, f"the bar was never shown part-way: {rendered}"
+    assert all(state == "loading" for state, _, _ in part_way), rendered
+    assert all(width == f"{round(100 * p)}%" for _, p, width in part_way), rendered
+    progress = [p for _, p, _ in rendered]
+    assert progress == sorted(progress), f"the bar went backwards: {rendered}"
     bar = local_row().find_element("css selector", ".bar")
     assert float(bar.get_attribute("data-progress")) == 1.0
     shot(d, "3-models")

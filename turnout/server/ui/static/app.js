@@ -98,6 +98,7 @@ function route() {
   }
   clearInterval(timer);
   if (page !== "keys") hideSecret(); // a new key is shown once, on the page that made it
+  if (page !== "models") follow(false);
   const refresh = REFRESH[page];
   refresh();
   if (page !== "playground") timer = setInterval(refresh, POLL_MS);
@@ -198,8 +199,33 @@ function bar(progress) {
   return outer;
 }
 
+// While a model loads (from this page or elsewhere) the Models page polls every FAST_MS, so that
+// its bar moves with the engine's own progress reports instead of jumping at the 2 s poll.
+const FAST_MS = 200;
+let fast = null;
+let acting = 0; // load and unload requests of this page still in flight
+
+function follow(loading) {
+  if (loading && fast === null && !$("#models").hidden) {
+    let busy = false;
+    fast = setInterval(async () => {
+      if (busy) return; // a poll still answering: skip a beat rather than pile up
+      busy = true;
+      try { await models(); } finally { busy = false; }
+    }, FAST_MS);
+  } else if ((!loading || $("#models").hidden) && fast !== null) {
+    clearInterval(fast);
+    fast = null;
+  }
+}
+
+let asked = 0, shown = 0; // the Models page's polls, numbered: an older answer is not drawn
+
 async function models() {
+  const mine = ++asked;
   const [list, provs] = await Promise.all([api("/v1/models"), api("/v1/providers")]);
+  if (mine < shown) return; // a later poll has drawn already: the bar never goes back
+  shown = mine;
   const local = [];
   if (provs.ok) {
     for (const p of provs.data.data) {
@@ -222,12 +248,20 @@ async function models() {
     return tr;
   }));
   if (list.ok) fill($("#model-table tbody"), list.data.data.map((m) => row([m.id, m.owned_by])));
+  follow(acting > 0 || local.some((m) => m.state === "loading"));
 }
 
 async function act(model, action) {
   $("#model-message").textContent = `${action} ${model}…`;
   const path = `/ui/api/models/${model.split("/").map(encodeURIComponent).join("/")}/${action}`;
-  const result = await api(path, { method: "POST", body: {} });
+  acting += 1;
+  follow(true);
+  let result;
+  try {
+    result = await api(path, { method: "POST", body: {} });
+  } finally {
+    acting -= 1;
+  }
   $("#model-message").textContent = result.ok ? `${model}: ${result.data.state}` : errorText(result.data);
   models();
 }
