@@ -355,7 +355,7 @@ async function keys() {
   if (!usage.ok) return;
   $("#usage-group").textContent = usage.data.by;
   fill($("#usage-table tbody"), usage.data.data.map((u) => row([
-    u[usage.data.by], u.requests, u.errors, u.tokens_in, u.tokens_out, "$" + fmt(u.cost, 4),
+    usage.data.by === "key" && u.key === "-" ? "(no key)" : u[usage.data.by], u.requests, u.errors, u.tokens_in, u.tokens_out, "$" + fmt(u.cost, 4),
   ])));
 }
 
