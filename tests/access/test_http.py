@@ -61,6 +61,10 @@ def paced() -> Iterator[Paced]:
         yield fake
 
 
+#: the dashboard's answers to anyone: its page, whether one is logged in, logging out
+DASHBOARD_PUBLIC = ("/ui", "/ui/api/session", "/ui/api/logout")
+
+
 def every_route(gateway: Gateway) -> list[tuple[str, str, Any]]:
     """(method, path, the route's error dialect) of every route the app mounts, path
     parameters filled in."""
@@ -111,6 +115,15 @@ async def test_every_route_needs_a_key_once_one_exists(tmp_path: Path, paced: Pa
                         text = await r.text()
                         if path == "/health":
                             assert r.status == 200
+                            continue
+                        if path == "/ui" or path.startswith("/ui/"):
+                            # the dashboard checks its own login (turnout/server/ui/session.py);
+                            # with keys in use and no server.admin_key: the page and why, no more
+                            if r.status == 200:
+                                assert path in DASHBOARD_PUBLIC, (method, path, text)
+                                assert '"authenticated":true' not in text, (path, text)
+                            else:
+                                assert r.status in (403, 404), (method, path, r.status, text)
                             continue
                         assert r.status == 401, (method, path, r.status, text)
                         assert wrong not in text and "AAAAAAAAAAAAAAAAAAAA" not in text

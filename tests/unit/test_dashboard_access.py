@@ -1,10 +1,14 @@
 """Who may use the dashboard (/ui): the admin key's session cookie when a key is set, loopback
-otherwise; the cookie's flags, tampering and expiry; cross-origin logins refused by the guard; the
-request log keeps no content."""
+otherwise (and only while no gateway keys are in use); the cookie's flags, tampering and expiry;
+cross-origin logins refused by the guard; the request log keeps no content; the Keys page's
+routes create, rotate and revoke keys (on a real SQLite store) for a logged-in person only, show
+a new key once and list prefixes only."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,23 +18,28 @@ from tests.unit.test_server import MemoryProvider
 from turnout.gateway import Gateway
 from turnout.routing import Catalog, Router
 from turnout.server import create_app
-from turnout.server.ui import COOKIE, _sign
+from turnout.server.ui.session import COOKIE, sign as _sign
 
 KEY = "admin-key-for-the-dashboard-0123"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "a secret prompt"}]}
 
 
-def app(admin_key: str | None) -> Any:
+def app(admin_key: str | None, database: Path | None = None) -> Any:
     server = {"admin_key": admin_key} if admin_key else {}
-    gw = Gateway({"default_embedded": False, "server": server}, environ={})
+    config: dict[str, Any] = {"default_embedded": False, "server": server}
+    if database is not None:  # a store of its own: keys made here bind no other test
+        config["storage"] = {"database_url": f"sqlite:///{database}"}
+    gw = Gateway(config, environ={})
     gw.providers = {"local": MemoryProvider("local", ["m"])}
     gw.catalog = Catalog(gw.providers, {})
     gw.router = Router(gw.catalog)
     return create_app(gw)
 
 
-def client(admin_key: str | None, host: str = "127.0.0.1") -> TestClient:
-    return TestClient(app(admin_key), base_url="http://127.0.0.1", client=(host, 40000))
+def client(
+    admin_key: str | None, host: str = "127.0.0.1", database: Path | None = None
+) -> TestClient:
+    return TestClient(app(admin_key, database), base_url="http://127.0.0.1", client=(host, 40000))
 
 
 def test_with_an_admin_key_the_session_cookie_is_needed() -> None:
@@ -118,3 +127,88 @@ def test_model_actions_need_the_session() -> None:
         reached = http.post("/ui/api/models/local/m/load", json={})
         assert reached.status_code == 400 and "loads models on its own" in reached.text
         assert http.post("/ui/api/models/local/m/explode", json={}).status_code == 404
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_the_keys_page_creates_rotates_and_revokes_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with client(KEY, database=tmp_path / "keys.db") as http:
+        assert http.get("/ui/api/keys").status_code == 401  # not logged in
+        assert http.post("/ui/api/keys", json={"name": "x"}).status_code == 401
+        assert http.delete("/ui/api/keys/x").status_code == 401
+        assert http.post("/ui/api/keys/x/rotate", json={}).status_code == 401
+        http.post("/ui/api/login", json={"key": KEY})
+        assert http.get("/ui/api/keys").json()["data"] == []
+        made = http.post("/ui/api/keys", json={"name": "team-a", "models": ["m"], "rpm": 50})
+        assert made.status_code == 201 and made.headers["cache-control"] == "no-store"
+        raw = made.json()["key"]
+        assert raw.startswith("gw_") and made.json()["prefix"] == raw[:11]
+        # keys are in use now: a request without one is refused, the dashboard still answers
+        assert http.get("/v1/models").status_code == 401
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 200
+        assert http.post("/v1/chat/completions", json=CHAT, headers=bearer(raw)).status_code == 200
+        listed = http.get("/ui/api/keys")
+        assert listed.status_code == 200 and raw not in listed.text
+        (entry,) = listed.json()["data"]
+        assert (entry["name"], entry["prefix"], entry["state"]) == ("team-a", raw[:11], "active")
+        assert entry["models"] == ["m"] and entry["rpm"] == 50
+        usage = http.get("/ui/api/usage?by=key&since=7d").json()  # the chat, in the ledger
+        assert [(u["key"], u["requests"]) for u in usage["data"]] == [("team-a", 1)]
+        # refused: a name in use, a bad name, an unknown key
+        assert http.post("/ui/api/keys", json={"name": "team-a"}).status_code == 400
+        assert http.post("/ui/api/keys", json={"name": "no spaces"}).status_code == 400
+        assert http.delete("/ui/api/keys/nobody").status_code == 404
+        assert http.post("/ui/api/keys/nobody/rotate", json={}).status_code == 404
+        # rotate: both secrets work during the grace period
+        rotated = http.post("/ui/api/keys/team-a/rotate", json={"grace": "1h"})
+        assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store"
+        new = rotated.json()["key"]
+        assert new != raw and rotated.json()["previous_valid_until"] > time.time() + 3500
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 200
+        assert http.get("/v1/models", headers=bearer(new)).status_code == 200
+        assert new not in http.get("/ui/api/keys").text
+        # revoke: neither works, at once
+        assert http.delete("/ui/api/keys/team-a").json() == {"name": "team-a", "revoked": True}
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 401
+        assert http.get("/v1/models", headers=bearer(new)).status_code == 401
+        assert http.get("/ui/api/keys").json()["data"][0]["state"] == "revoked"
+        http.post("/ui/api/logout", json={})
+        assert http.get("/ui/api/keys").status_code == 401
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "team-a" in logged and raw not in logged and new not in logged
+
+
+def test_key_changes_are_refused_from_another_origin_or_as_a_form(tmp_path: Path) -> None:
+    with client(KEY, database=tmp_path / "keys.db") as http:
+        http.post("/ui/api/login", json={"key": KEY})
+        evil = {"Origin": "https://evil.example"}
+        assert http.post("/ui/api/keys", json={"name": "e"}, headers=evil).status_code == 403
+        form = http.post(
+            "/ui/api/keys",
+            content="name=e",
+            headers={"Content-Type": "text/plain", "Origin": "http://127.0.0.1"},
+        )
+        assert form.status_code in (403, 415)
+        assert http.get("/ui/api/keys").json()["data"] == []
+        raw = http.post("/ui/api/keys", json={"name": "kept"}).json()["key"]
+        assert http.delete("/ui/api/keys/kept", headers=evil).status_code == 403
+        assert http.post("/ui/api/keys/kept/rotate", json={}, headers=evil).status_code == 403
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 200
+
+
+def test_without_an_admin_key_the_dashboard_stops_once_keys_are_in_use(tmp_path: Path) -> None:
+    with client(None, database=tmp_path / "keys.db") as http:
+        raw = http.post("/ui/api/keys", json={"name": "first"}).json()["key"]  # loopback, no keys
+        refused = http.get("/ui/api/keys")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "admin_key_needed"
+        assert http.get("/ui/api/requests").status_code == 403
+        session = http.get("/ui/api/session").json()
+        assert session["authenticated"] is False and "server.admin_key" in session["message"]
+        assert http.get("/ui").status_code == 200  # the page says why
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 200

@@ -1,6 +1,7 @@
-"""The authenticate stage of the pipeline: every request but ``GET /health`` shows a gateway key
-once keys are in use (or ``auth.required``); a missing or wrong key is 401 in the dialect of the
-route's front (the pipeline renders it with the route's error renderer).
+"""The authenticate stage of the pipeline: every request but ``GET /health`` and the dashboard's
+(``/ui``, behind its own login) shows a gateway key once keys are in use (or ``auth.required``);
+a missing or wrong key is 401 in the dialect of the route's front (the pipeline renders it with
+the route's error renderer).
 
 The key's name and priority go on the request's trace, where the gateway checks its scope and
 limits (403, 429; the rate-limit headers it leaves on the trace go out with the response) and
@@ -27,7 +28,10 @@ __all__ = ["StartupRefused", "authenticate", "loopback", "refuse_if_open"]
 
 log = logging.getLogger("turnout.server")
 
-_OPEN = frozenset({"/health"})
+_OPEN = frozenset({"/health", "/ui"})
+#: the dashboard's own routes: each checks the dashboard's session (turnout/server/ui/session.py),
+#: since a browser sends a cookie, never a gateway key
+_DASHBOARD = "/ui/"
 _USER = b"x-turnout-user"
 
 
@@ -41,7 +45,7 @@ def authenticate(next: Handler) -> Handler:
         if cors and await _cors(x, cors):
             return  # a preflight, answered
         access = gateway.access
-        if access is None or scope["path"] in _OPEN:
+        if access is None or scope["path"] in _OPEN or scope["path"].startswith(_DASHBOARD):
             await next(x)
             return
         trace = x.trace

@@ -20,7 +20,16 @@ from ..telemetry import CURRENT
 from .pipeline import Route
 from .responses import json_response
 
-__all__ = ["routes"]
+__all__ = [
+    "access_of",
+    "create",
+    "json_object",
+    "list_json",
+    "report",
+    "revoke",
+    "rotate_secret",
+    "routes",
+]
 
 
 class _NoAccess(GatewayError):
@@ -28,7 +37,8 @@ class _NoAccess(GatewayError):
     code = "keys_unavailable"
 
 
-def _access(request: Request) -> Access:
+def access_of(request: Request) -> Access:
+    """The gateway's keys and ledger; 503 when it runs without them."""
     access: Access | None = request.app.state.gateway.access
     if access is None:
         raise _NoAccess("This gateway runs without keys and a ledger (Gateway.use_access).")
@@ -43,7 +53,7 @@ def _principal() -> KeyRecord | None:
 def _admin(request: Request) -> Access:
     """The gateway's access, for an admin key; 403 for another key. Without any key in use and
     without ``server.admin_key``, on loopback, it is open like every other route."""
-    access = _access(request)
+    access = access_of(request)
     principal = _principal()
     if principal is not None and not principal.admin:
         raise not_admin(principal, f"{request.method} {request.url.path}")
@@ -52,7 +62,7 @@ def _admin(request: Request) -> Access:
     return access
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
@@ -63,84 +73,99 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _handled(endpoint: Any) -> Any:
-    """``endpoint`` with a refused key operation (bad name, exists) as a 400."""
-
-    async def run(request: Request) -> Response:
-        try:
-            return await endpoint(request)  # type: ignore[no-any-return]
-        except KeyError_ as exc:
-            raise InvalidRequestError(str(exc), code="invalid_key_request") from None
-
-    run.__name__ = endpoint.__name__
-    return run
+# The operations, shared by ``/v1/keys`` (behind an admin key) and the dashboard's
+# ``/ui/api/keys`` (behind its session, turnout/server/ui/keys.py): each takes the gateway's
+# `Access`, changes the store through turnout/store/keyring.py, reloads this instance's keys and
+# tells the others (Redis), and answers with what may be shown.
 
 
-async def list_keys(request: Request) -> Response:
-    access = _admin(request)
+async def list_json(access: Access) -> list[dict[str, Any]]:
+    """Every key, live or not, by its prefix (never the key), with its spend when budgeted."""
     data = []
     for record, last_used in await access.store.list_keys():
         spent: float | None = None
         if record.budget is not None:
             spent = access.quotas.spent(record.name, record.budget_period)
         data.append(key_json(record, last_used, spent))
-    return json_response({"object": "list", "data": data})
+    return data
 
 
-async def new_key(request: Request) -> Response:
-    access = _admin(request)
-    body = await _body(request)
+async def create(access: Access, body: dict[str, Any]) -> dict[str, Any]:
+    """A new key from a request body; the raw key is in the answer, once, as ``key``."""
     name = body.get("name")
     if not isinstance(name, str):
         raise InvalidRequestError("'name' is required: the key's name.", param="name")
     models = body.get("models") or []
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise InvalidRequestError("'models' must be a list of patterns.", param="models")
-    raw, record = await create_key(
-        access.store,
-        name,
-        models=models,
-        rpm=_int(body, "rpm"),
-        tpm=_int(body, "tpm"),
-        budget=_num(body, "budget"),
-        budget_period=str(body.get("budget_period") or "30d"),
-        expires=_text(body, "expires"),
-        priority=_int(body, "priority") or 1,
-        admin=bool(body.get("admin", False)),
-    )
-    await access.cache.refresh()
-    await announce(access.config.storage.redis_url)
-    return json_response({**key_json(record, None, None), "key": raw}, 201)
+    try:
+        raw, record = await create_key(
+            access.store,
+            name,
+            models=models,
+            rpm=_int(body, "rpm"),
+            tpm=_int(body, "tpm"),
+            budget=_num(body, "budget"),
+            budget_period=str(body.get("budget_period") or "30d"),
+            expires=_text(body, "expires"),
+            priority=_int(body, "priority") or 1,
+            admin=bool(body.get("admin", False)),
+        )
+    except KeyError_ as exc:  # a bad name or limit, a name in use
+        raise InvalidRequestError(str(exc), code="invalid_key_request") from None
+    await _changed(access)
+    return {**key_json(record, None, None), "key": raw}
 
 
-async def delete_key(request: Request) -> Response:
-    access = _admin(request)
-    name = request.path_params["name"]
+async def revoke(access: Access, name: str) -> dict[str, Any]:
     try:
         await revoke_key(access.store, name)
     except KeyError_ as exc:
         raise NotFoundError(str(exc), code="key_not_found") from None
-    await access.cache.refresh()
-    await announce(access.config.storage.redis_url)
-    return json_response({"name": name, "revoked": True})
+    await _changed(access)
+    return {"name": name, "revoked": True}
 
 
-async def rotate(request: Request) -> Response:
-    access = _admin(request)
-    name = request.path_params["name"]
-    body = await _body(request)
+async def rotate_secret(access: Access, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A new secret for ``name`` (in the answer, once, as ``key``); the old one works for
+    ``grace`` (default 1h)."""
     grace = _text(body, "grace") or "1h"
     try:
         raw, until = await rotate_key(access.store, name, grace)
     except KeyError_ as exc:
         raise NotFoundError(str(exc), code="key_not_found") from None
+    await _changed(access)
+    return {"name": name, "key": raw, "previous_valid_until": until}
+
+
+async def _changed(access: Access) -> None:
     await access.cache.refresh()
     await announce(access.config.storage.redis_url)
-    return json_response({"name": name, "key": raw, "previous_valid_until": until})
+
+
+async def list_keys(request: Request) -> Response:
+    access = _admin(request)
+    return json_response({"object": "list", "data": await list_json(access)})
+
+
+async def new_key(request: Request) -> Response:
+    access = _admin(request)
+    return json_response(await create(access, await json_object(request)), 201)
+
+
+async def delete_key(request: Request) -> Response:
+    access = _admin(request)
+    return json_response(await revoke(access, request.path_params["name"]))
+
+
+async def rotate(request: Request) -> Response:
+    access = _admin(request)
+    body = await json_object(request)
+    return json_response(await rotate_secret(access, request.path_params["name"], body))
 
 
 async def usage(request: Request) -> Response:
-    access = _access(request)
+    access = access_of(request)
     params = request.query_params
     principal = _principal()
     key = params.get("key")
@@ -148,20 +173,28 @@ async def usage(request: Request) -> Response:
         key = principal.name  # a key sees its own usage
     elif principal is None and (access.required or access.config.server.admin_key is not None):
         raise missing(f"{request.method} {request.url.path}")
-    since = None
-    if params.get("since"):
+    data = await report(request, access, params.get("by", "key"), params.get("since"), key)
+    return json_response({"object": "list", "by": params.get("by", "key"), "data": data})
+
+
+async def report(
+    request: Request, access: Access, by: str, since: str | None, key: str | None
+) -> list[dict[str, Any]]:
+    """Usage grouped ``by`` key, model, backend or day, since a duration ago (``7d``), of one
+    key or all; what has been served so far is written to the ledger first."""
+    start = None
+    if since:
         try:
-            since = time.time() - parse_duration(params["since"])
+            start = time.time() - parse_duration(since)
         except ValueError as exc:
             raise InvalidRequestError(str(exc), param="since") from None
-    by = params.get("by", "key")
     request.app.state.gateway.telemetry.flush()
     await access.ledger.flush()
     try:
-        rows = await access.store.usage_report(by=by, since=since, key=key)
+        rows: list[dict[str, Any]] = await access.store.usage_report(by=by, since=start, key=key)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), param="by") from None
-    return json_response({"object": "list", "by": by, "data": rows})
+    return rows
 
 
 def _int(body: dict[str, Any], name: str) -> int | None:
@@ -193,7 +226,7 @@ def _text(body: dict[str, Any], name: str) -> str | None:
 
 routes = [
     Route("/v1/keys", list_keys, ("GET",), admin=True),
-    Route("/v1/keys", _handled(new_key), ("POST",), admin=True),
+    Route("/v1/keys", new_key, ("POST",), admin=True),
     Route("/v1/keys/{name}", delete_key, ("DELETE",), admin=True),
     Route("/v1/keys/{name}/rotate", rotate, ("POST",), admin=True),
     Route("/v1/usage", usage),

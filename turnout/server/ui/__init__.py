@@ -3,15 +3,10 @@ script and its stylesheet, turnout's own code; no CDN, no build step), reading t
 JSON endpoints (``/stats``, ``/v1/providers``, ``/v1/local/ps``, ``/v1/models``) and a few of its
 own under ``/ui/api``.
 
-Who may see it:
-
-- With ``server.admin_key`` set, a person logs in with the admin key (``POST /ui/login``, JSON);
-  the reply sets a session cookie, ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no
-  other site's page sends it) and scoped to ``/ui``. The cookie holds an expiry and an HMAC of
-  it keyed by the admin key, never the key: any instance with the same key accepts it, and
-  changing the key ends every session. Forms post JSON, so the guard stage's cross-origin and
-  form-body checks apply (turnout/server/guard.py): no other page can act through the cookie.
-- Without an admin key, the dashboard answers only to clients on this machine (loopback).
+Who may see it (turnout/server/ui/session.py): with ``server.admin_key`` set, a person logged
+in with it (a session cookie, ``HttpOnly``, ``SameSite=Strict``, scoped to ``/ui``); without
+one, clients on this machine (loopback) while the gateway asks for no keys. The Keys page's
+routes (create, revoke, rotate, usage) are in turnout/server/ui/keys.py.
 
 ``/ui/api/history`` is the last hour in 10-second buckets (requests, errors, tokens out, mean
 latency and time to first token), what the Overview's charts draw. ``/ui/api/requests`` is the
@@ -23,9 +18,6 @@ drain, never their content.
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
-import ipaddress
 import time
 from pathlib import Path
 from typing import Any
@@ -34,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from ...errors import ForbiddenError, NotFoundError
+from ...errors import NotFoundError
 from ...gateway import Gateway
 from .. import models as local_models
-from ..admin import AdminKeyError
 from ..pipeline import Route
 from ..responses import json_response
-from ..stream import read_json
+from . import keys
+from .session import login, logout, require, session
 
 __all__ = ["RECENT", "Recent", "recent", "routes"]
 
@@ -49,9 +41,6 @@ _TYPES = {
     "app.js": "application/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
-COOKIE = "turnout_ui"
-#: how long a dashboard session lasts
-SESSION_S = 12 * 3600
 #: finished requests kept for the dashboard's request log
 RECENT = 500
 
@@ -134,50 +123,6 @@ def recent(gateway: Gateway) -> Recent:
     return sink
 
 
-def _admin_key(request: Request) -> str | None:
-    secret = request.app.state.gateway.config.server.admin_key
-    return None if secret is None else str(secret.get_secret_value())
-
-
-def _sign(key: str, expiry: int) -> str:
-    mac = hmac.new(key.encode(), f"turnout-ui|{expiry}".encode(), hashlib.sha256).hexdigest()
-    return f"{expiry}.{mac}"
-
-
-def _session_ok(request: Request, key: str) -> bool:
-    raw = request.cookies.get(COOKIE, "")
-    expiry, _, _ = raw.partition(".")
-    if not expiry.isdigit() or int(expiry) < time.time():
-        return False
-    return hmac.compare_digest(raw, _sign(key, int(expiry)))
-
-
-def _loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def allowed(request: Request) -> bool:
-    """May this request see the dashboard's data and act through it?"""
-    key = _admin_key(request)
-    return _session_ok(request, key) if key is not None else _loopback(request)
-
-
-def _require(request: Request) -> None:
-    if allowed(request):
-        return
-    if _admin_key(request) is None:
-        raise ForbiddenError(
-            "The dashboard answers only on this machine when no admin key is set "
-            "(server.admin_key).",
-            code="loopback_only",
-        )
-    raise AdminKeyError("Log in to the dashboard with the admin key first.", code="not_logged_in")
-
-
 async def page(request: Request) -> ASGIApp:
     return Response((_STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
                     headers={"Cache-Control": "no-store"})  # fmt: skip
@@ -190,38 +135,8 @@ async def asset(request: Request) -> ASGIApp:
     return Response((_STATIC / name).read_bytes(), media_type=_TYPES[name])
 
 
-async def session(request: Request) -> ASGIApp:
-    return json_response({
-        "authenticated": allowed(request),
-        "login_required": _admin_key(request) is not None,
-    })  # fmt: skip
-
-
-async def login(request: Request) -> ASGIApp:
-    key = _admin_key(request)
-    if key is None:
-        _require(request)  # nothing to log in with: loopback only
-        return json_response({"authenticated": True})
-    body = await read_json(request, 4096)
-    given = body.get("key") if isinstance(body, dict) else None
-    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), key.encode()):
-        raise AdminKeyError("That is not this gateway's admin key.", code="invalid_admin_key")
-    expiry = int(time.time()) + SESSION_S
-    response = json_response({"authenticated": True})
-    response.set_cookie(COOKIE, _sign(key, expiry), max_age=SESSION_S, path="/ui",
-                        httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")  # fmt: skip
-    return response
-
-
-async def logout(request: Request) -> ASGIApp:
-    response = json_response({"authenticated": False})
-    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
-    return response
-
-
 async def requests_log(request: Request) -> ASGIApp:
-    _require(request)
+    require(request)
     gateway: Gateway = request.app.state.gateway
     gateway.telemetry.flush()
     items = list(recent(gateway).items)
@@ -232,7 +147,7 @@ async def requests_log(request: Request) -> ASGIApp:
 
 
 async def history(request: Request) -> ASGIApp:
-    _require(request)
+    require(request)
     gateway: Gateway = request.app.state.gateway
     gateway.telemetry.flush()
     data = recent(gateway).history(time.time())
@@ -241,7 +156,7 @@ async def history(request: Request) -> ASGIApp:
 
 async def model_action(request: Request) -> ASGIApp:
     """Load or unload a model for a logged-in person (the admin key's session)."""
-    _require(request)
+    require(request)
     action = request.path_params["action"]
     if action == "load":
         return await local_models.load(request)
@@ -259,4 +174,5 @@ routes = [
     Route("/ui/api/requests", requests_log),
     Route("/ui/api/history", history),
     Route("/ui/api/models/{model:path}/{action}", model_action, ("POST",)),
+    *keys.routes,
 ]

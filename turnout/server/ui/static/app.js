@@ -56,7 +56,7 @@ async function start() {
   if (!session.ok) { document.body.textContent = errorText(session.data); return; }
   if (!session.data.authenticated) {
     if (!session.data.login_required) {
-      document.body.textContent = "The dashboard answers only on this machine.";
+      document.body.textContent = session.data.message || "The dashboard answers only on this machine.";
       return;
     }
     showLogin();
@@ -82,6 +82,7 @@ $("#login-form").addEventListener("submit", async (event) => {
 });
 
 $("#logout").addEventListener("click", async () => {
+  hideSecret();
   await api("/ui/api/logout", { method: "POST", body: {} });
   location.hash = "";
   showLogin();
@@ -96,6 +97,8 @@ function route() {
     link.classList.toggle("active", link.dataset.page === page);
   }
   clearInterval(timer);
+  if (page !== "keys") hideSecret(); // a new key is shown once, on the page that made it
+  if (page !== "models") follow(false);
   const refresh = REFRESH[page];
   refresh();
   if (page !== "playground") timer = setInterval(refresh, POLL_MS);
@@ -196,8 +199,33 @@ function bar(progress) {
   return outer;
 }
 
+// While a model loads (from this page or elsewhere) the Models page polls every FAST_MS, so that
+// its bar moves with the engine's own progress reports instead of jumping at the 2 s poll.
+const FAST_MS = 200;
+let fast = null;
+let acting = 0; // load and unload requests of this page still in flight
+
+function follow(loading) {
+  if (loading && fast === null && !$("#models").hidden) {
+    let busy = false;
+    fast = setInterval(async () => {
+      if (busy) return; // a poll still answering: skip a beat rather than pile up
+      busy = true;
+      try { await models(); } finally { busy = false; }
+    }, FAST_MS);
+  } else if ((!loading || $("#models").hidden) && fast !== null) {
+    clearInterval(fast);
+    fast = null;
+  }
+}
+
+let asked = 0, shown = 0; // the Models page's polls, numbered: an older answer is not drawn
+
 async function models() {
+  const mine = ++asked;
   const [list, provs] = await Promise.all([api("/v1/models"), api("/v1/providers")]);
+  if (mine < shown) return; // a later poll has drawn already: the bar never goes back
+  shown = mine;
   const local = [];
   if (provs.ok) {
     for (const p of provs.data.data) {
@@ -220,31 +248,136 @@ async function models() {
     return tr;
   }));
   if (list.ok) fill($("#model-table tbody"), list.data.data.map((m) => row([m.id, m.owned_by])));
+  follow(acting > 0 || local.some((m) => m.state === "loading"));
 }
 
 async function act(model, action) {
   $("#model-message").textContent = `${action} ${model}…`;
   const path = `/ui/api/models/${model.split("/").map(encodeURIComponent).join("/")}/${action}`;
-  const result = await api(path, { method: "POST", body: {} });
+  acting += 1;
+  follow(true);
+  let result;
+  try {
+    result = await api(path, { method: "POST", body: {} });
+  } finally {
+    acting -= 1;
+  }
   $("#model-message").textContent = result.ok ? `${model}: ${result.data.state}` : errorText(result.data);
   models();
 }
 
+// --- keys ----------------------------------------------------------------------------------
+// Create, revoke and rotate through /ui/api/keys (the same operations as /v1/keys). A new or
+// rotated key is shown once, in #key-secret, until "Done" or leaving the page; lists show the
+// prefix only.
+
+function when(seconds) {
+  return seconds ? new Date(seconds * 1000).toLocaleString() : null;
+}
+
+function showSecret(name, key, note) {
+  $("#key-secret-name").textContent = name;
+  $("#key-secret-value").textContent = key;
+  $("#key-secret-note").textContent = note || "";
+  $("#key-secret").hidden = false;
+}
+
+function hideSecret() {
+  $("#key-secret-value").textContent = "";
+  $("#key-secret").hidden = true;
+}
+
+$("#key-secret-done").addEventListener("click", hideSecret);
+
+async function keyAction(name, action) {
+  const path = `/ui/api/keys/${encodeURIComponent(name)}` + (action === "rotate" ? "/rotate" : "");
+  const result = action === "rotate"
+    ? await api(path, { method: "POST", body: { grace: $("#key-grace").value.trim() || "1h" } })
+    : await api(path, { method: "DELETE" });
+  if (!result.ok) { $("#keys-message").textContent = errorText(result.data); return; }
+  if (action === "rotate") {
+    const until = when(result.data.previous_valid_until);
+    showSecret(name, result.data.key, `The previous key works until ${until}.`);
+    $("#keys-message").textContent = `${name}: rotated`;
+  } else {
+    $("#keys-message").textContent = `${name}: revoked`;
+  }
+  keys();
+}
+
+function keyButtons(k) {
+  const cell = el("span");
+  if (k.state !== "active") return cell;
+  const rotate = el("button", "Rotate", "rotate");
+  rotate.type = "button";
+  rotate.addEventListener("click", () => keyAction(k.name, "rotate"));
+  const revoke = el("button", "Revoke", "revoke");
+  revoke.type = "button";
+  revoke.addEventListener("click", () => {
+    if (confirm(`Revoke the key ${k.name} (${k.prefix}…)? Requests with it are refused at once.`)) {
+      keyAction(k.name, "revoke");
+    }
+  });
+  cell.append(rotate, revoke);
+  return cell;
+}
+
+function limits(k) {
+  const parts = [];
+  if (k.rpm) parts.push(`rpm ${k.rpm}`);
+  if (k.tpm) parts.push(`tpm ${k.tpm}`);
+  if (k.priority && k.priority !== 1) parts.push(`priority ${k.priority}`);
+  if (k.admin) parts.push("admin");
+  if (k.expires_at) parts.push(`expires ${when(k.expires_at)}`);
+  return parts.join(", ") || "none";
+}
+
 async function keys() {
-  const result = await api("/v1/keys");
+  const [result, usage] = await Promise.all([
+    api("/ui/api/keys"), api(`/ui/api/usage?since=7d&by=${$("#usage-by").value}`),
+  ]);
   if (!result.ok) {
-    $("#keys-message").textContent = result.status === 404
-      ? "Gateway keys are not configured on this gateway."
-      : errorText(result.data);
+    $("#keys-message").textContent = errorText(result.data);
     fill($("#key-table tbody"), []);
     return;
   }
-  $("#keys-message").textContent = "";
-  fill($("#key-table tbody"), (result.data.data || []).map((k) => row([
-    k.name, k.prefix, (k.models || []).join(", ") || "all", `rpm ${k.rpm ?? "–"} tpm ${k.tpm ?? "–"}`,
-    k.revoked ? "yes" : "no",
+  fill($("#key-table tbody"), (result.data.data || []).map((k) => {
+    const budget = k.budget === null ? "none" : `$${fmt(k.budget, 2)}/${k.budget_period} ($${fmt(k.spent || 0, 4)})`;
+    const tr = row([
+      k.name, k.prefix + "…", el("span", k.state, k.state === "active" ? "up" : "down"),
+      (k.models || []).join(", "), limits(k), budget, when(k.last_used), keyButtons(k),
+    ]);
+    tr.dataset.key = k.name;
+    tr.dataset.prefix = k.prefix;
+    tr.dataset.state = k.state;
+    return tr;
+  }));
+  if (!usage.ok) return;
+  $("#usage-group").textContent = usage.data.by;
+  fill($("#usage-table tbody"), usage.data.data.map((u) => row([
+    usage.data.by === "key" && u.key === "-" ? "(no key)" : u[usage.data.by], u.requests, u.errors, u.tokens_in, u.tokens_out, "$" + fmt(u.cost, 4),
   ])));
 }
+
+$("#usage-by").addEventListener("change", keys);
+
+$("#key-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const value = (id) => $(id).value.trim();
+  const number = (id) => (value(id) === "" ? undefined : Number(value(id)));
+  const body = {
+    name: value("#key-name"),
+    models: value("#key-models").split(",").map((m) => m.trim()).filter(Boolean),
+    rpm: number("#key-rpm"), tpm: number("#key-tpm"), budget: number("#key-budget"),
+    expires: value("#key-expires") || undefined, admin: $("#key-admin").checked,
+  };
+  const result = await api("/ui/api/keys", { method: "POST", body });
+  if (!result.ok) { $("#keys-message").textContent = errorText(result.data); return; }
+  $("#key-form").reset();
+  showSecret(result.data.name, result.data.key, `Prefix ${result.data.prefix}; send it as 'Authorization: Bearer …'.`);
+  $("#keys-message").textContent = `${result.data.name}: created`;
+  keys();
+});
 
 async function requests() {
   const q = encodeURIComponent($("#request-search").value);
