@@ -74,7 +74,7 @@ def _text(chunks: list[JSON]) -> str:
 
 
 async def test_a_stream_cut_mid_way_is_finished_by_the_next_target() -> None:
-    router, a, b = await _router(_cut("One,", " two,"), _whole("three", ", four."))
+    router, _, b = await _router(_cut("One,", " two,"), _whole("three", ", four."))
     trace = Trace()
     body = {"model": "r", "messages": ASK, "stream": True, "max_tokens": 10}
     chunks = await _read(router, body, trace)
