@@ -19,6 +19,7 @@ stall  forward the first event of the stream, then send nothing more
 cut    forward the first event of the stream, then close the connection mid-stream
 error  forward the first event of the stream, then an error event as OpenAI's API sends one
        (``data: {"error": {"message", "type", "code"}}``) and the end of the body
+flip   the odd-numbered requests get the ``500``, the even-numbered ones are forwarded
 ====== ==================================================================================
 
 ``stallN``, ``cutN`` and ``errorN`` forward the first N events instead of one. The body of every
@@ -73,6 +74,8 @@ class FaultProxy:
         self.counts[fault] += 1
         self.bodies.setdefault(fault, []).append(await request.read())
         kind, _, times = fault.partition("x")
+        if kind == "flip":
+            kind = "500" if self.counts[fault] % 2 else "ok"
         if kind == "ok" or (times and self.counts[fault] > int(times)):
             return await self._forward(request, rest)
         if kind == "500":
