@@ -159,11 +159,8 @@ class Gateway:
             )
             health = self.config.health
             if health.enabled:
-                self.health = HealthMonitor(
-                    self.providers,
-                    interval=health.interval,
-                    timeout=health.timeout,
-                    on_result=self._probed,
+                self.health = HealthMonitor.configured(
+                    self.providers, health, self.router.backend, self.catalog.served, self._probed
                 )
                 self.health.start()  # the first round runs now, in the background
             self.router.health = self.health

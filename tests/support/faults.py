@@ -17,6 +17,15 @@ ok     forward
 hang   accept the request and never answer (no status line: a timeout before the first byte)
 stall  forward the first event of the stream, then send nothing more
 cut    forward the first event of the stream, then close the connection mid-stream
+error  forward the first event of the stream, then an error event as OpenAI's API sends one
+       (``data: {"error": {"message", "type", "code"}}``) and the end of the body
+flip   the odd-numbered requests get the ``500``, the even-numbered ones are forwarded
+====== ==================================================================================
+
+``stallN``, ``cutN`` and ``errorN`` forward the first N events instead of one. The body of every
+POST is kept in `FaultProxy.bodies`, by fault spec.
+
+====== ==================================================================================
 badjson HTTP 200 ``application/json`` whose body is cut off mid-object
 badtype HTTP 200 ``text/html``, the error page of a proxy in between
 badevent HTTP 200 ``text/event-stream`` whose first event's data is not JSON
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -49,6 +59,8 @@ class FaultProxy:
         self.url = ""
         #: POST requests received per fault spec (``500x1``, ``hang``...)
         self.counts: Counter[str] = Counter()
+        #: the bodies of those requests, in order, per fault spec
+        self.bodies: dict[str, list[bytes]] = {}
         self._stop: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -60,7 +72,10 @@ class FaultProxy:
         if request.method == "GET":
             return web.json_response(_MODELS)
         self.counts[fault] += 1
+        self.bodies.setdefault(fault, []).append(await request.read())
         kind, _, times = fault.partition("x")
+        if kind == "flip":
+            kind = "500" if self.counts[fault] % 2 else "ok"
         if kind == "ok" or (times and self.counts[fault] > int(times)):
             return await self._forward(request, rest)
         if kind == "500":
@@ -87,8 +102,9 @@ class FaultProxy:
             await resp.write(b"data: {'choices': [not json\n\n")
             await resp.write_eof()
             return resp
-        if kind in ("stall", "cut"):
-            return await self._fail_mid_stream(request, rest, kind)
+        name = kind.rstrip("0123456789")
+        if name in ("stall", "cut", "error"):
+            return await self._fail_mid_stream(request, rest, name, int(kind[len(name) :] or 1))
         raise web.HTTPNotFound(text=f"unknown fault {fault!r}")
 
     async def _forward(self, request: web.Request, path: str) -> web.StreamResponse:
@@ -107,11 +123,11 @@ class FaultProxy:
             return resp
 
     async def _fail_mid_stream(
-        self, request: web.Request, path: str, fault: str
+        self, request: web.Request, path: str, fault: str, events: int
     ) -> web.StreamResponse:
-        """Forward a stream's first event, then stall or cut. Until that event comes, SSE comments
-        keep the connection busy, so that only the fault itself can trip a read timeout however
-        slow the upstream is today."""
+        """Forward a stream's first ``events`` events, then stall, cut or send an error event.
+        Until they came, SSE comments keep the connection busy, so that only the fault itself
+        can trip a read timeout however slow the upstream is today."""
         assert self._session is not None and self._stop is not None
         session = self._session
         body = await request.read()
@@ -122,7 +138,7 @@ class FaultProxy:
             up = await session.post(
                 f"{self.upstream}/{path}", data=body, headers={"Content-Type": "application/json"}
             )
-            return up, await _first_event(up)
+            return up, await _first_events(up, events)
 
         opening = asyncio.ensure_future(first_event())
         try:
@@ -138,6 +154,11 @@ class FaultProxy:
             if fault == "cut":
                 assert request.transport is not None
                 request.transport.close()  # mid-stream, chunked body never finished
+                return resp
+            if fault == "error":
+                error = {"message": "llama_decode returned -1", "type": "server_error", "code": 500}
+                await resp.write(b"data: " + json.dumps({"error": error}).encode() + b"\n\n")
+                await resp.write_eof()
                 return resp
             await self._stop.wait()  # stall: the stream stays open and silent
             return resp
@@ -165,15 +186,22 @@ class FaultProxy:
             await runner.cleanup()
 
 
-async def _first_event(up: aiohttp.ClientResponse) -> bytes:
-    """The upstream's bytes up to the end of its first SSE event."""
+async def _first_events(up: aiohttp.ClientResponse, count: int) -> bytes:
+    """The upstream's bytes up to the end of its ``count``-th SSE event."""
     buffer = b""
     async for block in up.content.iter_any():
         buffer += block
-        for end in (b"\r\n\r\n", b"\n\n"):
-            cut = buffer.find(end)
-            if cut != -1:
-                return buffer[: cut + len(end)]
+        end = 0
+        for _ in range(count):
+            found = [
+                (at, sep) for sep in (b"\r\n\r\n", b"\n\n") if (at := buffer.find(sep, end)) != -1
+            ]
+            if not found:
+                break
+            at, sep = min(found)
+            end = at + len(sep)
+        else:
+            return buffer[:end]
     return buffer
 
 

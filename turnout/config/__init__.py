@@ -38,6 +38,7 @@ from ..wire.durations import parse_keep_alive
 from ..wire.screen import SecurityConfig
 from .access import TEXT_SETTINGS, AuthConfig, LimitsConfig, StorageConfig
 from .base import _Strict
+from .health import HealthConfig
 from .routes import (
     RETRY_CLASSES,
     STRATEGIES,
@@ -230,6 +231,9 @@ class ProviderConfig(_Strict):
     request_keep_alive_min: float | str | None = None
     request_keep_alive_max: float | str | None = None
     total_timeout: float | None = Field(600.0, gt=0)
+    # The health canary for this backend (turnout/config/health.py); unset: health.canary's
+    # for a local backend, off for a cloud one.
+    canary: bool | None = None
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         """``ProviderConfig(type="x", ...)`` builds the model type ``x`` registered."""
@@ -311,14 +315,6 @@ class ProviderConfig(_Strict):
     @property
     def dialect(self) -> str:
         return _TYPES[self.type].dialect
-
-
-class HealthConfig(_Strict):
-    """The background health monitor (turnout/routing/health.py)."""
-
-    enabled: bool = True
-    interval: float = Field(10.0, gt=0, description="seconds between probes of each backend")
-    timeout: float = Field(2.0, gt=0, description="a probe slower than this counts as down")
 
 
 class DiscoveryConfig(_Strict):

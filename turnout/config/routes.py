@@ -78,6 +78,11 @@ class RouteConfig(_Strict):
     fallbacks: list[str] = Field(default_factory=list)
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig())
     timeouts: TimeoutsConfig = Field(default_factory=lambda: TimeoutsConfig())
+    # What a stream whose backend dies after its first chunk gets (turnout/routing/failover.py):
+    # an error event, or the rest of the answer from the route's next target.
+    stream_failover: Literal["error", "continue"] = Field(
+        "error", description="continue: finish a stream cut mid-way on the next target"
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> RouteConfig:

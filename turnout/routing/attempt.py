@@ -175,7 +175,7 @@ class Attempts:
         first_token: float | None,
         deadline: float | None,
         trace: Trace,
-    ) -> AsyncIterator[Chunk]:
+    ) -> Committed:
         provider = backend.provider
         await self._enter(backend, trial, deadline, trace)
         started = trace.call_started()
@@ -315,6 +315,11 @@ class Committed:
 
     def __aiter__(self) -> Committed:
         return self
+
+    @property
+    def deadline(self) -> float | None:
+        """The request's own deadline (loop time), which a continuation keeps to."""
+        return self._deadline
 
     async def __anext__(self) -> Chunk:
         first = self._first

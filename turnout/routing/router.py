@@ -6,7 +6,8 @@ whose last health probe failed go last. An option is skipped while its circuit i
 queue is full. A failure that allows it is retried on the same backend (the route's retry policy:
 backoff with jitter, Retry-After honoured), then the next option is tried. A stream is committed
 to a backend only once its first chunk has arrived; a failure before that is retried or falls
-back like any other, a failure after it reaches the client as an error event. When every option
+back like any other, a failure after it reaches the client as an error event, or, on a route
+with ``stream_failover: continue``, is continued on the next target (`failover`). When every option
 is cooling down the request waits up to ``recovery_wait`` for the first to recover, then gets 503
 with Retry-After; when every queue is full, 429 with Retry-After.
 
@@ -28,9 +29,10 @@ from ..providers.base import Kind, Provider
 from ..telemetry.record import Trace
 from ..wire.openai import CAPABILITY_PARAM
 from ..wire.types import JSON, Call, Chunk
-from .attempt import Attempts, Backend, Expired, failure_class, request_timeout
+from .attempt import Attempts, Backend, Committed, Expired, failure_class, request_timeout
 from .breaker import Admission
 from .catalog import Catalog, Target
+from .failover import continuable, failover
 from .health import HealthMonitor
 from .routes import Option, RetryPolicy, Route, RouteTable
 from .strategies import STRATEGIES, Pick, unfit
@@ -141,12 +143,29 @@ class Router:
     async def complete(
         self, kind: Kind, body: JSON, *, trace: Trace | None = None
     ) -> tuple[JSON, Target]:
-        return await self._route(kind, body, False, trace or Trace(), self.attempts.complete)
+        result, target, _ = await self._route(
+            kind, body, False, trace or Trace(), self.attempts.complete
+        )
+        return result, target
 
     async def stream(
         self, kind: Kind, body: JSON, *, trace: Trace | None = None
     ) -> tuple[AsyncIterator[Chunk], Target]:
-        return await self._route(kind, body, True, trace or Trace(), self.attempts.stream)
+        trace = trace or Trace()
+        chunks, target, route = await self._route(kind, body, True, trace, self.attempts.stream)
+        if route.stream_failover and continuable(kind, body):  # only then is the text kept
+            return failover(self, kind, body, trace, chunks, target), target
+        return chunks, target
+
+    async def resume(
+        self, kind: Kind, body: JSON, trace: Trace, skip: frozenset[str], deadline: float | None
+    ) -> tuple[Committed, Target]:
+        """A stream for the continuation of an answer (`failover`): routed like any stream,
+        within the request's own ``deadline``, on any target but those in ``skip``."""
+        chunks, target, _ = await self._route(
+            kind, body, True, trace, self.attempts.stream, skip, deadline
+        )
+        return chunks, target
 
     def delay(
         self, attempt: int, error: GatewayError | None, policy: RetryPolicy | None = None
@@ -166,25 +185,24 @@ class Router:
         stream: bool,
         trace: Trace,
         once: Callable[..., Awaitable[T]],
-    ) -> tuple[T, Target]:
+        skip: frozenset[str] = frozenset(),
+        deadline: float | None = None,
+    ) -> tuple[T, Target, Route]:
         routes = await self.routes.plan(body["model"])
         loop = asyncio.get_running_loop()
         total = trace.timeout or routes[0].total
         pick = Pick(kind, body, stream, self._rng, 0, *self._signals)
-        run = _Run(kind, body, stream, trace, total, loop.time() + total if total else None, pick)
+        run = _Run(kind, body, stream, trace, total, deadline or _deadline(total), pick)
         recover_by: float | None = None  # set when every option first turns out to be cooling
         while True:
             run.blocked, run.full, run.offered, run.tried = [], [], False, False
             for route in routes:
-                if route.strategy == "round_robin":
-                    pick.turn = self._turns.get(route.name, 0)
-                    self._turns[route.name] = pick.turn + 1
-                ordered = STRATEGIES[route.strategy](route.options, pick)
+                ordered = self._order(route, pick, skip)
                 run.offered = run.offered or bool(ordered)
                 for option in self._healthy_first(ordered):
                     found = await self._on(option, route, run, once)
                     if found is not None:
-                        return found[0], option.target
+                        return found[0], option.target, routes[0]
             if run.tried:
                 failure = run.last or run.unable
                 assert failure is not None
@@ -205,6 +223,14 @@ class Router:
                 first = run.full[0]
                 raise first.limiter.refuse(first.provider.name, first.pace)
             raise _unavailable(body["model"], run.blocked, wait)
+
+    def _order(self, route: Route, pick: Pick, skip: frozenset[str]) -> list[Option]:
+        """The route's options in the order its strategy gives, less those in ``skip``."""
+        if route.strategy == "round_robin":
+            pick.turn = self._turns.get(route.name, 0)
+            self._turns[route.name] = pick.turn + 1
+        ordered = STRATEGIES[route.strategy](route.options, pick)
+        return [o for o in ordered if o.name not in skip] if skip else ordered
 
     async def _on(
         self, option: Option, route: Route, run: _Run, once: Callable[..., Awaitable[T]]
@@ -289,6 +315,10 @@ def _retry(exc: GatewayError, policy: RetryPolicy, retry_after_cap: float) -> bo
     if exc.retry_after is not None and policy.honour_retry_after:
         return exc.retry_after <= retry_after_cap  # beyond it: the next backend, at once
     return True
+
+
+def _deadline(total: float | None) -> float | None:
+    return asyncio.get_running_loop().time() + total if total else None
 
 
 def _time_left(deadline: float) -> float:

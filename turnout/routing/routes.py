@@ -1,7 +1,8 @@
 """Route groups: what a requested name maps to, compiled once per model-list refresh.
 
 A name configured under ``routes:`` maps to its targets (provider, model, weight, priority,
-prices), a strategy, a retry policy, timeouts, and fallback routes tried after its own targets.
+prices), a strategy, a retry policy, timeouts, fallback routes tried after its own targets, and
+what a stream cut mid-way gets (``stream_failover``).
 Any other name becomes an implicit route: the catalog's targets for it in configured order,
 strategy ``priority``, each backend's own ``max_retries``, which is exactly how turnout routes
 without a ``routes:`` section.
@@ -77,6 +78,7 @@ class Route:
     first_token: float | None = None
     total: float | None = None
     fallbacks: tuple[str, ...] = field(default=())
+    stream_failover: bool = False  # ``stream_failover: continue``
 
 
 def is_local(provider: Provider) -> bool:
@@ -171,6 +173,7 @@ class RouteTable:
             config.timeouts.first_token,
             config.timeouts.total,
             tuple(config.fallbacks),
+            config.stream_failover == "continue",
         )
 
     @staticmethod
