@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,41 @@ async def test_sigterm_lets_every_workers_streams_finish_and_exits_0(tmp_path: P
     rows = await ledger(cfg["storage"]["database_url"])
     streamed = [r for r in rows if r["streamed"]]
     assert len(streamed) == 20 and {r["status"] for r in streamed} == {200}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_dead_worker_is_replaced_and_workers_stop_when_the_parent_is_killed(
+    tmp_path: Path, paced: Paced
+) -> None:
+    path = write_config(
+        tmp_path / "turnout.yaml", gateway_config(tmp_path, paced.url, embedded=False)
+    )
+    with workers(path) as served:
+        found = re.search(r"2 workers serving \(pids (\d+), (\d+)\)", served.output())
+        assert found is not None
+        first, second = int(found[1]), int(found[2])
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (
+            "starting another" not in served.output()
+            or served.output().count("Application startup complete") < 3
+        ):
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.1)
+        after = served.output().split("starting another")[1]
+        replacement = int(re.findall(r"Started server process \[(\d+)\]", after)[0])
+        served.proc.kill()  # the parent only: its workers must not outlive it
+        served.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while (alive(second) or alive(replacement)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(second) and not alive(replacement), served.output()
 
 
 def serve_refused(
