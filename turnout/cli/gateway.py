@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import re
 import time
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..config import Config
-from ..errors import ConfigError, RedactingFilter
+from ..errors import ConfigError
 from ..telemetry.logs import RequestLog, configure as configure_logs
 from .common import ConfigOption, UrlOption, app, console, err_console, load
 
@@ -52,12 +51,9 @@ def _uvicorn_server(cfg: Config, log_level: str | None = None) -> Any:
 
 
 def _redact_logs() -> None:
-    """Redact configured secrets from everything turnout and uvicorn log (turnout/errors.py)."""
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("uvicorn", "uvicorn.error"))]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
+    from ..server.serving import redact_logs
+
+    redact_logs()
 
 
 @app.command()
@@ -76,18 +72,33 @@ def serve(
         bool,
         typer.Option("--allow-unauthenticated", help="Serve beyond loopback without gateway keys."),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=256, help="Gateway processes on the port (server.workers; Linux)."),
+    ] = None,
 ) -> None:
     """Start the gateway (127.0.0.1:8400 unless told otherwise). On SIGTERM or SIGINT it stops
     taking requests, lets those in flight finish for server.shutdown_grace_seconds, ends the rest
-    with an error, and exits 0; a second signal stops it at once."""
+    with an error, and exits 0; a second signal stops it at once. With --workers N, N processes
+    share the port, the keys, limits (with storage.redis_url) and ledger, and /stats and
+    /metrics add them up."""
     cfg = load(config, host, port)
     if database_url:
         cfg = cfg.model_copy(
             update={"storage": cfg.storage.model_copy(update={"database_url": database_url})}
         )
+    server_updates: dict[str, Any] = {}
     if allow_unauthenticated:
-        open_server = cfg.server.model_copy(update={"allow_unauthenticated": True})
-        cfg = cfg.model_copy(update={"server": open_server})
+        server_updates["allow_unauthenticated"] = True
+    if workers is not None:
+        server_updates["workers"] = workers
+    if server_updates:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=server_updates)})
+    if cfg.server.workers > 1:
+        from ..server.workers import serve_workers
+
+        configure_logs(log_format.value, cfg.server.log_level)
+        raise typer.Exit(serve_workers(cfg, log_format.value))
     server = _uvicorn_server(cfg)
     server.gateway.telemetry.add_sink(RequestLog())  # one log line a request, from the drain
     # after uvicorn.Config (made by Server), which installs its own handlers: uvicorn's records

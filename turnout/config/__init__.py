@@ -107,6 +107,9 @@ class ServerConfig(_Strict):
     write_timeout_seconds: float = Field(30.0, gt=0)
     keepalive_timeout_seconds: float = Field(5.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    workers: int = Field(
+        1, ge=1, le=256, description="gateway processes on the port (turnout/server/workers.py)"
+    )
 
 
 class ModelEntry(_Strict):

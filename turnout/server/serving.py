@@ -26,7 +26,10 @@ so that a balancer sees it), while the requests and streams in flight finish, fo
 ``server.shutdown_grace_seconds``; then `Gateway.cut` ends each that has not with an error in its
 client's dialect (an error event for a stream), uvicorn closes the listener and the connections,
 the app's lifespan flushes the statistics and stops managed model servers, and the process exits
-0. A second signal cuts everything at once and skips the wait.
+0. A second signal cuts everything at once and skips the wait. A worker of
+``turnout serve --workers N`` (turnout/server/workers.py) takes signals within a second of the
+first as the same one: its parent passes on the SIGTERM it gets, and a terminal's Ctrl-C or a
+service manager may signal every process of the group as well.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -41,10 +46,11 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ..errors import RedactingFilter
 from ..gateway import Gateway
 from .app import create_app
 
-__all__ = ["GuardedProtocol", "Server", "guarded_protocol"]
+__all__ = ["GuardedProtocol", "Server", "guarded_protocol", "redact_logs"]
 
 log = logging.getLogger("turnout.server")
 
@@ -217,6 +223,11 @@ class _QuietCut:
 class Server(uvicorn.Server):
     """uvicorn serving ``gateway`` with `GuardedProtocol` and the graceful shutdown."""
 
+    #: seconds after the first stop signal during which another is the same stop (workers: 1)
+    repeat_window = 0.0
+    #: called once the app has started and the sockets listen (a worker tells its parent)
+    on_ready: Callable[[], None] | None = None
+
     def __init__(self, gateway: Gateway, log_level: str | None = None) -> None:
         server = gateway.config.server
         try:
@@ -250,16 +261,25 @@ class Server(uvicorn.Server):
         self.gateway = gateway
         self.grace = server.shutdown_grace_seconds
         self._drainer: asyncio.Task[None] | None = None
+        self._stopped_at = 0.0
         _raise_open_files(server.max_connections)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's: it re-raises the signal once stopped (a non-zero exit), and only a
         # second SIGINT (not SIGTERM) forces the exit.
         loop = asyncio.get_event_loop()
         if self.gateway.draining or self.should_exit:  # the second signal: now
+            if time.monotonic() - self._stopped_at < self.repeat_window:
+                return  # the first one, heard twice
             self.should_exit = self.force_exit = True
             loop.call_soon_threadsafe(self._cut)
             return
+        self._stopped_at = time.monotonic()
         self.gateway.drain()
         loop.call_soon_threadsafe(self._start_drain)
 
@@ -290,6 +310,15 @@ class Server(uvicorn.Server):
                 self._drainer.cancel()
             if self.force_exit and self.gateway.started:  # uvicorn skipped the lifespan's end
                 await asyncio.wait_for(self.gateway.close(), 5)
+
+
+def redact_logs() -> None:
+    """Redact configured secrets from everything turnout and uvicorn log (turnout/errors.py)."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in ("uvicorn", "uvicorn.error"))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 def _raise_open_files(connections: int) -> None:

@@ -153,10 +153,14 @@ class Ledger:
         return True
 
     async def _replay(self) -> bool:
-        """Write every spooled row; False (the rest kept) if the store refuses."""
-        while (path := self.spool.take()) is not None:
-            for rows in Spool.read(path, self.batch):
-                if not await self._write(rows):
-                    return False
-            self.spool.done(path)
-        return True
+        """Write every spooled row; False (the rest kept) if the store refuses. True at once
+        when another process is replaying the spool."""
+        try:
+            while (path := self.spool.take()) is not None:
+                for rows in Spool.read(path, self.batch):
+                    if not await self._write(rows):
+                        return False
+                self.spool.done(path)
+            return True
+        finally:
+            self.spool.release()

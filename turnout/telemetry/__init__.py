@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .. import tasks
 from ..wire.types import JSON, Kind
 from .metrics import CONTENT_TYPE, Live, Metrics
 from .record import CURRENT, OUTCOMES, Trace
-from .stats import MAX_SERIES, OTHER, Series, Window
+from .stats import MAX_SERIES, OTHER, Series, Window, series_json, summary_ms
+from .workers import WorkerFiles, merge
 
 __all__ = ["CONTENT_TYPE", "CURRENT", "Sink", "Telemetry", "Trace"]
+
+State = dict[str, Any]
 
 #: receives every drained batch of finished requests; must not block (queue, then return)
 Sink = Callable[[Sequence[Trace]], None]
@@ -61,6 +66,13 @@ class Telemetry:
         self._series: dict[tuple[str, str], Series] = {}
         self._task: asyncio.Task[None] | None = None
         self._sinks: list[Sink] = []
+        self._shared: WorkerFiles | None = None
+
+    def share(self, folder: str | Path) -> None:
+        """Serve as one of several worker processes: write this worker's state to ``folder`` at
+        every drain, and answer `stats` and `render_metrics` for all of them
+        (turnout/telemetry/workers.py)."""
+        self._shared = WorkerFiles(folder)
 
     def add_sink(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -88,14 +100,24 @@ class Telemetry:
         await tasks.stop(self._task)
         self._task = None
         self.flush()
+        self._publish()  # a worker's last counts stay in the others' totals
 
     async def _drain(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
                 self.flush()
+                self._publish()
             except Exception:  # statistics must never take the gateway down
                 log.exception("telemetry drain failed")
+
+    def _publish(self) -> State | None:
+        """Write this worker's state for the others (when sharing); the state written."""
+        if self._shared is None:
+            return None
+        state = self._state()
+        self._shared.write(state)
+        return state
 
     def flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -195,38 +217,66 @@ class Telemetry:
             series.cost += cost
             trace.cost = cost
 
-    def stats(self) -> dict[str, Any]:
-        """Everything recorded so far, per backend and model, with each backend's live state."""
-        self.flush()
+    def _state(self) -> State:
+        """Everything recorded so far, as JSON that several workers' states add up from."""
         live: Mapping[str, Mapping[str, Any]] = self._live() if self._live else {}
-        backends: dict[str, dict[str, Any]] = {
-            name: _backend(state) for name, state in live.items()
-        }
-        for (name, model), series in sorted(self._series.items()):
-            entry = backends.setdefault(name, _backend({}))
-            entry["requests"] += series.requests
-            entry["successes"] += series.successes
-            entry["failures"] += series.failures
-            entry["cancelled"] += series.cancelled
-            entry["tokens_in"] += series.tokens_in
-            entry["tokens_out"] += series.tokens_out
-            entry["cost"] = round(entry["cost"] + series.cost, 6)
-            entry["models"][model] = series.to_json()
         return {
-            "uptime_seconds": round(time.time() - self.started, 3),
-            "requests": {
-                "total": sum(self.outcomes.values()),
-                **self.outcomes,
-                "reasons": {o: dict(sorted(r.items())) for o, r in sorted(self.reasons.items())},
-            },
-            "overhead_ms": self.overhead.summary_ms(),
-            "dropped_records": self.dropped,
-            "backends": backends,
+            "pid": os.getpid(),
+            "started": self.started,
+            "outcomes": dict(self.outcomes),
+            "reasons": {o: dict(r) for o, r in self.reasons.items()},
+            "overhead": self.overhead.state(),
+            "dropped": self.dropped,
+            "series": [[b, m, series.state()] for (b, m), series in self._series.items()],
+            "live": live,
         }
 
-    def render_metrics(self) -> bytes:
+    def _everyone(self) -> State:
+        """This process's state, or with several workers, all of theirs added up."""
         self.flush()
-        return self.metrics.render()
+        if self._shared is None:
+            return self._state()
+        own = self._publish()
+        assert own is not None
+        return merge(self._shared.read(own))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything recorded so far, per backend and model, with each backend's live state;
+        with several workers, their totals (and ``workers``: each one's requests)."""
+        state = self._everyone()
+        backends: dict[str, dict[str, Any]] = {
+            name: _backend(entry) for name, entry in state["live"].items()
+        }
+        for name, model, series in sorted(state["series"], key=lambda s: (s[0], s[1])):
+            entry = backends.setdefault(name, _backend({}))
+            for counter in ("requests", "successes", "failures", "cancelled", "tokens_in",
+                            "tokens_out"):  # fmt: skip
+                entry[counter] += series[counter]
+            entry["cost"] = round(entry["cost"] + series["cost"], 6)
+            entry["models"][model] = series_json(series)
+        outcomes, reasons = state["outcomes"], state["reasons"]
+        out: dict[str, Any] = {
+            "uptime_seconds": round(time.time() - state["started"], 3),
+            "requests": {
+                "total": sum(outcomes.values()),
+                **outcomes,
+                "reasons": {o: dict(sorted(r.items())) for o, r in sorted(reasons.items())},
+            },
+            "overhead_ms": summary_ms(state["overhead"]),
+            "dropped_records": state["dropped"],
+            "backends": backends,
+        }
+        if "workers" in state:
+            out["worker"] = state["pid"]  # the one that answered
+            out["workers"] = state["workers"]
+        return out
+
+    def render_metrics(self) -> bytes:
+        if self._shared is None:
+            self.flush()
+            return self.metrics.render()
+        live = self._everyone()["live"]
+        return self.metrics.render_workers(live)
 
 
 def _backend(live: Mapping[str, Any]) -> dict[str, Any]:

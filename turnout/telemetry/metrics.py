@@ -9,6 +9,7 @@ path either.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _CIRCUIT_STATES = ("closed", "half_open", "open")
+_LIVE_NAMES = (
+    "turnout_backend_up", "turnout_backend_circuit", "turnout_backend_in_flight",
+    "turnout_backend_queued",
+)  # fmt: skip
 
 #: backend name -> {"up": bool | None, "circuit": {...}, "concurrency": {...}}
 Live = Callable[[], Mapping[str, Mapping[str, Any]]]
@@ -139,6 +144,34 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def render_workers(self, live: Mapping[str, Mapping[str, Any]]) -> bytes:
+        """Every worker's counters and histograms (prometheus-client's multiprocess mode: each
+        process writes its values to files under ``PROMETHEUS_MULTIPROC_DIR``, which the parent
+        of ``turnout serve --workers N`` sets) and ``live``, the backends' live state added up
+        across workers (turnout/telemetry/workers.py)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one process after all
+            registry = CollectorRegistry()
+            registry.register(_Registered(self.registry))
+        else:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_LiveCollector(lambda: live))
+        return generate_latest(registry)
+
+
+class _Registered(Collector):
+    """The metrics of a registry but its live gauges (replaced by the workers' sum)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            if not metric.name.startswith(_LIVE_NAMES):
+                yield metric
 
 
 class _LiveCollector(Collector):

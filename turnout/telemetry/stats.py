@@ -10,8 +10,10 @@ together under `OTHER`.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["MAX_SERIES", "OTHER", "WINDOW", "Series", "Window"]
+__all__ = ["MAX_SERIES", "OTHER", "WINDOW", "Series", "Window", "series_json", "summary_ms"]
 
 WINDOW = 1024
 MAX_SERIES = 512
@@ -39,23 +41,38 @@ class Window:
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of the window (q in 0..100)."""
-        if not self._n:
-            return None
-        ordered = sorted(self._ring[: self._n])
-        rank = max(1, -(-q * self._n // 100))  # ceil(q / 100 * n), at least the first
-        return ordered[int(rank) - 1]
+        return _percentile(sorted(self._ring[: self._n]), q)
 
     def summary_ms(self) -> dict[str, float | int | None]:
         """Average (all time), p50 and p95 (of the window) in milliseconds."""
-        if not self.count:
-            return {"avg": None, "p50": None, "p95": None, "samples": 0}
-        p50, p95 = self.percentile(50), self.percentile(95)
-        return {
-            "avg": round(self.total / self.count * 1000, 3),
-            "p50": None if p50 is None else round(p50 * 1000, 3),
-            "p95": None if p95 is None else round(p95 * 1000, 3),
-            "samples": self.count,
-        }
+        return summary_ms(self.state())
+
+    def state(self) -> dict[str, Any]:
+        """The count, the sum and the window's samples, as JSON (what workers share)."""
+        return {"count": self.count, "total": self.total, "samples": self._ring[: self._n].tolist()}
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    rank = max(1, -(-q * len(ordered) // 100))  # ceil(q / 100 * n), at least the first
+    return ordered[int(rank) - 1]
+
+
+def summary_ms(state: Mapping[str, Any]) -> dict[str, float | int | None]:
+    """Average (all time), p50 and p95 (of the samples) in milliseconds, of a `Window.state`
+    (or of several merged: counts and sums added, samples put together)."""
+    count = state["count"]
+    if not count:
+        return {"avg": None, "p50": None, "p95": None, "samples": 0}
+    ordered = sorted(state["samples"])
+    p50, p95 = _percentile(ordered, 50), _percentile(ordered, 95)
+    return {
+        "avg": round(state["total"] / count * 1000, 3),
+        "p50": None if p50 is None else round(p50 * 1000, 3),
+        "p95": None if p95 is None else round(p95 * 1000, 3),
+        "samples": count,
+    }
 
 
 class Series:
@@ -91,16 +108,38 @@ class Series:
         self.children: object = None  # the Prometheus children of this series, made once
 
     def to_json(self) -> dict[str, object]:
+        return series_json(self.state())
+
+    def state(self) -> dict[str, Any]:
+        """Counters and windows as JSON: what `series_json` renders, and what workers share
+        (turnout/telemetry/workers.py adds up several)."""
         return {
             "requests": self.requests,
             "successes": self.successes,
             "failures": self.failures,
             "cancelled": self.cancelled,
-            "errors": dict(sorted(self.errors.items())),
-            "latency_ms": self.latency.summary_ms(),
-            "ttft_ms": self.ttft.summary_ms(),
+            "errors": dict(self.errors),
+            "latency": self.latency.state(),
+            "ttft": self.ttft.state(),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "tokens_estimated": self.tokens_estimated,
-            "cost": round(self.cost, 6),
+            "cost": self.cost,
         }
+
+
+def series_json(state: Mapping[str, Any]) -> dict[str, object]:
+    """One backend and model as ``/stats`` shows it, from `Series.state` (or several merged)."""
+    return {
+        "requests": state["requests"],
+        "successes": state["successes"],
+        "failures": state["failures"],
+        "cancelled": state["cancelled"],
+        "errors": dict(sorted(state["errors"].items())),
+        "latency_ms": summary_ms(state["latency"]),
+        "ttft_ms": summary_ms(state["ttft"]),
+        "tokens_in": state["tokens_in"],
+        "tokens_out": state["tokens_out"],
+        "tokens_estimated": state["tokens_estimated"],
+        "cost": round(state["cost"], 6),
+    }
