@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "REDACTED",
     "BackendError",
     "BackendProtocolError",
     "BackendRateLimitedError",
@@ -48,7 +49,6 @@ __all__ = [
     "ModelNotFoundError",
     "NoBackendAvailableError",
     "NotFoundError",
-    "REDACTED",
     "RedactingFilter",
     "RequestTooLargeError",
     "ShuttingDownError",

@@ -115,7 +115,7 @@ class TextFormatter(logging.Formatter):
         )
         self._cached = (-1, "")
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # strftime once a second, not once a line
         second = int(record.created)
         cached = self._cached  # one tuple: threads that log at once read a consistent pair
@@ -178,13 +178,14 @@ def request_line(trace: Any) -> str:
     where = f"{getattr(trace, 'method', '') or '-'} {path}" if path else f"python {trace.kind}"
     backend = trace.backend
     end = trace.t_end
-    tokens_in, tokens_out = trace.tokens_in, trace.tokens_out
+    tokens_in = "?" if trace.tokens_in is None else trace.tokens_in
+    tokens_out = "?" if trace.tokens_out is None else trace.tokens_out
     status = getattr(trace, "status", None)
     line = (
         f"{where} model={redact(trace.model) if trace.model else '-'} "
         f"backend={f'{backend}/{trace.served}' if backend else '-'} "
         f"status={'-' if status is None else status} "
-        f"tokens={'?' if tokens_in is None else tokens_in}+{'?' if tokens_out is None else tokens_out} "
+        f"tokens={tokens_in}+{tokens_out} "
         f"latency_ms={'-' if end is None else _ms(end - trace.t_start)}"
     )
     if trace.code is not None:
