@@ -59,7 +59,7 @@ def test_with_an_admin_key_the_session_cookie_is_needed() -> None:
         cookie = right.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE}=")
         flags = {part.strip().lower() for part in cookie.split(";")[1:]}
-        assert {"httponly", "samesite=strict", "path=/ui"} <= flags
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
         assert KEY not in cookie
         http.post("/v1/chat/completions", json=CHAT)
         log = http.get("/ui/api/requests")
@@ -87,10 +87,10 @@ def test_with_an_admin_key_the_session_cookie_is_needed() -> None:
 )
 def test_a_forged_or_expired_cookie_is_refused(value: str) -> None:
     with client(KEY) as http:
-        http.cookies.set(COOKIE, value, domain="127.0.0.1", path="/ui")
+        http.cookies.set(COOKIE, value, domain="127.0.0.1", path="/")
         assert http.get("/ui/api/requests").status_code == 401
     with client(KEY) as http:
-        http.cookies.set(COOKIE, _sign(KEY, int(time.time()) + 60), domain="127.0.0.1", path="/ui")
+        http.cookies.set(COOKIE, _sign(KEY, int(time.time()) + 60), domain="127.0.0.1", path="/")
         assert http.get("/ui/api/requests").status_code == 200
 
 
@@ -148,8 +148,9 @@ def test_the_keys_page_creates_rotates_and_revokes_keys(
         assert made.status_code == 201 and made.headers["cache-control"] == "no-store"
         raw = made.json()["key"]
         assert raw.startswith("gw_") and made.json()["prefix"] == raw[:11]
-        # keys are in use now: a request without one is refused, the dashboard still answers
-        assert http.get("/v1/models").status_code == 401
+        # keys are in use now: a request without one is refused (the logged-in browser's
+        # session counts as the admin key: test_a_session_reads_the_api_with_keys_in_use)
+        assert http.get("/v1/models", headers={"Cookie": "other=1"}).status_code == 401
         assert http.get("/v1/models", headers=bearer(raw)).status_code == 200
         assert http.post("/v1/chat/completions", json=CHAT, headers=bearer(raw)).status_code == 200
         listed = http.get("/ui/api/keys")
@@ -211,4 +212,33 @@ def test_without_an_admin_key_the_dashboard_stops_once_keys_are_in_use(tmp_path:
         session = http.get("/ui/api/session").json()
         assert session["authenticated"] is False and "server.admin_key" in session["message"]
         assert http.get("/ui").status_code == 200  # the page says why
+        assert http.get("/v1/models", headers=bearer(raw)).status_code == 200
+
+
+def test_a_session_reads_the_api_with_keys_in_use(tmp_path: Path) -> None:
+    """With gateway keys in use, the pages' own reads (/stats, /v1/providers, /v1/models), the
+    playground's chats and the model actions work for a browser logged in with the admin key;
+    without the cookie, with a forged one or from another origin they are refused."""
+    with client(KEY, database=tmp_path / "keys.db") as http:
+        http.post("/ui/api/login", json={"key": KEY})
+        raw = http.post("/ui/api/keys", json={"name": "team-a"}).json()["key"]
+        for path in ("/stats", "/v1/providers", "/v1/models"):
+            assert http.get(path).status_code == 200, path
+        chat = http.post("/v1/chat/completions", json=CHAT)
+        assert chat.status_code == 200, chat.text
+        usage = http.get("/ui/api/usage?by=key&since=7d").json()["data"]
+        assert ("admin", 1) in [(u["key"], u["requests"]) for u in usage]
+        loaded = http.post("/v1/models/local/m/load", json={})  # an admin route, reached
+        assert loaded.status_code == 400 and "loads models on its own" in loaded.text
+        evil = {"Origin": "https://evil.example"}
+        assert http.post("/v1/chat/completions", json=CHAT, headers=evil).status_code == 403
+        wrong = bearer("gw_" + "x" * 40)  # a key shown and wrong stays wrong, session or not
+        assert http.get("/v1/models", headers=wrong).status_code == 401
+        assert http.post("/v1/models/local/m/load", json={}, headers=wrong).status_code == 401
+        http.cookies.clear()
+        for path in ("/stats", "/v1/providers", "/v1/models"):
+            assert http.get(path).status_code == 401, path
+        http.cookies.set(COOKIE, f"{int(time.time()) + 60}.{'0' * 64}", domain="127.0.0.1")
+        assert http.get("/stats").status_code == 401
+        assert http.post("/v1/models/local/m/load", json={}).status_code == 401
         assert http.get("/v1/models", headers=bearer(raw)).status_code == 200

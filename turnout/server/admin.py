@@ -15,9 +15,11 @@ beyond this machine.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -29,12 +31,56 @@ from ..errors import GatewayError
 from ..telemetry import CURRENT
 from .pipeline import Exchange, Handler, Route
 
-__all__ = ["AdminKeyError", "admin_key", "check_admin", "guarded", "warn_if_open"]
+__all__ = [
+    "SESSION_COOKIE",
+    "AdminKeyError",
+    "admin_key",
+    "check_admin",
+    "guarded",
+    "session_in",
+    "sign_session",
+    "warn_if_open",
+]
 
 log = logging.getLogger("turnout.server")
 
 #: methods that change state; a route answering one of them is marked ``admin`` by `guarded`
 CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+#: the dashboard's login cookie (turnout/server/ui/session.py): a logged-in person's browser
+#: stands in for the admin key, on the dashboard's own routes and on the API it reads
+SESSION_COOKIE = "turnout_ui"
+
+
+def sign_session(key: str, expiry: int) -> str:
+    """A session cookie's value: its expiry and an HMAC of it keyed by the admin key (never the
+    key itself): any instance with the same key accepts it; a new key ends every session."""
+    mac = hmac.new(key.encode(), f"turnout-ui|{expiry}".encode(), hashlib.sha256).hexdigest()
+    return f"{expiry}.{mac}"
+
+
+def session_ok(raw: str, key: str) -> bool:
+    """Is ``raw`` an unexpired session cookie signed with ``key``? (constant-time compare)"""
+    expiry, _, _ = raw.partition(".")
+    if not expiry.isdigit() or int(expiry) < time.time():
+        return False
+    return hmac.compare_digest(raw, sign_session(key, int(expiry)))
+
+
+def session_in(headers: Sequence[tuple[bytes, bytes]], key: str | None) -> bool:
+    """Does a request with these (ASGI) headers carry a valid dashboard session? Its cookie is
+    ``HttpOnly`` and ``SameSite=Strict``, and the guard stage refuses cross-origin changes and
+    form bodies (turnout/server/guard.py), so no other site's page can act with it."""
+    if key is None:
+        return False
+    for name, value in headers:
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                cookie, _, raw = part.strip().partition("=")
+                if cookie == SESSION_COOKIE and session_ok(raw.strip('"'), key):
+                    return True
+    return False
 
 
 class AdminKeyError(GatewayError):
@@ -61,6 +107,8 @@ def check_admin(request: Request) -> None:
         return
     key: str = secret.get_secret_value()
     header = request.headers.get("authorization", "")
+    if not header and session_in(request.scope["headers"], key):
+        return  # the dashboard, logged in with this key
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:

@@ -1,7 +1,10 @@
 """The authenticate stage of the pipeline: every request but ``GET /health`` and the dashboard's
 (``/ui``, behind its own login) shows a gateway key once keys are in use (or ``auth.required``);
 a missing or wrong key is 401 in the dialect of the route's front (the pipeline renders it with
-the route's error renderer).
+the route's error renderer). A browser logged in to the dashboard with ``server.admin_key``
+(its session cookie, turnout/server/admin.py `session_in`) counts as the admin key, so the
+dashboard's pages read ``/stats``, ``/v1/providers``, ``/v1/models`` and send the playground's
+chats with keys in use.
 
 The key's name and priority go on the request's trace, where the gateway checks its scope and
 limits (403, 429; the rate-limit headers it leaves on the trace go out with the response) and
@@ -15,13 +18,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 from starlette.types import Scope
 
-from ..access.auth import AuthenticationError
+from ..access.auth import ADMIN, AuthenticationError, credential
 from ..access.keys import KeyRecord
 from ..config import ServerConfig
 from ..telemetry import Trace
+from .admin import session_in
 from .pipeline import Exchange, Handler
 
 __all__ = ["StartupRefused", "authenticate", "loopback", "refuse_if_open"]
@@ -52,14 +57,26 @@ def authenticate(next: Handler) -> Handler:
         try:
             principal = access.authenticate(scope["headers"], scope["path"])
         except AuthenticationError as exc:
-            log.debug("401 %s %s: %s", scope["method"], scope["path"], exc.message)
-            raise  # told in the route's dialect by the pipeline
+            if not _dashboard(gateway, scope):
+                log.debug("401 %s %s: %s", scope["method"], scope["path"], exc.message)
+                raise  # told in the route's dialect by the pipeline
+            principal = ADMIN  # a person logged in to the dashboard with the admin key
         trace.front = x.route.front
         if principal is not None:
             _identify(trace, principal, scope)
         await next(x)  # the pipeline records the request, whatever its fate
 
     return stage
+
+
+def _dashboard(gateway: Any, scope: Scope) -> bool:
+    """A request showing no key, from a browser logged in to the dashboard (a key shown and
+    wrong stays wrong)."""
+    secret = gateway.config.server.admin_key
+    headers = scope["headers"]
+    if secret is None or credential(headers) is not None:
+        return False
+    return session_in(headers, secret.get_secret_value())
 
 
 def _identify(trace: Trace, principal: KeyRecord, scope: Scope) -> None:

@@ -2,10 +2,13 @@
 
 - With ``server.admin_key`` set, a person logs in with the admin key (``POST /ui/api/login``,
   JSON); the reply sets a session cookie, ``HttpOnly`` (no script reads it), ``SameSite=Strict``
-  (no other site's page sends it) and scoped to ``/ui``. The cookie holds an expiry and an HMAC
-  of it keyed by the admin key, never the key: any instance with the same key accepts it, and
-  changing the key ends every session. Forms post JSON, so the guard stage's cross-origin and
-  form-body checks apply (turnout/server/guard.py): no other page can act through the cookie.
+  (no other site's page sends it) and sent with every request to the gateway: a logged-in
+  browser counts as the admin key on the API the pages read (``/stats``, ``/v1/providers``,
+  ``/v1/models``, the playground's fronts; turnout/server/gate.py). The cookie holds an expiry
+  and an HMAC of it keyed by the admin key, never the key: any instance with the same key
+  accepts it, and changing the key ends every session. Forms post JSON, so the guard stage's
+  cross-origin and form-body checks apply (turnout/server/guard.py): no other page can act
+  through the cookie.
 - Without an admin key, the dashboard answers only to clients on this machine (loopback), and
   only while the gateway asks for no keys: once gateway keys are in use, a person proves who
   they are with ``server.admin_key`` like every other client proves it with a key.
@@ -17,7 +20,6 @@ the login.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import time
@@ -26,13 +28,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp
 
 from ...errors import ForbiddenError
-from ..admin import AdminKeyError
+from ..admin import SESSION_COOKIE, AdminKeyError, session_ok, sign_session
 from ..responses import json_response
 from ..stream import read_json
 
 __all__ = ["COOKIE", "SESSION_S", "allowed", "login", "logout", "require", "session", "sign"]
 
-COOKIE = "turnout_ui"
+COOKIE = SESSION_COOKIE
 #: how long a dashboard session lasts
 SESSION_S = 12 * 3600
 
@@ -47,18 +49,11 @@ def _keys_in_use(request: Request) -> bool:
     return access is not None and bool(access.required)
 
 
-def sign(key: str, expiry: int) -> str:
-    """The cookie's value: the expiry and its HMAC keyed by the admin key."""
-    mac = hmac.new(key.encode(), f"turnout-ui|{expiry}".encode(), hashlib.sha256).hexdigest()
-    return f"{expiry}.{mac}"
+sign = sign_session
 
 
 def _session_ok(request: Request, key: str) -> bool:
-    raw = request.cookies.get(COOKIE, "")
-    expiry, _, _ = raw.partition(".")
-    if not expiry.isdigit() or int(expiry) < time.time():
-        return False
-    return hmac.compare_digest(raw, sign(key, int(expiry)))
+    return session_ok(request.cookies.get(COOKIE, ""), key)
 
 
 def _loopback(request: Request) -> bool:
@@ -116,7 +111,7 @@ async def login(request: Request) -> ASGIApp:
         raise AdminKeyError("That is not this gateway's admin key.", code="invalid_admin_key")
     expiry = int(time.time()) + SESSION_S
     response = json_response({"authenticated": True})
-    response.set_cookie(COOKIE, sign(key, expiry), max_age=SESSION_S, path="/ui",
+    response.set_cookie(COOKIE, sign(key, expiry), max_age=SESSION_S, path="/",
                         httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")  # fmt: skip
     return response
@@ -124,5 +119,5 @@ async def login(request: Request) -> ASGIApp:
 
 async def logout(request: Request) -> ASGIApp:
     response = json_response({"authenticated": False})
-    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
