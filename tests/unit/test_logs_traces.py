@@ -201,6 +201,9 @@ def test_serve_with_log_format_json(tmp_path: Path) -> None:
     assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)
     assert any(p["logger"].startswith("uvicorn") for p in parsed)
     (line,) = [p for p in parsed if p["logger"] == "turnout.requests"]
+    # one line a request, turnout's: uvicorn's access log (a second record for every response,
+    # redacted and written on the request path) stays off
+    assert not [p for p in parsed if p["logger"] == "uvicorn.access"], parsed
     assert line["request_id"] == "cli-chat"
     assert line["model"] == "nowhere" and line["outcome"] == "refused"  # a 4xx
     assert line["error"] == "model_not_found" and line["latency_ms"] > 0

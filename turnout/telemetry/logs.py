@@ -142,10 +142,16 @@ def configure(fmt: str = "text", level: str | int = "INFO") -> logging.Handler:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         uv = logging.getLogger(name)
         uv.handlers.clear()
         uv.propagate = True
+    # uvicorn's access log stays off (turnout serve asks uvicorn for none): the request log is
+    # turnout's, written from the drain. uvicorn's protocol logs an access line per response
+    # whenever "uvicorn.access" has a handler, its ancestors' included, so it must not propagate.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
     return handler
 
 
