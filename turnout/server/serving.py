@@ -68,7 +68,7 @@ class GuardedProtocol(HttpToolsProtocol):
     _in_headers = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_OneWrite(transport, self.loop))  # type: ignore[arg-type]
+        super().connection_made(transport)
         self._headers_due()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -86,7 +86,6 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._clear()
         self._in_headers = False
-        self.transport.hold_next()  # type: ignore[attr-defined]  # the response's head
         super().on_headers_complete()
         self._deadline = self.loop.call_later(self.body_timeout, self._expired, "body")
 
@@ -138,60 +137,6 @@ class GuardedProtocol(HttpToolsProtocol):
             self.write_timeout,
         )
         self.transport.abort()  # close() would wait for the buffer the client does not read
-
-
-class _OneWrite:
-    """The connection's transport, writing a response's head and its body in one send.
-
-    uvicorn writes a response's status line and headers as soon as the app starts the response,
-    and its body with the next message: two system calls for every reply. Here the head is held
-    (`hold_next`, armed for each request) until the next write, which sends both at once, or
-    until the end of the current turn of the event loop when no body follows at once (a stream
-    waiting for its first token), so nothing waits longer than that turn. Everything else is the
-    transport's own."""
-
-    __slots__ = ("_armed", "_handle", "_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._armed = False
-        self._held: bytes | None = None
-        self._handle: asyncio.Handle | None = None
-
-    def hold_next(self) -> None:
-        self._armed = True
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._handle.cancel()  # type: ignore[union-attr]
-            self._transport.write(held + data if len(data) < 65536 else held)
-            if len(data) >= 65536:
-                self._transport.write(data)
-        elif self._armed:
-            self._armed = False
-            self._held = data
-            self._handle = self._loop.call_soon(self._flush)
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and not self._transport.is_closing():
-            self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._held = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
