@@ -40,7 +40,7 @@ from .wire.durations import parse_keep_alive
 from .wire.openai import choice_texts, count_usage, embedding_base64, prompt_text, usage_chunk
 from .wire.screen import Screen
 from .wire.tools import mend_tool_calls, tidy_reply
-from .wire.types import JSON, Chunk
+from .wire.types import JSON, Chunk, Native
 from .wire.validate import validate_chat, validate_completion, validate_embedding
 
 __all__ = ["DEFAULT_EMBEDDED", "Gateway", "Reply", "StreamReply", "served_configs"]
@@ -90,6 +90,7 @@ class Reply:
 class StreamReply:
     chunks: AsyncIterator[Chunk]
     target: Target
+    relayed: bool = False  # the backend's own bytes in the client's dialect (`Native`)
 
 
 class Gateway:
@@ -325,6 +326,7 @@ class Gateway:
         *,
         timeout: float | None = None,
         first_token_timeout: float | None = None,
+        native: Native | None = None,
     ) -> Reply:
         if not self._started:
             await self.start()
@@ -332,9 +334,11 @@ class Gateway:
         try:
             self._admit(trace)
             self.screen.check(kind, body)
+            if native is not None:  # a backend may be sent the client's own request as it came
+                self.screen.check(kind, native.body)
             if trace.principal is not None:
                 await self._limit(trace, kind, body)
-            result, target = await self.router.complete(kind, body, trace=trace)
+            result, target = await self.router.complete(kind, body, trace=trace, native=native)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
             cut = self.cut_short(exc)
@@ -358,6 +362,7 @@ class Gateway:
         *,
         timeout: float | None = None,
         first_token_timeout: float | None = None,
+        native: Native | None = None,
     ) -> StreamReply:
         if not self._started:
             await self.start()
@@ -365,9 +370,11 @@ class Gateway:
         try:
             self._admit(trace)
             self.screen.check(kind, body)
+            if native is not None:  # a backend may be sent the client's own request as it came
+                self.screen.check(kind, native.body)
             if trace.principal is not None:
                 await self._limit(trace, kind, body)
-            chunks, target = await self.router.stream(kind, body, trace=trace)
+            chunks, target = await self.router.stream(kind, body, trace=trace, native=native)
         except BaseException as exc:
             self._settled()
             cut = self.cut_short(exc)
@@ -376,9 +383,11 @@ class Gateway:
                 raise cut from None
             raise
         trace.ready()
-        if body.get("tools"):  # only a stream that may call tools pays for their mending
+        relayed = trace.passthrough  # the backend's own bytes: nothing to mend
+        if body.get("tools") and not relayed:  # only a stream that may call tools pays for it
             chunks = mend_tool_calls(chunks)
-        return StreamReply(self._metered(kind, body, chunks, target, trace), target)
+        metered = self._metered(kind, body, chunks, target, trace, relayed)
+        return StreamReply(metered, target, relayed)
 
     async def _limit(self, trace: Trace, kind: Kind, body: JSON) -> None:
         """The request's gateway key may use this model and is within its limits (raises 403 or
@@ -425,11 +434,15 @@ class Gateway:
         chunks: AsyncIterator[Chunk],
         target: Target,
         trace: Trace | None = None,
+        relayed: bool = False,
     ) -> AsyncIterator[Chunk]:
         """Read usage as the stream passes; supply it when the backend never does. Hand the
-        request's trace to telemetry when the stream is over, however it ends."""
+        request's trace to telemetry when the stream is over, however it ends. A ``relayed``
+        stream's chunks are the backend's bytes, with the usage its provider read in them."""
         trace = trace or Trace()
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = not relayed and bool(
+            (body.get("stream_options") or {}).get("include_usage")
+        )
         usage: JSON | None = None
         collect = include_usage  # even a backend that should report usage may not
         # Count as soon as the text is complete, while the backend call still holds its
@@ -448,7 +461,7 @@ class Gateway:
                     choices = data.get("choices")
                     if data.get("usage"):
                         usage = data["usage"]
-                        if not choices and not include_usage:
+                        if not choices and not include_usage and not relayed:
                             continue  # the usage chunk turnout asked for on the client's behalf
                     if choices:
                         sent += 1
@@ -508,7 +521,7 @@ class Gateway:
     ) -> JSON:
         """A chat completion, as OpenAI's ``chat.completion`` object."""
         body = validate_chat({**params, "model": model, "messages": messages, "stream": False})
-        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        limits: dict[str, Any] = {"timeout": timeout, "first_token_timeout": first_token_timeout}
         return (await self.complete("chat", body, **limits)).body
 
     async def stream(
@@ -522,7 +535,7 @@ class Gateway:
     ) -> AsyncIterator[JSON]:
         """A streamed chat completion, as OpenAI ``chat.completion.chunk`` objects."""
         body = validate_chat({**params, "model": model, "messages": messages, "stream": True})
-        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        limits: dict[str, Any] = {"timeout": timeout, "first_token_timeout": first_token_timeout}
         reply = await self.open_stream("chat", body, **limits)
         async for chunk in reply.chunks:
             yield chunk.data
@@ -538,7 +551,7 @@ class Gateway:
     ) -> JSON:
         """A text completion, as OpenAI's ``text_completion`` object."""
         body = validate_completion({**params, "model": model, "prompt": prompt, "stream": False})
-        limits = {"timeout": timeout, "first_token_timeout": first_token_timeout}
+        limits: dict[str, Any] = {"timeout": timeout, "first_token_timeout": first_token_timeout}
         return (await self.complete("completion", body, **limits)).body
 
     async def embed(

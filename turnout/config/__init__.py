@@ -216,6 +216,11 @@ class ProviderConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     paths: PathsConfig = Field(default_factory=PathsConfig)
     streaming: bool | None = None
+    passthrough: bool = Field(
+        True,
+        description="relay a client's request as it came to a backend that speaks its dialect "
+        "natively (its preset declares which), the reply's bytes back; false: always translate",
+    )
     # Routing (turnout/routing): prices, circuit breaker, queue and timeouts of this backend.
     cost_per_1k_input: float | None = Field(
         None, ge=0, description="price of 1,000 prompt tokens; unset: 0 for a local backend"

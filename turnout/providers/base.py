@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from ..config import ModelEntry, ProviderConfig
 from ..errors import CapabilityError
 from ..wire.openai import lacking
-from ..wire.types import JSON, Call, Capabilities, Chunk, Kind, Usage, needs
+from ..wire.types import JSON, Call, Capabilities, Chunk, Kind, Native, Usage, needs
 
 __all__ = [
     "JSON",
@@ -222,6 +222,14 @@ class Provider(ABC):
     async def count_tokens(self, model: str, text: str) -> int | None:
         """Tokens in ``text`` by the model's tokenizer (no BOS), or None if it cannot say."""
         return None
+
+    def relays(self, call: Call, native: Native) -> bool:
+        """Whether ``call`` goes to the backend as ``native``, its client's own request, the
+        reply's bytes relayed back (passthrough): the backend serves that dialect, passthrough
+        is on, and nothing turnout does to a request (tool-schema mending, emulation, quirks)
+        is needed. Asked by the router before each attempt; `complete` and `stream` then
+        relay when ``call.native`` is set."""
+        return False
 
     def matches(self, requested: str, served: str) -> bool:
         """Whether a requested model name means a served one (dialects may normalise tags)."""

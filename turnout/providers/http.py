@@ -28,8 +28,9 @@ from ..errors import (
     redact,
 )
 from ..wire.sse import SSEDecoder, SSEEvent
+from ..wire.types import Native
 from ..wire.validate import encode_body
-from .base import JSON, Health, Provider
+from .base import JSON, Call, Health, Provider
 
 __all__ = ["HttpProvider", "error_fields", "error_message", "parse_retry_after"]
 
@@ -44,6 +45,23 @@ class HttpProvider(Provider):
         endpoint = config.endpoint or f"http://127.0.0.1:{self.default_port}"
         self.base_url = self.normalise_endpoint(endpoint)
         self._session: aiohttp.ClientSession | None = None
+        #: client dialect -> the backend's own route for it (turnout/providers/relay.py), as
+        #: its preset declares (`set_native`); empty with ``passthrough: false``
+        self.native_paths: dict[str, str] = {}
+
+    def set_native(self, paths: Mapping[str, str]) -> None:
+        """Serve the client dialects ``paths`` maps to their routes by passthrough, unless the
+        configuration says ``passthrough: false``."""
+        self.native_paths = dict(paths) if self.config.passthrough else {}
+
+    def relays(self, call: Call, native: Native) -> bool:
+        return native.dialect in self.native_paths
+
+    def relay_body(self, call: Call) -> bytes:
+        """The client's own request for this backend: its body with the backend's model name,
+        and streamed as the gateway decided."""
+        assert call.native is not None
+        return encode_body({**call.native.body, "model": call.model, "stream": call.stream})
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:

@@ -43,8 +43,11 @@ from ..wire.openai import (
     usage_dict,
 )
 from ..wire.screen import bound_keep_alive
+from ..wire.validate import encode_body
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
 from .http import HttpProvider
+from .presets import DIALECT_NATIVE
+from .relay import relay, relay_stream
 from .tool_schema import ToolPlan, plan_tools
 
 __all__ = [
@@ -388,6 +391,17 @@ class OllamaProvider(HttpProvider):
         # model -> (the "capabilities" it was made from, the answer): one object per refresh,
         # so that `Provider.capabilities` can keep its answer until a refresh changes it
         self._reported: dict[str, tuple[frozenset[str], Capabilities]] = {}
+        self.set_native(DIALECT_NATIVE["ollama"])
+
+    def relay_body(self, call: Call) -> bytes:
+        """The client's own request, its ``keep_alive`` within this backend's range too."""
+        native = call.native
+        assert native is not None
+        body = {**native.body, "model": call.model, "stream": call.stream}
+        if "keep_alive" in body:
+            low, high = self.config.request_keep_alive_min, self.config.request_keep_alive_max
+            body["keep_alive"] = bound_keep_alive(body["keep_alive"], low, high)
+        return encode_body(body)
 
     def reported_capabilities(self, model: str) -> Capabilities:
         shown = self._shown.get(model)
@@ -426,6 +440,8 @@ class OllamaProvider(HttpProvider):
         return path, payload
 
     async def complete(self, call: Call) -> JSON:
+        if call.native is not None:
+            return await relay(self, call)
         call, plan = forced_tools(call)
         if plan is not None:
             return plan.reply(await self.complete(call))
@@ -441,11 +457,14 @@ class OllamaProvider(HttpProvider):
         self._field(obj, "embeddings", list, path)
         return from_ollama_embed(obj, call.model)
 
-    async def stream(self, call: Call) -> AsyncIterator[Chunk]:
+    def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        return self._stream(call) if call.native is None else relay_stream(self, call)
+
+    async def _stream(self, call: Call) -> AsyncIterator[Chunk]:
         call, plan = forced_tools(call)
         if plan is not None:
             held = plan.stream()
-            async with contextlib.aclosing(self.stream(call)) as chunks:  # type: ignore[type-var]
+            async with contextlib.aclosing(self._stream(call)) as chunks:  # type: ignore[type-var]
                 async for chunk in chunks:
                     for data in held(chunk.data):
                         yield Chunk(data)

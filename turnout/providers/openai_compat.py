@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..wire.openai import count_usage, prompt_text, reply_text
 from ..wire.sse import SSEEvent
+from ..wire.types import Native
 from .base import JSON, Call, Capabilities, Chunk, Health, ModelInfo
 from .emulation import unsupported
 from .http import HttpProvider, error_message, json_or_none, parse_retry_after
@@ -39,6 +40,7 @@ from .openai_quirks import (
     pool_token_embeddings,
 )
 from .presets import PRESETS, Preset
+from .relay import relay, relay_stream
 from .tool_schema import ToolPlan, has_tool_history, plan_tools
 
 __all__ = ["OpenAICompatConfig", "OpenAICompatProvider"]
@@ -114,6 +116,7 @@ class OpenAICompatProvider(HttpProvider):
         self.health_path = paths.health or preset.health_path or self.paths["models"]
         self.tokenize_path = paths.tokenize or preset.tokenize_path
         self._schema_tools = False  # llama-server without --jinja: tools held to a schema
+        self.set_native(preset.native)
 
     @staticmethod
     def normalise_endpoint(endpoint: str) -> str:
@@ -198,7 +201,15 @@ class OpenAICompatProvider(HttpProvider):
         self._schema_tools = True
         return True
 
+    def relays(self, call: Call, native: Native) -> bool:
+        # tools to a llama-server known to run without --jinja are held to a schema by turnout
+        return native.dialect in self.native_paths and not (
+            self._schema_tools and call.body.get("tools")
+        )
+
     async def complete(self, call: Call) -> JSON:
+        if call.native is not None:
+            return await self._relay(call)
         try:
             return await self._complete(call)
         except BackendError as exc:  # its refusal is a 500: not only a BackendRejectedError
@@ -225,7 +236,18 @@ class OpenAICompatProvider(HttpProvider):
             )
         return plan.reply(result) if plan is not None else mend_response(result)
 
+    async def _relay(self, call: Call) -> JSON:
+        try:
+            return await relay(self, call)
+        except BackendError as exc:  # a retry is translated, holding the tools to a schema
+            self._no_native_tools(exc, call)
+            raise
+
     def stream(self, call: Call) -> AsyncIterator[Chunk]:
+        if call.native is not None:
+            if "jinja_tools" in self.preset.quirks and call.body.get("tools"):
+                return self._relay_learning(call)
+            return relay_stream(self, call)
         if "jinja_tools" in self.preset.quirks and call.body.get("tools"):
             return self._stream_learning(call)
         return self._stream(call)
@@ -246,6 +268,18 @@ class OpenAICompatProvider(HttpProvider):
             if retried is None:
                 return
             first = retried
+        yield first
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+
+    async def _relay_learning(self, call: Call) -> AsyncGenerator[Chunk, None]:
+        chunks = relay_stream(self, call)
+        try:
+            first = await anext(chunks)
+        except BackendError as exc:  # as `_relay`
+            self._no_native_tools(exc, call)
+            raise
         yield first
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:

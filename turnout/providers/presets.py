@@ -23,6 +23,7 @@ __all__ = [
     "DIALECTS",
     "DIALECT_ENDPOINTS",
     "DIALECT_ENV",
+    "DIALECT_NATIVE",
     "DIALECT_PORTS",
     "DIALECT_SIGNATURES",
     "KEY_HEADERS",
@@ -46,6 +47,12 @@ DIALECTS: dict[str, str] = {
     "koboldai": "turnout.providers.kobold:KoboldProvider",  # source document 002's name
     "anthropic": "turnout.providers.anthropic:AnthropicProvider",
     "gemini": "turnout.providers.gemini:GeminiProvider",
+}
+
+#: client dialects a dialect used directly serves natively (passthrough, as `Preset.native`)
+DIALECT_NATIVE: dict[str, dict[str, str]] = {
+    # Ollama's own API (docs/api.md): what the Ollama front speaks
+    "ollama": {"ollama/chat": "/api/chat", "ollama/generate": "/api/generate"},
 }
 
 #: default port of a dialect used directly (no preset)
@@ -171,6 +178,11 @@ class Preset:
     #: still wins where it can declare one (``supports_tools``, ``streaming``)
     lacks: frozenset[str] = field(default_factory=frozenset)
     signature: Signature | None = None  # None: discovery never names it
+    #: client dialects the runtime serves itself, each at its route: a request of that dialect
+    #: is relayed as it came, the reply's bytes back (turnout/providers/relay.py), unless the
+    #: provider says ``passthrough: false``. Names are the fronts': ``messages`` (Anthropic
+    #: Messages), ``responses`` (OpenAI Responses), ``ollama/chat``, ``ollama/generate``.
+    native: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 PRESETS: dict[str, Preset] = {
@@ -182,6 +194,9 @@ PRESETS: dict[str, Preset] = {
         health_path="/health",
         tokenize_path="/tokenize",
         quirks=frozenset({"jinja_tools"}),
+        # Anthropic's Messages API at /v1/messages (tools/server/README.md since PR #17570,
+        # November 2025; tool use needs --jinja there too)
+        native={"messages": "/v1/messages"},
         signature=Signature(
             "llama.cpp server",
             50,
@@ -220,6 +235,9 @@ PRESETS: dict[str, Preset] = {
         8000,
         health_path="/health",
         token_field="max_completion_tokens",
+        # OpenAI's Responses API at /v1/responses (docs: serving/online_serving, "Supported
+        # APIs"); newer releases also list Anthropic's /v1/messages, older ones lack it
+        native={"responses": "/v1/responses"},
         signature=Signature(
             "vLLM",
             70,

@@ -28,7 +28,7 @@ from ..errors import CapabilityError, GatewayError, NoBackendAvailableError
 from ..providers.base import Kind, Provider
 from ..telemetry.record import Trace
 from ..wire.openai import CAPABILITY_PARAM
-from ..wire.types import JSON, Call, Chunk
+from ..wire.types import JSON, Call, Chunk, Native
 from .attempt import Attempts, Backend, Committed, Expired, failure_class, request_timeout
 from .breaker import Admission
 from .catalog import Catalog, Target
@@ -54,6 +54,7 @@ class _Run:
         "full",
         "kind",
         "last",
+        "native",
         "offered",
         "pick",
         "stream",
@@ -72,8 +73,10 @@ class _Run:
         total: float | None,
         deadline: float | None,
         pick: Pick,
+        native: Native | None = None,
     ) -> None:
         self.kind, self.body, self.stream, self.trace, self.pick = kind, body, stream, trace, pick
+        self.native = native  # the client's own request, for a backend that speaks its dialect
         self.total, self.deadline = total, deadline
         self.last: GatewayError | None = None
         self.unable: CapabilityError | None = None  # the first backend that could not do it
@@ -141,19 +144,24 @@ class Router:
     # Routing.
 
     async def complete(
-        self, kind: Kind, body: JSON, *, trace: Trace | None = None
+        self, kind: Kind, body: JSON, *, trace: Trace | None = None, native: Native | None = None
     ) -> tuple[JSON, Target]:
+        """The reply, from the first target that gives one; a `Relayed` one (``trace.
+        passthrough``) when that target was sent ``native``, the client's own request."""
         result, target, _ = await self._route(
-            kind, body, False, trace or Trace(), self.attempts.complete
+            kind, body, False, trace or Trace(), self.attempts.complete, native=native
         )
         return result, target
 
     async def stream(
-        self, kind: Kind, body: JSON, *, trace: Trace | None = None
+        self, kind: Kind, body: JSON, *, trace: Trace | None = None, native: Native | None = None
     ) -> tuple[AsyncIterator[Chunk], Target]:
         trace = trace or Trace()
-        chunks, target, route = await self._route(kind, body, True, trace, self.attempts.stream)
-        if route.stream_failover and continuable(kind, body):  # only then is the text kept
+        chunks, target, route = await self._route(
+            kind, body, True, trace, self.attempts.stream, native=native
+        )
+        # only then is the text kept; a relayed stream is in a dialect no other target continues
+        if route.stream_failover and continuable(kind, body) and not trace.passthrough:
             return failover(self, kind, body, trace, chunks, target), target
         return chunks, target
 
@@ -187,12 +195,13 @@ class Router:
         once: Callable[..., Awaitable[T]],
         skip: frozenset[str] = frozenset(),
         deadline: float | None = None,
+        native: Native | None = None,
     ) -> tuple[T, Target, Route]:
         routes = await self.routes.plan(body["model"])
         loop = asyncio.get_running_loop()
         total = trace.timeout or routes[0].total
         pick = Pick(kind, body, stream, self._rng, 0, *self._signals)
-        run = _Run(kind, body, stream, trace, total, deadline or _deadline(total), pick)
+        run = _Run(kind, body, stream, trace, total, deadline or _deadline(total), pick, native)
         recover_by: float | None = None  # set when every option first turns out to be cooling
         while True:
             run.blocked, run.full, run.offered, run.tried = [], [], False, False
@@ -260,6 +269,8 @@ class Router:
         for attempt in range(retries + 1):
             if attempt and not await self._again(attempt, backend, policy, run):
                 return None
+            if run.native is not None:  # asked each attempt: a backend may learn it cannot
+                call.native = run.native if provider.relays(call, run.native) else None
             try:
                 value = await once(option, call, backend, trial, first_token, run.deadline, trace)
             except Expired:
@@ -276,6 +287,7 @@ class Router:
                 continue
             trace.backend, trace.served = provider.name, option.target.model
             trace.price_in, trace.price_out = option.price_in, option.price_out
+            trace.passthrough = call.native is not None
             return (value,)
         return None
 

@@ -27,15 +27,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import GatewayError, InvalidRequestError, RequestTooLargeError
 from ..gateway import Gateway
-from ..wire.types import JSON, Chunk, Kind
+from ..wire.types import JSON, Chunk, Kind, Native
 from .responses import Errors, server_error
 
 __all__ = [
+    "PASSTHROUGH",
     "ClientGone",
     "Encoder",
     "Guard",
     "HeaderCache",
     "KeepAlive",
+    "Relaying",
     "Stream",
     "disconnected",
     "forward",
@@ -46,6 +48,8 @@ __all__ = [
 
 T = TypeVar("T")
 Headers = list[tuple[bytes, bytes]]
+#: the header of a reply relayed as its backend sent it (passthrough)
+PASSTHROUGH = (b"x-turnout-passthrough", b"1")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -276,13 +280,20 @@ class Stream:
     to first token). A client that goes away cancels the request wherever it waits, and with it
     the backend call."""
 
-    __slots__ = ("body", "encoder", "errors", "gateway", "kind")
+    __slots__ = ("body", "encoder", "errors", "gateway", "kind", "native")
 
     def __init__(
-        self, gateway: Gateway, kind: Kind, body: JSON, encoder: Encoder, errors: Errors
+        self,
+        gateway: Gateway,
+        kind: Kind,
+        body: JSON,
+        encoder: Encoder,
+        errors: Errors,
+        native: Native | None = None,
     ) -> None:
         self.gateway, self.kind, self.body = gateway, kind, body
         self.encoder, self.errors = encoder, errors
+        self.native = native  # the client's own request, for a backend that speaks its dialect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         guard = Guard(receive)
@@ -299,7 +310,7 @@ class Stream:
         encoder = self.encoder
         keepalive = KeepAlive(send, self.gateway.config.server.sse_keepalive_seconds, encoder)
         try:
-            reply = await self.gateway.open_stream(self.kind, self.body)
+            reply = await self.gateway.open_stream(self.kind, self.body, native=self.native)
         except asyncio.CancelledError:
             keepalive.cancel()
             if guard.gone and not keepalive.started:
@@ -320,10 +331,37 @@ class Stream:
             else:
                 raise  # after the commit: the ASGI server logs it and closes the connection
             return
+        if reply.relayed:  # the backend speaks the client's dialect: its bytes go as they are
+            encoder = Relaying(encoder)
         start = None
         if not await keepalive.stop():
             start = encoder.start(reply.target.provider.name)
         await forward(reply.chunks, send, guard, start, encoder)
+
+
+class Relaying:
+    """A relayed stream's `Encoder`: each chunk's bytes as the backend sent them, the front's
+    headers with ``X-Turnout-Passthrough: 1``, and the front's own error frame (a backend's
+    error is raised, never relayed, so that it is cleaned like any other)."""
+
+    __slots__ = ("_front", "keepalive")
+
+    def __init__(self, front: Encoder) -> None:
+        self._front, self.keepalive = front, front.keepalive
+
+    def start(self, backend: str | None) -> Headers:
+        # a translation's warning (what it had to drop) does not hold: nothing was translated
+        kept = [h for h in self._front.start(backend) if h[0] != b"x-turnout-warning"]
+        return [*kept, PASSTHROUGH]
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        return chunk.raw or b""
+
+    def end(self) -> bytes:
+        return b""  # the backend's own end came with its last bytes
+
+    def error(self, exc: GatewayError) -> bytes:
+        return self._front.error(exc)
 
 
 async def forward(

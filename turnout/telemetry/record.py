@@ -64,6 +64,7 @@ class Trace:
         "model",
         "outcome",
         "overhead_s",
+        "passthrough",
         "path",
         "price_in",
         "price_out",
@@ -111,6 +112,7 @@ class Trace:
         self.starts: list[float] = []  # perf_counter at each attempt's call, in order
         self.backend: str | None = None  # the backend that answered
         self.served = ""  # its model name
+        self.passthrough = False  # it was sent the client's own request, its reply relayed
         self.price_in: float | None = None
         self.price_out: float | None = None
         self.backend_s = 0.0  # awaiting backends (to the first chunk for streams)

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["JSON", "KINDS", "Call", "Capabilities", "Chunk", "Kind", "Usage", "needs"]
+__all__ = [
+    "JSON",
+    "KINDS",
+    "Call",
+    "Capabilities",
+    "Chunk",
+    "Kind",
+    "Native",
+    "Relayed",
+    "Usage",
+    "needs",
+]
 
 #: a JSON object as parsed by orjson
 JSON = dict[str, Any]
@@ -19,21 +30,48 @@ Kind = Literal["chat", "completion", "embedding"]
 KINDS: tuple[Kind, ...] = ("chat", "completion", "embedding")
 
 
+@dataclass(slots=True, frozen=True)
+class Native:
+    """A request as its client sent it, in a dialect other than the internal one (named by its
+    front, as providers declare the dialects they serve in turnout/providers/presets.py). A
+    backend that speaks that dialect is sent this body (only ``model`` rewritten) and its
+    reply's bytes go back as they came: passthrough."""
+
+    dialect: str
+    body: JSON
+
+
 @dataclass(slots=True)
 class Call:
     """One request as the provider sees it: the client's body with ``model`` set to the backend's
-    own model name, and the stream settings the gateway decided."""
+    own model name, and the stream settings the gateway decided. ``native``: set by the router
+    when this backend is to be sent the client's own request instead (`Native`)."""
 
     kind: Kind
     body: JSON
     model: str
     stream: bool = False
+    native: Native | None = None
+
+
+class Relayed(dict[str, Any]):
+    """A reply relayed as the backend sent it (passthrough): ``raw``, its bytes, in the client's
+    own dialect. As a dict it holds only the ``usage`` read from them, in OpenAI's shape, for
+    statistics, limits and the usage ledger."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes, usage: JSON | None) -> None:
+        super().__init__({"usage": usage} if usage else {})
+        self.raw = raw
 
 
 @dataclass(slots=True)
 class Chunk:
     """One OpenAI stream chunk. ``raw`` holds the backend's JSON bytes when they can be forwarded
-    unchanged, so a pass-through stream is never re-serialised."""
+    unchanged, so a pass-through stream is never re-serialised. In a relayed stream (`Native`)
+    ``raw`` is the backend's own bytes in the client's dialect and ``data`` holds only the usage
+    read from them so far (OpenAI's shape), if any."""
 
     data: JSON
     raw: bytes | None = None

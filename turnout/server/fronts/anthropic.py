@@ -28,10 +28,11 @@ from ...wire.anthropic import Translated, from_chat, to_chat
 from ...wire.anthropic_stream import MessageStream, error_body
 from ...wire.openai import prompt_text
 from ...wire.sse import comment
+from ...wire.types import Native, Relayed
 from ...wire.validate import validate_chat
 from ..pipeline import Route
 from ..responses import BytesResponse, Errors, json_response, noted
-from ..stream import ClientGone, HeaderCache, Stream, read_json, while_connected
+from ..stream import PASSTHROUGH, ClientGone, HeaderCache, Stream, read_json, while_connected
 from .common import Framed, json_headers, stream_headers
 
 __all__ = ["ANTHROPIC_ERRORS", "routes"]
@@ -70,21 +71,26 @@ def _warning(translated: Translated) -> list[tuple[bytes, bytes]]:
 async def messages(request: Request) -> ASGIApp:
     gateway: Gateway = request.app.state.gateway
     try:
-        translated = to_chat(await read_json(request, gateway.config.server.max_body_bytes))
+        raw = await read_json(request, gateway.config.server.max_body_bytes)
+        translated = to_chat(raw)
         body = validate_chat(translated.body)
         model = body["model"]
+        native = Native("messages", raw)  # as it came, for a backend that speaks Messages
         extra = _warning(translated)
         if body.get("stream"):
             start = _SSE if not extra else HeaderCache([*_SSE(None), *extra])
             encoder = Framed(MessageStream(model, translated.stops), start, _KEEPALIVE)
-            return Stream(gateway, "chat", body, encoder, ANTHROPIC_ERRORS)
-        reply = await while_connected(request, gateway.complete("chat", body))
+            return Stream(gateway, "chat", body, encoder, ANTHROPIC_ERRORS, native)
+        reply = await while_connected(request, gateway.complete("chat", body, native=native))
     except GatewayError as exc:
         return render_error(exc)
     except ClientGone:
         return Response(status_code=499)
+    backend = reply.target.provider.name
+    if isinstance(reply.body, Relayed):  # the backend's own Messages reply: its bytes
+        return BytesResponse(reply.body.raw, json_headers(backend, [PASSTHROUGH]))
     message = from_chat(reply.body, model, translated.stops)
-    return BytesResponse(orjson.dumps(message), json_headers(reply.target.provider.name, extra))
+    return BytesResponse(orjson.dumps(message), json_headers(backend, extra))
 
 
 async def count_tokens(request: Request) -> Response:

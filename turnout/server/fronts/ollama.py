@@ -33,12 +33,12 @@ from ...errors import GatewayError, InvalidRequestError, NotFoundError
 from ...gateway import Gateway
 from ...providers.base import ModelStore
 from ...wire import ollama as wire
-from ...wire.types import Kind
+from ...wire.types import Kind, Native, Relayed
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
 from ..models import managed_providers, require_pull
 from ..pipeline import Route
 from ..responses import BytesResponse, json_response
-from ..stream import ClientGone, Stream, read_json, while_connected
+from ..stream import PASSTHROUGH, ClientGone, Stream, read_json, while_connected
 from .common import Framed, json_headers, stream_headers
 from .ollama_errors import OLLAMA_ERRORS
 
@@ -48,6 +48,7 @@ __all__ = ["ollama_backend", "render_error", "routes"]
 API_VERSION = "0.14.0"
 _NDJSON = stream_headers(b"application/x-ndjson")
 _VALIDATE = {"chat": validate_chat, "completion": validate_completion}
+_RELAYED = [PASSTHROUGH]
 
 
 render_error = OLLAMA_ERRORS.response
@@ -68,15 +69,18 @@ async def _generate(request: Request, mode: wire.Mode) -> ASGIApp:
             await gateway.catalog.resolve(model)  # an unknown model is still a 404
             return json_response(wire.load_reply(model, mode, raw.get("keep_alive") == 0))
         body = _VALIDATE[kind](body)
+        native = Native(f"ollama/{mode}", raw)  # as it came, for an Ollama backend
         if body.get("stream"):
             # no keep-alive frame: an NDJSON reader takes every line for an object
             encoder = Framed(wire.ChatStream(model, timing, mode), _NDJSON, b"")
-            return Stream(gateway, kind, body, encoder, OLLAMA_ERRORS)
-        reply = await while_connected(request, gateway.complete(kind, body))
+            return Stream(gateway, kind, body, encoder, OLLAMA_ERRORS, native)
+        reply = await while_connected(request, gateway.complete(kind, body, native=native))
     except GatewayError as exc:
         return render_error(exc)
     except ClientGone:
         return Response(status_code=499)
+    if isinstance(reply.body, Relayed):  # the backend's own Ollama reply: its bytes
+        return BytesResponse(reply.body.raw, json_headers(reply.target.provider.name, _RELAYED))
     timing.end = time.perf_counter_ns()
     make = wire.chat_reply if mode == "chat" else wire.generate_reply
     start = json_headers(reply.target.provider.name, [])

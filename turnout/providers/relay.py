@@ -1,0 +1,233 @@
+"""Passthrough: the usage in a reply relayed in its client's own dialect, read on the way.
+
+When a backend speaks the dialect its client does (llama-server's Anthropic Messages, Ollama's
+``/api/chat``), the client's request goes to it as it came (only ``model`` rewritten,
+`HttpProvider.relay`) and the reply's bytes come back as they are. turnout still counts the
+tokens (statistics, limits, budgets, the usage ledger): they are read here, in OpenAI's shape,
+from each dialect's own fields, without re-encoding anything:
+
+- ``messages`` (Anthropic Messages): the reply's ``usage``; in a stream, ``message_start``'s
+  ``message.usage`` (the input) and ``message_delta``'s ``usage`` (the output, cumulative);
+  ``message_stop`` ends it.
+- ``responses`` (OpenAI Responses): the reply's ``usage``; in a stream, ``response.completed``'s
+  ``response.usage``, which ends it.
+- ``ollama/chat`` and ``ollama/generate``: the final object's ``prompt_eval_count`` and
+  ``eval_count``; in a stream, the ``done: true`` line, which ends it.
+
+An error the backend sends inside a reply (an ``error`` event, an ``{"error": ...}`` line) is
+not relayed: it is raised as a `BackendError`, whose message is cleaned like every backend error
+(no secrets, no address), and the front frames it in its client's dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
+
+import orjson
+
+from ..errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendUnavailableError,
+    clean_upstream_message,
+)
+from ..wire.ndjson import NDJSONDecoder
+from ..wire.openai import usage_dict
+from ..wire.sse import SSEDecoder
+from ..wire.types import Relayed
+from .base import JSON, Call, Chunk
+from .http import HttpProvider, error_message
+
+__all__ = ["StreamReader", "relay", "relay_stream", "reply_usage", "stream_reader"]
+
+_SSE_DIALECTS = frozenset({"messages", "responses"})
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _messages_usage(usage: Any, into: list[int]) -> None:
+    """Anthropic's usage (input excludes cached tokens) into ``[prompt, completion]``."""
+    if not isinstance(usage, dict):
+        return
+    if "input_tokens" in usage:
+        into[0] = sum(
+            _count(usage.get(k))
+            for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+        )
+    if "output_tokens" in usage:
+        into[1] = _count(usage["output_tokens"])
+
+
+def _responses_usage(usage: Any, into: list[int]) -> None:
+    if isinstance(usage, dict):
+        into[0], into[1] = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+
+
+def _failed(backend: str, message: str) -> BackendError:
+    return BackendError(
+        f"backend '{backend}' failed: {clean_upstream_message(message)}", backend=backend
+    )
+
+
+def _object(raw: bytes, backend: str) -> JSON:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        raise BackendProtocolError(
+            f"backend '{backend}' answered with something other than a JSON object: {raw[:120]!r}",
+            backend=backend,
+        )
+    return obj
+
+
+def reply_usage(dialect: str, raw: bytes, backend: str) -> JSON | None:
+    """The usage of a whole reply in ``dialect`` (OpenAI's shape), None if it gives none; an
+    error object raises `BackendError`."""
+    obj = _object(raw, backend)
+    counts = [0, 0]
+    if dialect in _SSE_DIALECTS:
+        if obj.get("type") == "error" or (dialect == "responses" and obj.get("error")):
+            raise _failed(backend, error_message(raw))
+        usage = obj.get("usage")
+        (_messages_usage if dialect == "messages" else _responses_usage)(usage, counts)
+        return usage_dict(*counts) if isinstance(usage, dict) else None
+    if "error" in obj:
+        raise _failed(backend, str(obj["error"]))
+    return usage_dict(_count(obj.get("prompt_eval_count")), _count(obj.get("eval_count")))
+
+
+class StreamReader(Protocol):
+    """Reads a relayed stream's blocks as they pass: the usage so far, and whether it ended."""
+
+    done: bool
+
+    def feed(self, block: bytes) -> JSON | None:
+        """The usage, when this block told more of it (else None); raises on an error."""
+        ...
+
+    def close(self) -> None:
+        """The backend's reply is over: raises if the stream never ended."""
+        ...
+
+
+class _Events:
+    """An SSE stream (Messages, Responses): only the events that carry usage, end the stream
+    or report an error are parsed."""
+
+    __slots__ = ("_backend", "_counts", "_decoder", "_dialect", "done")
+
+    def __init__(self, dialect: str, backend: str) -> None:
+        self._dialect, self._backend = dialect, backend
+        self._decoder = SSEDecoder()
+        self._counts = [0, 0]
+        self.done = False
+
+    def feed(self, block: bytes) -> JSON | None:
+        told = False
+        for event in self._decoder.feed(block):
+            name = event.event
+            if name == "error" or name == "response.failed":
+                raise _failed(self._backend, error_message(event.data))
+            if name == "message_start":
+                _messages_usage(_data(event.data).get("message", {}).get("usage"), self._counts)
+            elif name == "message_delta":
+                _messages_usage(_data(event.data).get("usage"), self._counts)
+            elif name == "response.completed":
+                _responses_usage(_data(event.data).get("response", {}).get("usage"), self._counts)
+                self.done = True
+            elif name == "message_stop":
+                self.done = True
+                continue
+            else:
+                continue
+            told = True
+        return usage_dict(*self._counts) if told else None
+
+    def close(self) -> None:
+        if not self.done:
+            raise _cut(self._backend)
+
+
+class _Lines:
+    """Ollama's NDJSON: only lines that are not plainly ``"done":false`` are parsed."""
+
+    __slots__ = ("_backend", "_decoder", "done")
+
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._decoder = NDJSONDecoder()
+        self.done = False
+
+    def feed(self, block: bytes) -> JSON | None:
+        usage = None
+        for line in self._decoder.feed(block):
+            if b'"done":false' in line and b'"error"' not in line:
+                continue
+            obj = _object(line, self._backend)
+            if "error" in obj:
+                raise _failed(self._backend, str(obj["error"]))
+            if obj.get("done"):
+                self.done = True
+                prompt, out = _count(obj.get("prompt_eval_count")), _count(obj.get("eval_count"))
+                usage = usage_dict(prompt, out)
+        return usage
+
+    def close(self) -> None:
+        if not self.done:
+            raise _cut(self._backend)
+
+
+def _data(data: bytes) -> JSON:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _cut(backend: str) -> BackendUnavailableError:
+    return BackendUnavailableError(
+        f"backend '{backend}' closed the stream before it was done", backend=backend
+    )
+
+
+def stream_reader(dialect: str, backend: str) -> StreamReader:
+    """The reader of a relayed stream in ``dialect``."""
+    return _Events(dialect, backend) if dialect in _SSE_DIALECTS else _Lines(backend)
+
+
+async def relay(provider: HttpProvider, call: Call) -> Relayed:
+    """``call.native`` sent to the backend's own route for its dialect; its reply, as it came."""
+    native = call.native
+    assert native is not None
+    url = provider.base_url + provider.native_paths[native.dialect]
+    with provider.transport_errors():
+        async with provider.session.post(url, data=provider.relay_body(call)) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise provider.error_from_reply(resp.status, raw, resp.headers)
+    return Relayed(raw, reply_usage(native.dialect, raw, provider.name))
+
+
+async def relay_stream(provider: HttpProvider, call: Call) -> AsyncGenerator[Chunk, None]:
+    """``call.native`` sent to the backend's own route, streamed: each block of its reply as it
+    arrives (`Chunk.raw`), with the usage read so far in ``data`` when the block told more."""
+    native = call.native
+    assert native is not None
+    reader = stream_reader(native.dialect, provider.name)
+    url = provider.base_url + provider.native_paths[native.dialect]
+    with provider.transport_errors():
+        async with provider.session.post(url, data=provider.relay_body(call)) as resp:
+            if resp.status >= 400:
+                raise provider.error_from_reply(resp.status, await resp.read(), resp.headers)
+            async for block in resp.content.iter_any():
+                usage = reader.feed(block)
+                yield Chunk({"usage": usage} if usage else {}, block)
+                if reader.done:
+                    return
+    reader.close()
