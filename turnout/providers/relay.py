@@ -32,7 +32,6 @@ from ..errors import (
     BackendUnavailableError,
     clean_upstream_message,
 )
-from ..wire.ndjson import NDJSONDecoder
 from ..wire.openai import usage_dict
 from ..wire.sse import SSEDecoder
 from ..wire.types import Relayed
@@ -102,43 +101,88 @@ def reply_usage(dialect: str, raw: bytes, backend: str) -> JSON | None:
 
 
 class StreamReader(Protocol):
-    """Reads a relayed stream's blocks as they pass: the usage so far, and whether it ended."""
+    """Reads a relayed stream's blocks as they pass, whole frames at a time (an SSE event, an
+    NDJSON line), so that what is relayed never ends in the middle of one (an error frame may
+    follow it): the usage so far, and whether it ended."""
 
     done: bool
 
-    def feed(self, block: bytes) -> JSON | None:
-        """The usage, when this block told more of it (else None); raises on an error."""
+    def feed(self, block: bytes) -> tuple[bytes, JSON | None]:
+        """The whole frames this block completes (b"": none yet), and the usage when they told
+        more of it (else None); raises on an error frame."""
         ...
 
-    def close(self) -> None:
-        """The backend's reply is over: raises if the stream never ended."""
+    def close(self) -> tuple[bytes, JSON | None]:
+        """The backend's reply is over: a last frame without its end, if any; raises if the
+        stream never ended."""
         ...
 
 
-class _Events:
-    """An SSE stream (Messages, Responses): only the events that carry usage, end the stream
-    or report an error are parsed."""
+class _Frames:
+    """What both readers share: the bytes of a frame begun, held until it is whole."""
 
-    __slots__ = ("_backend", "_counts", "_decoder", "_dialect", "done")
+    __slots__ = ("_backend", "_counts", "_held", "done")
+    _END = b"\n"  # what ends a frame that came without its end
 
-    def __init__(self, dialect: str, backend: str) -> None:
-        self._dialect, self._backend = dialect, backend
-        self._decoder = SSEDecoder()
+    def __init__(self, backend: str) -> None:
+        self._backend = backend
+        self._held = b""
         self._counts = [0, 0]
         self.done = False
 
-    def feed(self, block: bytes) -> JSON | None:
+    def feed(self, block: bytes) -> tuple[bytes, JSON | None]:
+        data = self._held + block if self._held else block
+        cut = self._cut(data)
+        if not cut:  # no frame ends here
+            self._held = data
+            return b"", None
+        whole, self._held = data[:cut], data[cut:]
+        return whole, usage_dict(*self._counts) if self._read(whole) else None
+
+    def close(self) -> tuple[bytes, JSON | None]:
+        tail = self._held + self._END if self._held.strip() else b""
+        self._held = b""
+        told = bool(tail) and self._read(tail)
+        if not self.done:
+            raise _cut(self._backend)
+        return tail, usage_dict(*self._counts) if told else None
+
+    def _cut(self, data: bytes) -> int:
+        """Where the last whole frame in ``data`` ends (0: none does)."""
+        return data.rfind(b"\n") + 1
+
+    def _read(self, whole: bytes) -> bool:
+        """Read whole frames; whether they told more of the usage."""
+        raise NotImplementedError
+
+
+class _Events(_Frames):
+    """An SSE stream (Messages, Responses): only the events that carry usage, end the stream
+    or report an error are parsed."""
+
+    __slots__ = ("_decoder",)
+    _END = b"\n\n"
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self._decoder = SSEDecoder()
+
+    def _cut(self, data: bytes) -> int:
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+    def _read(self, whole: bytes) -> bool:
         told = False
-        for event in self._decoder.feed(block):
+        for event in self._decoder.feed(whole.replace(b"\r\n", b"\n")):
             name = event.event
             if name == "error" or name == "response.failed":
                 raise _failed(self._backend, error_message(event.data))
             if name == "message_start":
-                _messages_usage(_data(event.data).get("message", {}).get("usage"), self._counts)
+                _messages_usage(_data(event.data, "message").get("usage"), self._counts)
             elif name == "message_delta":
                 _messages_usage(_data(event.data).get("usage"), self._counts)
             elif name == "response.completed":
-                _responses_usage(_data(event.data).get("response", {}).get("usage"), self._counts)
+                _responses_usage(_data(event.data, "response").get("usage"), self._counts)
                 self.done = True
             elif name == "message_stop":
                 self.done = True
@@ -146,47 +190,39 @@ class _Events:
             else:
                 continue
             told = True
-        return usage_dict(*self._counts) if told else None
-
-    def close(self) -> None:
-        if not self.done:
-            raise _cut(self._backend)
+        return told
 
 
-class _Lines:
+class _Lines(_Frames):
     """Ollama's NDJSON: only lines that are not plainly ``"done":false`` are parsed."""
 
-    __slots__ = ("_backend", "_decoder", "done")
+    __slots__ = ()
 
-    def __init__(self, backend: str) -> None:
-        self._backend = backend
-        self._decoder = NDJSONDecoder()
-        self.done = False
-
-    def feed(self, block: bytes) -> JSON | None:
-        usage = None
-        for line in self._decoder.feed(block):
-            if b'"done":false' in line and b'"error"' not in line:
+    def _read(self, whole: bytes) -> bool:
+        told = False
+        for line in whole.split(b"\n"):
+            if not line.strip() or (b'"done":false' in line and b'"error"' not in line):
                 continue
             obj = _object(line, self._backend)
             if "error" in obj:
                 raise _failed(self._backend, str(obj["error"]))
             if obj.get("done"):
-                self.done = True
-                prompt, out = _count(obj.get("prompt_eval_count")), _count(obj.get("eval_count"))
-                usage = usage_dict(prompt, out)
-        return usage
-
-    def close(self) -> None:
-        if not self.done:
-            raise _cut(self._backend)
+                self.done = told = True
+                self._counts[:] = (
+                    _count(obj.get("prompt_eval_count")),
+                    _count(obj.get("eval_count")),
+                )
+        return told
 
 
-def _data(data: bytes) -> JSON:
+def _data(data: bytes, inner: str | None = None) -> JSON:
+    """An event's JSON object (or the object under its ``inner`` key); {} if it is none."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return {}
+    if inner is not None and isinstance(obj, dict):
+        obj = obj.get(inner)
     return obj if isinstance(obj, dict) else {}
 
 
@@ -198,7 +234,7 @@ def _cut(backend: str) -> BackendUnavailableError:
 
 def stream_reader(dialect: str, backend: str) -> StreamReader:
     """The reader of a relayed stream in ``dialect``."""
-    return _Events(dialect, backend) if dialect in _SSE_DIALECTS else _Lines(backend)
+    return _Events(backend) if dialect in _SSE_DIALECTS else _Lines(backend)
 
 
 async def relay(provider: HttpProvider, call: Call) -> Relayed:
@@ -226,8 +262,11 @@ async def relay_stream(provider: HttpProvider, call: Call) -> AsyncGenerator[Chu
             if resp.status >= 400:
                 raise provider.error_from_reply(resp.status, await resp.read(), resp.headers)
             async for block in resp.content.iter_any():
-                usage = reader.feed(block)
-                yield Chunk({"usage": usage} if usage else {}, block)
+                whole, usage = reader.feed(block)
+                if whole:
+                    yield Chunk({"usage": usage} if usage else {}, whole)
                 if reader.done:
                     return
-    reader.close()
+    tail, usage = reader.close()
+    if tail:
+        yield Chunk({"usage": usage} if usage else {}, tail)
