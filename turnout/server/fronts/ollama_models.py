@@ -338,3 +338,7 @@ async def _lines(first: JSON, rest: AsyncIterator[JSON], done: Done | None) -> A
         return
     except GatewayError as exc:
         yield wire.error_line(exc)
+    finally:  # a client gone mid-stream: the backend's request closed now, not when collected
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
