@@ -465,6 +465,10 @@ def test_webapp_endpoints(url: str, fakes: Any, monkeypatch: pytest.MonkeyPatch)
     name = next(iter(fakes[0].registry))
     pulled = httpx.post(url + "/api/local-llm/ollama/pull", json={"model": name}, timeout=30)
     assert pulled.status_code == 200 and pulled.json()["status"] == "success", pulled.text
+    foreign = {"model": "evil.example:5000/library/x"}  # a registry nobody configured
+    elsewhere = httpx.post(url + "/api/local-llm/ollama/pull", json=foreign, timeout=30)
+    assert elsewhere.status_code in (400, 403), elsewhere.text
+    assert "pull_registries" in elsewhere.json()["error"], elsewhere.text
     deleted = httpx.post(url + "/api/local-llm/ollama/delete", json={"model": f"ollama/{name}"})
     assert deleted.status_code == 200, deleted.text
 
