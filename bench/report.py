@@ -277,6 +277,55 @@ class Report:
                 statistics.median(growth) < 0.05,
             )
 
+    def fuzz(self, res: dict[str, Any]) -> None:
+        fronts = res["fronts"]
+        self.add(
+            f"## Fuzzing: {res['per_front']:,} generated requests per front",
+            "",
+            "`bench/fuzz.py`, the generator of CI's `tests/integration/test_fuzz.py` (500 per "
+            "front) imported from `tests/support/front_fuzz.py`: bodies from the request schemas "
+            "of turnout's own `/openapi.json`, valid and broken the ways clients break them, "
+            "derandomized"
+            + (f" (seed {res['seed']})" if res.get("seed") else "")
+            + ", one at a time on a kept-alive connection to `turnout serve` over the fast fake "
+            "of `tests/fakes/fast.py`, which answers whatever it can parse: every 5xx is "
+            "turnout's own. Other wrong = a refusal outside the front's error dialect or an "
+            "internal error in the body; tracebacks = signs of an unhandled exception the "
+            "front's requests left in the gateway's log.",
+            "",
+            "| front | requests | statuses | turnout's 5xx | other wrong | tracebacks in log | "
+            "wall s | most frequent refusal |",
+            "|---|---:|---|---:|---:|---:|---:|---|",
+        )
+        for path, r in fronts.items():
+            statuses = ", ".join(f"{s}: {n:,}" for s, n in r["statuses"].items())
+            top = next(iter(r["refusals"].items()), None)
+            refused = f"{top[0].replace('|', '/')} ({top[1]:,})" if top else ""
+            self.add(
+                f"| `{path}` | {r['sent']:,} | {statuses} | {r['own_5xx']} | "
+                f"{r['other_wrong']} | {r['log_tracebacks']} | {r['wall_s']:.0f} | {refused} |"
+            )
+        rows = list(fronts.values())
+        sent = sum(r["sent"] for r in rows)
+        five = sum(r["own_5xx"] for r in rows)
+        other = sum(r["other_wrong"] for r in rows)
+        self.add(
+            "",
+            f"{sent:,} requests in {res['wall_s'] / 60:.1f} min; the fake backend received "
+            f"{res['backend_requests']:,} requests; the plain request of each front answered "
+            f"{res['plain_ok']}/{len(fronts)}; the gateway's log: {res['log_bytes']:,} bytes, "
+            f"{res['log_tracebacks']} signs of an unhandled exception.",
+            "",
+        )
+        self.target(
+            f"fuzzing, {res['per_front']:,} requests per front: turnout's 5xx, other wrong "
+            "answers, tracebacks in the log",
+            f"{five}, {other}, {res['log_tracebacks']} ({sent:,} requests)",
+            "0, 0, 0",
+            five == other == res["log_tracebacks"] == 0
+            and all(r["sent"] >= res["per_front"] for r in rows),
+        )
+
     def engine(self, res: dict[str, Any]) -> None:
         self.add(
             "## Embedded engine against raw llama-cpp-python",
@@ -372,7 +421,9 @@ class Report:
 def render(results: dict[str, Any]) -> str:
     rep = Report(results)
     meta = results["meta"]
-    for key in ("nonstream", "stream", "streams1000", "soak", "engine", "affinity", "profile"):
+    for key in (
+        "nonstream", "stream", "streams1000", "soak", "fuzz", "engine", "affinity", "profile"
+    ):  # fmt: skip
         if key not in results:
             continue
         start = len(rep.lines)

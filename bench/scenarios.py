@@ -44,6 +44,7 @@ class Params:
     affinity_requests: int
     profile_s: float
     litellm: bool
+    fuzz_per_front: int
 
 
 FULL = dict(
@@ -51,14 +52,14 @@ FULL = dict(
     conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=12,
     soak_requests=100_000,
     engine_requests=6, max_tokens=16, affinity_requests=8, profile_s=20,
-    litellm=True,
+    litellm=True, fuzz_per_front=5000,
 )  # fmt: skip
 QUICK = dict(
     runs=2, duration_s=2, warmup_s=1, streams=3, chunks=100, chunk_delay_ms=5,
     conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=8,
     soak_requests=10_000,
     engine_requests=2, max_tokens=16, affinity_requests=4, profile_s=4,
-    litellm=True,
+    litellm=True, fuzz_per_front=200,
 )  # fmt: skip
 
 
