@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,8 @@ from tests.support.front_fuzz import (  # noqa: E402
 from tests.support.gateway_process import serve_process  # noqa: E402
 
 Log = Callable[[str], None]
+#: Hypothesis warns when it builds the repr of a large lazy strategy (the recursive schemas): noise
+warnings.filterwarnings("ignore", message="Generating overly large repr")
 #: bodies kept per front for each kind of wrong answer
 KEEP = 3
 

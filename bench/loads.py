@@ -47,6 +47,17 @@ def group_cpu_s(pgid: int) -> float:
     return total / CLK_TCK
 
 
+def open_fds(pgid: int) -> int:
+    """Open file descriptors of the processes of group pgid (/proc/PID/fd)."""
+    total = 0
+    for pid in group_pids(pgid):
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
+
+
 def wrk(
     server: Server,
     *,
