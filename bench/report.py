@@ -54,6 +54,16 @@ def _arrows(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
     )
 
 
+def _others(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, the open fds other than the kept-alive upstream connections, start and end."""
+    return [
+        {f"other_{e}": r[f"fds_{e}"] - r[f"pooled_{e}"] for e in ("start", "end")}
+        if "pooled_start" in r
+        else {}
+        for r in rows
+    ]
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -268,14 +278,17 @@ class Report:
             "replies, streams read to their end marker, and streams the client cuts (it reads "
             "the first piece, then closes the connection). At rest, a second after each load's "
             "connections closed: RSS (VmRSS of the server's processes), open file descriptors "
-            "(/proc/PID/fd) and live asyncio tasks (turnout's `/stats`, `process.tasks`). "
+            "(/proc/PID/fd; the upstream connections an idle pool keeps alive for a while "
+            "counted apart, from /proc/net/tcp), other fds = the rest, and live asyncio tasks "
+            "(turnout's `/stats`, `process.tasks`). "
             "Errors = a non-200, a stream without its end marker, a client-side failure; cut "
             "late = cut streams that had already ended; counted = what `/stats` recorded "
             "meanwhile. LiteLLM is left out: at its rate one soak takes many minutes.",
             "",
             "| target | requests | req/s | RSS start → end MB | growth | fds start → end | "
-            "tasks start → end | errors | cut late | tracebacks in log | /stats counted |",
-            "|---|---:|---:|---|---:|---|---|---|---:|---:|---|",
+            "upstream connections | other fds | tasks start → end | errors | cut late | "
+            "tracebacks in log | /stats counted |",
+            "|---|---:|---:|---|---:|---|---|---|---|---|---:|---:|---|",
         )
         for t in rows:
             errors: dict[str, int] = {}
@@ -289,7 +302,9 @@ class Report:
                 f"{spread(col(rows, t, 'rps'), '{:,.0f}')} | "
                 f"{_arrows(rows[t], 'rss_mb', '{:.1f}')} | "
                 f"{spread([100 * g for g in col(rows, t, 'growth')], '{:+.1f}%')} | "
-                f"{_arrows(rows[t], 'fds', '{}')} | {_arrows(rows[t], 'tasks', '{}')} | "
+                f"{_arrows(rows[t], 'fds', '{}')} | {_arrows(rows[t], 'pooled', '{}')} | "
+                f"{_arrows(_others(rows[t]), 'other', '{}')} | "
+                f"{_arrows(rows[t], 'tasks', '{}')} | "
                 f"{', '.join(f'{k} {v}' for k, v in errors.items()) or 0} | "
                 f"{sum(r.get('cut_late', 0) for r in rows[t])} | "
                 f"{sum(r.get('log_tracebacks', 0) for r in rows[t])} | "
@@ -308,15 +323,18 @@ class Report:
         if ours and "tasks_end" in ours[0]:
             errors_n = sum(sum(r["errors"].values()) for r in ours)
             traced = sum(r["log_tracebacks"] for r in ours)
+            others = _others(ours)
             self.target(
-                f"soak of {res['requests']:,} requests: asyncio tasks and open fds at rest, "
-                "after vs before; errors; tracebacks in the log",
-                f"tasks {_arrows(ours, 'tasks', '{}')}, fds {_arrows(ours, 'fds', '{}')}; "
+                f"soak of {res['requests']:,} requests: asyncio tasks and open fds (other than "
+                "kept-alive upstream connections) at rest, after vs before; errors; tracebacks "
+                "in the log",
+                f"tasks {_arrows(ours, 'tasks', '{}')}, fds {_arrows(others, 'other', '{}')}; "
                 f"{errors_n} errors; {traced} tracebacks",
                 "no more after; 0; 0",
-                all(r["tasks_end"] <= r["tasks_start"] and r["fds_end"] <= r["fds_start"]
-                    for r in ours) and errors_n == traced == 0,
-            )  # fmt: skip
+                all(r["tasks_end"] <= r["tasks_start"] for r in ours)
+                and all(o["other_end"] <= o["other_start"] for o in others)
+                and errors_n == traced == 0,
+            )
             counted = [r["counted"] or {} for r in ours]
             self.target(
                 f"soak of {res['requests']:,} requests: `/stats` records each request once, "

@@ -228,11 +228,11 @@ def soak(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
             for name, start in starters.items():
                 with start(tmp, upstream) as server:
                     _soak_load(server, p.soak_warmup, p.soak_concurrency, p.soak_chunks)
-                    before = _at_rest(server)
+                    before = _at_rest(server, upstream.port)
                     cpu0 = group_cpu_s(server.pgid)
                     load = _soak_load(server, p.soak_requests, p.soak_concurrency, p.soak_chunks)
                     cpu_s = group_cpu_s(server.pgid) - cpu0
-                    after = _at_rest(server)
+                    after = _at_rest(server, upstream.port)
                     tracebacks = server.log.read_text(errors="replace").count("Traceback")
                 row = {
                     **{f"{k}_start": v for k, v in before.items() if k != "counted"},
@@ -248,7 +248,8 @@ def soak(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
                     f"run {run + 1}/{p.runs} {name:10} soak {load.requests} requests "
                     f"({load.kinds}) at {load.rps:.0f} req/s: RSS {before['rss_mb']:.1f} -> "
                     f"{after['rss_mb']:.1f} MB ({row['growth']:+.1%}), fds {before['fds']} -> "
-                    f"{after['fds']}, tasks {before['tasks']} -> {after['tasks']}, "
+                    f"{after['fds']} (upstream connections {before['pooled']} -> "
+                    f"{after['pooled']}), tasks {before['tasks']} -> {after['tasks']}, "
                     f"errors {load.errors or 0}, cut late {load.cut_late}, "
                     f"tracebacks {tracebacks}, /stats counted {row['counted']}"
                 )
@@ -271,11 +272,12 @@ def _soak_load(server: T.Server, n: int, concurrency: int, chunks: int) -> soak_
     )  # fmt: skip
 
 
-def _at_rest(server: T.Server, settle_s: float = 1.0) -> dict[str, Any]:
+def _at_rest(server: T.Server, upstream_port: int, settle_s: float = 1.0) -> dict[str, Any]:
     """The server at rest, `settle_s` after the client closed its connections: RSS, open file
-    descriptors, and from /stats (turnout only) its asyncio tasks and the requests counted."""
+    descriptors (and the upstream connections its pool keeps alive among them), and from /stats
+    (turnout only) its asyncio tasks and the requests counted."""
     time.sleep(settle_s)
-    fds = open_fds(server.pgid)  # before asking /stats, whose connection would count
+    fds, pooled = open_fds(server.pgid, upstream_port)  # before /stats, whose connection counts
     rss = T.rss_mb(server.pgid)
     tasks, counted = None, None
     status, raw = T.get(server.url, "/stats", server.headers)
@@ -283,7 +285,7 @@ def _at_rest(server: T.Server, settle_s: float = 1.0) -> dict[str, Any]:
         stats = json.loads(raw)
         tasks = stats["process"]["tasks"]
         counted = {k: v for k, v in stats["requests"].items() if isinstance(v, int)}
-    return {"rss_mb": rss, "fds": fds, "tasks": tasks, "counted": counted}
+    return {"rss_mb": rss, "fds": fds, "pooled": pooled, "tasks": tasks, "counted": counted}
 
 
 def _delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
