@@ -131,7 +131,7 @@ def fuzz(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-front", type=int, default=5000, help="requests per front")
-    parser.add_argument("--seed", type=int, default=0, help="0: derandomized (the same bodies)")
+    parser.add_argument("--seed", type=int, default=0, help="0: derandomized (a fixed seed)")
     parser.add_argument("--front", nargs="+", choices=list(FRONTS), help="only these fronts")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
