@@ -328,7 +328,11 @@ def turnout(
         config = turnout_config(upstream)
     path.write_text(config)
     cmd = [sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", str(port)]
-    env = env or repo_env()
+    env = {**(env or repo_env())}
+    # Its usage ledger in a fresh file of its own: the user's default database holds every row
+    # any earlier run wrote (it grew to 669 MB of bench rows here), and a big ledger makes each
+    # insert dearer, so figures would depend on what ran before.
+    env.setdefault("TURNOUT_STORAGE__DATABASE_URL", f"sqlite:///{tmp / f'turnout-{port}.db'}")
     with serve(TURNOUT, cmd, port, tmp, env=env, ready_model=ready_model) as server:
         yield server
 
