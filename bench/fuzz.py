@@ -98,6 +98,12 @@ def fuzz_front(gateway: Gateway, path: str, n: int, seed: int) -> dict[str, Any]
     }
 
 
+def _config(backend: str, tmp: Path) -> dict[str, Any]:
+    """The test's configuration, with the usage ledger in a file of its own rather than the
+    user's default database (bench/targets.py does the same for every turnout it starts)."""
+    return {**fuzz_config(backend), "storage": {"database_url": f"sqlite:///{tmp / 'fuzz.db'}"}}
+
+
 def fuzz(
     tmp: Path, per_front: int, log: Log, seed: int = 0, fronts: list[str] | None = None
 ) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def fuzz(
     the log's signs of an unhandled exception counted per front."""
     out: dict[str, Any] = {"per_front": per_front, "seed": seed, "fronts": {}}
     start = time.monotonic()
-    with run_fast() as fast, serve_process(tmp, fuzz_config(fast.url)) as served:
+    with run_fast() as fast, serve_process(tmp, _config(fast.url, tmp)) as served:
         gateway = Gateway(served.url)
         seen = 0  # signs in the log before this front
         for path in fronts or list(FRONTS):
