@@ -47,6 +47,33 @@ def group_cpu_s(pgid: int) -> float:
     return total / CLK_TCK
 
 
+def open_fds(pgid: int, peer_port: int | None = None) -> tuple[int, int]:
+    """Open file descriptors of the processes of group pgid (/proc/PID/fd), and how many of them
+    are TCP connections to `peer_port` (/proc/net/tcp: e.g. kept-alive connections to an
+    upstream, which an idle pool keeps for a while)."""
+    total, sockets = 0, set()
+    for pid in group_pids(pgid):
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        total += len(links)
+        sockets |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    if peer_port is None:
+        return total, 0
+    to_peer = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == peer_port and fields[9] in sockets:
+                to_peer += 1
+    return total, to_peer
+
+
 def wrk(
     server: Server,
     *,

@@ -53,7 +53,9 @@ def _chat(stream: bool) -> bytes:
     for t in TOKENS:
         choice = {"index": 0, "delta": {"content": t}, "finish_reason": None}
         out.append(_sse(None, {**head, "choices": [choice]}))
-    out.append(_sse(None, {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    out.append(
+        _sse(None, {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    )
     out.append(_sse(None, {**head, "choices": [], "usage": usage}))
     return b"".join(out) + b"data: [DONE]\n\n"
 

@@ -46,6 +46,24 @@ def verdict(ok: bool | None) -> str:
     return NA if ok is None else ("**pass**" if ok else "**miss**")
 
 
+def _arrows(rows: list[dict[str, Any]], key: str, fmt: str) -> str:
+    """`start → end` of each run, e.g. `65.2 → 65.4` (runs separated by `; `)."""
+    pairs = [(r.get(f"{key}_start"), r.get(f"{key}_end")) for r in rows]
+    return "; ".join(
+        NA if a is None or b is None else f"{fmt.format(a)} → {fmt.format(b)}" for a, b in pairs
+    )
+
+
+def _others(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, the open fds other than the kept-alive upstream connections, start and end."""
+    return [
+        {f"other_{e}": r[f"fds_{e}"] - r[f"pooled_{e}"] for e in ("start", "end")}
+        if "pooled_start" in r
+        else {}
+        for r in rows
+    ]
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -249,23 +267,48 @@ class Report:
     def soak(self, res: dict[str, Any]) -> None:
         rows = res["targets"]
         self.add(
-            f"## Soak: {res['requests']:,} requests",
+            f"## Soak: {res['requests']:,} requests, streamed and not, some cut by the client",
             "",
-            "A fresh server per run, warmed up, then at least the stated number of requests at "
-            "c=64 (consecutive wrk runs); RSS after the warm-up and at the end. LiteLLM is left "
-            "out: at its rate one soak takes many minutes.",
+            "A fresh server per run over `bench/stream_upstream.py` (streams of "
+            f"{res.get('chunks', NA)} chunks {res.get('delay_ms', NA)} ms apart, the same text "
+            "at once when not streamed; the streams to be cut ask for 100 times as many chunks, "
+            "so that the cut comes in their middle). `bench/soak_client.py` (aiohttp) sends "
+            f"{res.get('warmup', 0):,} requests to warm up, then the stated number, "
+            f"{res.get('concurrency', 64)} at a time, in the mix {res.get('mix', NA)}: plain "
+            "replies, streams read to their end marker, and streams the client cuts (it reads "
+            "the first piece, then closes the connection). At rest, a second after each load's "
+            "connections closed: RSS (VmRSS of the server's processes), open file descriptors "
+            "(/proc/PID/fd; the upstream connections an idle pool keeps alive for a while "
+            "counted apart, from /proc/net/tcp), other fds = the rest, and live asyncio tasks "
+            "(turnout's `/stats`, `process.tasks`). "
+            "Errors = a non-200, a stream without its end marker, a client-side failure; cut "
+            "late = cut streams that had already ended; counted = what `/stats` recorded "
+            "meanwhile. LiteLLM is left out: at its rate one soak takes many minutes.",
             "",
-            "| target | requests | req/s | RSS start MB | RSS end MB | growth | errors |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| target | requests | req/s | RSS start → end MB | growth | fds start → end | "
+            "upstream connections | other fds | tasks start → end | errors | cut late | "
+            "tracebacks in log | /stats counted |",
+            "|---|---:|---:|---|---:|---|---|---|---|---|---:|---:|---|",
         )
         for t in rows:
-            errors = sum(sum(r["errors"].values()) for r in rows[t])
+            errors: dict[str, int] = {}
+            for r in rows[t]:
+                for k, v in r["errors"].items():
+                    errors[k] = errors.get(k, 0) + v
+            last = rows[t][-1]
+            counted = last.get("counted")
             self.add(
                 f"| {t} | {spread(col(rows, t, 'requests'), '{:,.0f}')} | "
                 f"{spread(col(rows, t, 'rps'), '{:,.0f}')} | "
-                f"{spread(col(rows, t, 'rss_start_mb'), '{:.1f}')} | "
-                f"{spread(col(rows, t, 'rss_end_mb'), '{:.1f}')} | "
-                f"{spread([100 * g for g in col(rows, t, 'growth')], '{:+.1f}%')} | {errors} |"
+                f"{_arrows(rows[t], 'rss_mb', '{:.1f}')} | "
+                f"{spread([100 * g for g in col(rows, t, 'growth')], '{:+.1f}%')} | "
+                f"{_arrows(rows[t], 'fds', '{}')} | {_arrows(rows[t], 'pooled', '{}')} | "
+                f"{_arrows(_others(rows[t]), 'other', '{}')} | "
+                f"{_arrows(rows[t], 'tasks', '{}')} | "
+                f"{', '.join(f'{k} {v}' for k, v in errors.items()) or 0} | "
+                f"{sum(r.get('cut_late', 0) for r in rows[t])} | "
+                f"{sum(r.get('log_tracebacks', 0) for r in rows[t])} | "
+                f"{', '.join(f'{k} {v:,}' for k, v in counted.items()) if counted else NA} |"
             )
         self.add("")
         growth = col(rows, TURNOUT, "growth")
@@ -276,6 +319,82 @@ class Report:
                 "< 5%",
                 statistics.median(growth) < 0.05,
             )
+        ours = rows.get(TURNOUT, [])
+        if ours and "tasks_end" in ours[0]:
+            errors_n = sum(sum(r["errors"].values()) for r in ours)
+            traced = sum(r["log_tracebacks"] for r in ours)
+            others = _others(ours)
+            self.target(
+                f"soak of {res['requests']:,} requests: asyncio tasks and open fds (other than "
+                "kept-alive upstream connections) at rest, after vs before; errors; tracebacks "
+                "in the log",
+                f"tasks {_arrows(ours, 'tasks', '{}')}, fds {_arrows(others, 'other', '{}')}; "
+                f"{errors_n} errors; {traced} tracebacks",
+                "no more after; 0; 0",
+                all(r["tasks_end"] <= r["tasks_start"] for r in ours)
+                and all(o["other_end"] <= o["other_start"] for o in others)
+                and errors_n == traced == 0,
+            )
+            counted = [r["counted"] or {} for r in ours]
+            self.target(
+                f"soak of {res['requests']:,} requests: `/stats` records each request once, "
+                "each cut stream as cancelled",
+                "; ".join(f"{c.get('total', 0):,} of {r['requests']:,}, {c.get('cancelled', 0):,} "
+                          f"cancelled of {r['kinds'].get('cut', 0):,} cut"
+                          for c, r in zip(counted, ours, strict=True)),
+                "all, all",
+                all(c.get("total") == r["requests"] and c.get("cancelled") == r["kinds"].get("cut")
+                    for c, r in zip(counted, ours, strict=True)),
+            )  # fmt: skip
+
+    def fuzz(self, res: dict[str, Any]) -> None:
+        fronts = res["fronts"]
+        self.add(
+            f"## Fuzzing: {res['per_front']:,} generated requests per front",
+            "",
+            "`bench/fuzz.py`, the generator of CI's `tests/integration/test_fuzz.py` (500 per "
+            "front) imported from `tests/support/front_fuzz.py`: bodies from the request schemas "
+            "of turnout's own `/openapi.json`, valid and broken the ways clients break them, "
+            "derandomized"
+            + (f" (seed {res['seed']})" if res.get("seed") else "")
+            + ", one at a time on a kept-alive connection to `turnout serve` over the fast fake "
+            "of `tests/fakes/fast.py`, which answers whatever it can parse: every 5xx is "
+            "turnout's own. Other wrong = a refusal outside the front's error dialect or an "
+            "internal error in the body; tracebacks = signs of an unhandled exception the "
+            "front's requests left in the gateway's log.",
+            "",
+            "| front | requests | statuses | turnout's 5xx | other wrong | tracebacks in log | "
+            "wall s | most frequent refusal |",
+            "|---|---:|---|---:|---:|---:|---:|---|",
+        )
+        for path, r in fronts.items():
+            statuses = ", ".join(f"{s}: {n:,}" for s, n in r["statuses"].items())
+            top = next(iter(r["refusals"].items()), None)
+            refused = f"{top[0].replace('|', '/')} ({top[1]:,})" if top else ""
+            self.add(
+                f"| `{path}` | {r['sent']:,} | {statuses} | {r['own_5xx']} | "
+                f"{r['other_wrong']} | {r['log_tracebacks']} | {r['wall_s']:.0f} | {refused} |"
+            )
+        rows = list(fronts.values())
+        sent = sum(r["sent"] for r in rows)
+        five = sum(r["own_5xx"] for r in rows)
+        other = sum(r["other_wrong"] for r in rows)
+        self.add(
+            "",
+            f"{sent:,} requests in {res['wall_s'] / 60:.1f} min; the fake backend received "
+            f"{res['backend_requests']:,} requests; the plain request of each front answered "
+            f"{res['plain_ok']}/{len(fronts)}; the gateway's log: {res['log_bytes']:,} bytes, "
+            f"{res['log_tracebacks']} signs of an unhandled exception.",
+            "",
+        )
+        self.target(
+            f"fuzzing, {res['per_front']:,} requests per front: turnout's 5xx, other wrong "
+            "answers, tracebacks in the log",
+            f"{five}, {other}, {res['log_tracebacks']} ({sent:,} requests)",
+            "0, 0, 0",
+            five == other == res["log_tracebacks"] == 0
+            and all(r["sent"] >= res["per_front"] for r in rows),
+        )
 
     def engine(self, res: dict[str, Any]) -> None:
         self.add(
@@ -372,7 +491,9 @@ class Report:
 def render(results: dict[str, Any]) -> str:
     rep = Report(results)
     meta = results["meta"]
-    for key in ("nonstream", "stream", "streams1000", "soak", "engine", "affinity", "profile"):
+    for key in (
+        "nonstream", "stream", "streams1000", "soak", "fuzz", "engine", "affinity", "profile"
+    ):  # fmt: skip
         if key not in results:
             continue
         start = len(rep.lines)

@@ -1,11 +1,14 @@
 """turnout's benchmark (issue 6): the same workloads direct, through a bare relay, turnout, LiteLLM.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--only SCENARIO ...] [--runs N] [--out FILE]
+                                     [--per-front N]
        .venv/bin/python bench/run.py --render   (rewrite the report from the saved results)
 
 Scenarios: nonstream (c=1 and c=64), stream (one stream, every chunk timed), streams1000 (peak
-RSS), soak (RSS growth), engine (embedded vs raw llama-cpp-python), affinity (prefix-affinity vs
-round-robin), profile (py-spy). Without --only, all of them, in one run. The full mode writes
+RSS), soak (RSS, file descriptors and asyncio tasks before and after, streams cut by the client
+among them), engine (embedded vs raw llama-cpp-python), affinity (prefix-affinity vs
+round-robin), profile (py-spy), fuzz (every front, --per-front generated requests: bench/fuzz.py,
+run once whatever --runs says). Without --only, all of them, in one run. The full mode writes
 docs/benchmarks.md and bench/results/benchmarks.json; --quick (small sizes, for development)
 writes under bench/.work/ unless --out says otherwise. With --only, the scenarios not run keep
 their results from the JSON file beside the report, so the report stays whole.
@@ -47,7 +50,7 @@ from http_clients import NGINX  # noqa: E402
 from loads import load_average  # noqa: E402
 
 REPO = BENCH_DIR.parent
-SCENARIOS = ["nonstream", "stream", "streams1000", "soak", "engine", "affinity", "profile"]
+SCENARIOS = ["nonstream", "stream", "streams1000", "soak", "engine", "affinity", "profile", "fuzz"]
 
 
 def log(message: str) -> None:
@@ -127,6 +130,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[name] = affinity.affinity(tmp, params.runs, params.affinity_requests, log)
             elif name == "profile":
                 results[name] = profiling.profile(tmp, params.profile_s, log)
+            elif name == "fuzz":  # imports turnout and the tests' support: only when asked
+                import fuzz
+
+                results[name] = fuzz.fuzz(tmp, args.per_front or params.fuzz_per_front, log)
             else:
                 results[name] = getattr(scenarios, name)(tmp, params, log)
     meta["wall_s"] = time.monotonic() - start
@@ -148,6 +155,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--runs", type=int, help="repeat each measurement N times (full: 5)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--per-front", type=int, help="fuzz: generated requests per front (full: 5,000)"
+    )
     parser.add_argument("--out", type=Path, help="the markdown report to write")
     parser.add_argument(
         "--render", action="store_true", help="only rewrite the report from the saved results"

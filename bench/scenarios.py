@@ -8,7 +8,7 @@ all targets alike. Results are plain dicts (saved as JSON, rendered by bench/rep
 from __future__ import annotations
 
 import asyncio
-import math
+import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import soak_client
 import targets as T
-from loads import Load, RssSampler, group_cpu_s, wrk
+from loads import RssSampler, group_cpu_s, open_fds, wrk
 from stream_client import timed_streams
 
 Log = Callable[[str], None]
@@ -39,26 +40,33 @@ class Params:
     conc_chunk_delay_ms: float  # slow enough that the Python upstream keeps up with 1,000 streams
     conc_duration_s: float
     soak_requests: int
+    soak_warmup: int  # requests before the "before" figures
+    soak_concurrency: int
+    soak_chunks: int  # per stream
+    soak_chunk_delay_ms: float  # long enough that a cut stream is cut in the middle
     engine_requests: int
     max_tokens: int
     affinity_requests: int
     profile_s: float
     litellm: bool
+    fuzz_per_front: int
 
 
 FULL = dict(
     runs=5, duration_s=5, warmup_s=2, streams=10, chunks=100, chunk_delay_ms=5,
     conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=12,
-    soak_requests=100_000,
+    soak_requests=100_000, soak_warmup=10_000, soak_concurrency=64, soak_chunks=10,
+    soak_chunk_delay_ms=1,
     engine_requests=6, max_tokens=16, affinity_requests=8, profile_s=20,
-    litellm=True,
+    litellm=True, fuzz_per_front=5000,
 )  # fmt: skip
 QUICK = dict(
     runs=2, duration_s=2, warmup_s=1, streams=3, chunks=100, chunk_delay_ms=5,
     conc_streams=1000, conc_chunks=20, conc_chunk_delay_ms=100, conc_duration_s=8,
-    soak_requests=10_000,
+    soak_requests=10_000, soak_warmup=2_000, soak_concurrency=64, soak_chunks=10,
+    soak_chunk_delay_ms=1,
     engine_requests=2, max_tokens=16, affinity_requests=4, profile_s=4,
-    litellm=True,
+    litellm=True, fuzz_per_front=200,
 )  # fmt: skip
 
 
@@ -197,65 +205,93 @@ def streams1000(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
 
 
 def soak(tmp: Path, p: Params, log: Log) -> dict[str, Any]:
-    """`soak_requests` requests at c=64 through a fresh proxy per run: RSS before and after.
-    LiteLLM is left out: at its rate 100,000 requests take many minutes per run."""
-    out: dict[str, Any] = {"requests": p.soak_requests, "targets": {}}
-    starters = {T.BARE: T.bare_relay, T.TURNOUT: T.turnout}
-    with T.nginx_upstream(tmp) as upstream:
+    """`soak_requests` requests through a fresh proxy per run, a mix of plain ones, streams read
+    to the end and streams the client cuts (bench/soak_client.py), `soak_concurrency` at a time,
+    over bench/stream_upstream.py: RSS, open file descriptors and (turnout's /stats) asyncio
+    tasks at rest after a warm-up and after the soak. LiteLLM is left out: at its rate 100,000
+    requests take many minutes per run."""
+    out: dict[str, Any] = {
+        "requests": p.soak_requests,
+        "warmup": p.soak_warmup,
+        "concurrency": p.soak_concurrency,
+        "mix": soak_client.mix_text(),
+        "chunks": p.soak_chunks,
+        "delay_ms": p.soak_chunk_delay_ms,
+        "targets": {},
+    }
+    starters = {
+        T.BARE: lambda tmp, up: T.bare_relay(tmp, up, "aiohttp-stream"),
+        T.TURNOUT: T.turnout,
+    }
+    with T.stream_upstream(tmp, p.soak_chunks, p.soak_chunk_delay_ms, True) as upstream:
         for run in range(p.runs):
             for name, start in starters.items():
                 with start(tmp, upstream) as server:
-                    wrk(server, connections=64, threads=2, seconds=p.warmup_s)
-                    time.sleep(0.5)
-                    before = T.rss_mb(server.pgid)
+                    _soak_load(server, p.soak_warmup, p.soak_concurrency, p.soak_chunks)
+                    before = _at_rest(server, upstream.port)
                     cpu0 = group_cpu_s(server.pgid)
-                    load = _requests(server, p.soak_requests, {upstream.pgid})
-                    time.sleep(0.5)
-                    after = T.rss_mb(server.pgid)
-                    row = {
-                        "rss_start_mb": before,
-                        "rss_end_mb": after,
-                        "growth": after / before - 1,
-                        "requests": load.requests,
-                        "rps": load.rps,
-                        "errors": load.errors,
-                        "cpu_s": group_cpu_s(server.pgid) - cpu0,
-                    }
+                    load = _soak_load(server, p.soak_requests, p.soak_concurrency, p.soak_chunks)
+                    cpu_s = group_cpu_s(server.pgid) - cpu0
+                    after = _at_rest(server, upstream.port)
+                    tracebacks = server.log.read_text(errors="replace").count("Traceback")
+                row = {
+                    **{f"{k}_start": v for k, v in before.items() if k != "counted"},
+                    **{f"{k}_end": v for k, v in after.items() if k != "counted"},
+                    "growth": after["rss_mb"] / before["rss_mb"] - 1,
+                    **load.row(),
+                    "counted": _delta(before["counted"], after["counted"]),
+                    "log_tracebacks": tracebacks,
+                    "cpu_s": cpu_s,
+                }
                 out["targets"].setdefault(name, []).append(row)
                 log(
-                    f"run {run + 1}/{p.runs} {name:10} soak {load.requests} requests at "
-                    f"{load.rps:.0f} req/s: RSS {before:.1f} -> {after:.1f} MB "
-                    f"({row['growth']:+.1%})  errors {load.errors or 0}"
+                    f"run {run + 1}/{p.runs} {name:10} soak {load.requests} requests "
+                    f"({load.kinds}) at {load.rps:.0f} req/s: RSS {before['rss_mb']:.1f} -> "
+                    f"{after['rss_mb']:.1f} MB ({row['growth']:+.1%}), fds {before['fds']} -> "
+                    f"{after['fds']} (upstream connections {before['pooled']} -> "
+                    f"{after['pooled']}), tasks {before['tasks']} -> {after['tasks']}, "
+                    f"errors {load.errors or 0}, cut late {load.cut_late}, "
+                    f"tracebacks {tracebacks}, /stats counted {row['counted']}"
                 )
     return out
 
 
-def _requests(server: T.Server, n: int, ours: set[int]) -> Load:
-    """At least n requests at c=64, as consecutive wrk runs (wrk always runs its full duration,
-    so each run is sized from the rate of the one before); their totals combined."""
-    loads: list[Load] = []
-    done = 0
-    rate = 1000.0
-    while done < n:
-        seconds = max(1, min(10, math.ceil((n - done) / rate)))
-        load = wrk(server, connections=64, threads=2, seconds=seconds, ours=ours)
-        loads.append(load)
-        done += load.requests
-        rate = max(load.rps, 1.0)
-    errors: dict[str, int] = {}
-    for load in loads:
-        for kind, count in load.errors.items():
-            errors[kind] = errors.get(kind, 0) + count
-    seconds_total = sum(ld.requests / max(ld.rps, 1e-9) for ld in loads)
-    return Load(
-        rps=done / seconds_total,
-        p50_ms=statistics.median(ld.p50_ms for ld in loads),
-        p99_ms=max(ld.p99_ms for ld in loads),
-        requests=done,
-        errors=errors,
-        other_cpu=statistics.mean(ld.other_cpu for ld in loads),
-        cpu_us_per_req=statistics.mean(ld.cpu_us_per_req for ld in loads),
-    )
+def _soak_load(server: T.Server, n: int, concurrency: int, chunks: int) -> soak_client.SoakLoad:
+    """The upstream sends as many chunks as max_tokens: `chunks` for plain replies and streams
+    read to the end, 100 times as many (cut in their middle) for the streams the client cuts."""
+    bodies = {
+        "plain": server.body(False, chunks),
+        "stream": server.body(True, chunks),
+        "cut": server.body(True, chunks * 100),
+    }
+    return asyncio.run(
+        soak_client.soak_load(
+            server.url + server.path, bodies, n,
+            concurrency=concurrency, headers=server.headers, end=server.stream_end,
+        )
+    )  # fmt: skip
+
+
+def _at_rest(server: T.Server, upstream_port: int, settle_s: float = 1.0) -> dict[str, Any]:
+    """The server at rest, `settle_s` after the client closed its connections: RSS, open file
+    descriptors (and the upstream connections its pool keeps alive among them), and from /stats
+    (turnout only) its asyncio tasks and the requests counted."""
+    time.sleep(settle_s)
+    fds, pooled = open_fds(server.pgid, upstream_port)  # before /stats, whose connection counts
+    rss = T.rss_mb(server.pgid)
+    tasks, counted = None, None
+    status, raw = T.get(server.url, "/stats", server.headers)
+    if status == 200:
+        stats = json.loads(raw)
+        tasks = stats["process"]["tasks"]
+        counted = {k: v for k, v in stats["requests"].items() if isinstance(v, int)}
+    return {"rss_mb": rss, "fds": fds, "pooled": pooled, "tasks": tasks, "counted": counted}
+
+
+def _delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
 
 
 def _pct(values: list[float], pct: float) -> float:

@@ -1,6 +1,6 @@
 """A streaming chat-completions upstream for bench/run.py: N chunks as OpenAI SSE, paced.
 
-Usage: python bench/stream_upstream.py --port P [--chunks 100] [--delay-ms 5]
+Usage: python bench/stream_upstream.py --port P [--chunks 100] [--delay-ms 5] [--max-tokens-chunks]
 
 `POST /v1/chat/completions` answers every request with a stream in OpenAI's wire format
 (`data: <chat.completion.chunk>` events, a usage chunk when `stream_options.include_usage` asks
@@ -9,7 +9,9 @@ is `tok<k>@<ns>;`, where ns is `time.monotonic_ns()` just before the chunk was w
 monotonic clock is shared by every process on the machine, so a client can tell how long each
 chunk spent in whatever sits between it and this server. A request without `"stream": true`
 gets the whole reply at once (one JSON body with the same content). `GET /v1/models` lists the
-one model, so gateways that ask what a backend serves get an answer.
+one model, so gateways that ask what a backend serves get an answer. With
+`--max-tokens-chunks`, a request's `max_tokens` (when given) is its number of chunks instead
+(the soak's streams to be cut by the client are long, the others short).
 """
 
 from __future__ import annotations
@@ -54,9 +56,13 @@ def usage_chunk(n: int) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
-def make_app(chunks: int, delay_s: float) -> web.Application:
+def make_app(chunks: int, delay_s: float, from_max_tokens: bool = False) -> web.Application:
+    default = chunks
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
+        asked = body.get("max_tokens")
+        chunks = asked if from_max_tokens and isinstance(asked, int) and asked > 0 else default
         if not body.get("stream"):
             content = "".join(f"tok{k}@{time.monotonic_ns()};" for k in range(chunks))
             return web.json_response(
@@ -103,8 +109,8 @@ def make_app(chunks: int, delay_s: float) -> web.Application:
     return app
 
 
-async def serve(port: int, chunks: int, delay_s: float) -> None:
-    runner = web.AppRunner(make_app(chunks, delay_s), access_log=None)
+async def serve(port: int, chunks: int, delay_s: float, from_max_tokens: bool) -> None:
+    runner = web.AppRunner(make_app(chunks, delay_s, from_max_tokens), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, port, backlog=4096).start()
     await asyncio.Event().wait()
@@ -115,8 +121,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--chunks", type=int, default=100)
     parser.add_argument("--delay-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--max-tokens-chunks", action="store_true", help="a request's max_tokens sets its chunks"
+    )
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.chunks, args.delay_ms / 1000))
+    uvloop.run(serve(args.port, args.chunks, args.delay_ms / 1000, args.max_tokens_chunks))
 
 
 if __name__ == "__main__":

@@ -209,6 +209,17 @@ def post_json(
         conn.close()
 
 
+def get(url: str, path: str, headers: dict[str, str], timeout: float = 10) -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
 def wait_ready(server: Server, timeout_s: float = 120, model: str = MODEL) -> None:
     """POST a chat request until it is answered with a chat completion, or fail."""
     deadline = time.monotonic() + timeout_s
@@ -265,11 +276,15 @@ def nginx_upstream(tmp: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def stream_upstream(tmp: Path, chunks: int, delay_ms: float) -> Iterator[Server]:
-    """bench/stream_upstream.py: every request streamed as `chunks` paced SSE chunks."""
+def stream_upstream(
+    tmp: Path, chunks: int, delay_ms: float, max_tokens_chunks: bool = False
+) -> Iterator[Server]:
+    """bench/stream_upstream.py: every request streamed as `chunks` paced SSE chunks (or as
+    many as its max_tokens, with `max_tokens_chunks`)."""
     port = free_port()
     cmd = [sys.executable, str(BENCH_DIR / "stream_upstream.py"), "--port", str(port)]
     cmd += ["--chunks", str(chunks), "--delay-ms", str(delay_ms)]
+    cmd += ["--max-tokens-chunks"] if max_tokens_chunks else []
     with serve(DIRECT, cmd, port, tmp) as server:
         yield server
 
@@ -313,7 +328,11 @@ def turnout(
         config = turnout_config(upstream)
     path.write_text(config)
     cmd = [sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", str(port)]
-    env = env or repo_env()
+    env = {**(env or repo_env())}
+    # Its usage ledger in a fresh file of its own: the user's default database holds every row
+    # any earlier run wrote (it grew to 669 MB of bench rows here), and a big ledger makes each
+    # insert dearer, so figures would depend on what ran before.
+    env.setdefault("TURNOUT_STORAGE__DATABASE_URL", f"sqlite:///{tmp / f'turnout-{port}.db'}")
     with serve(TURNOUT, cmd, port, tmp, env=env, ready_model=ready_model) as server:
         yield server
 

@@ -128,6 +128,33 @@ async def test_ledger_spools_through_a_postgres_outage(
     await store.close()
 
 
+async def test_the_ledger_prunes_rows_past_the_retention(database_url: str, tmp_path: Path) -> None:
+    """Rows older than the retention go (on SQLite and PostgreSQL); newer ones stay; the
+    statement is the ledger's own hourly one."""
+    store = await opened(database_url)
+    now = time.time()
+    old = [row(i, ts=now - 40 * 86400) for i in range(5)]
+    new = [row(i, ts=now - 3600) for i in range(5, 12)]
+    await store.write_usage(old + new)
+    ledger = Ledger(store, Spool(tmp_path / "spool.jsonl"), retention_s=31 * 86400)
+    assert await ledger.prune() == 5 and ledger.pruned == 5
+    assert {r["request_id"] for r in await store.usage_rows()} == {f"r{i}" for i in range(5, 12)}
+    assert await ledger.prune() == 0
+    forever = Ledger(store, Spool(tmp_path / "spool2.jsonl"), retention_s=None)
+    assert await forever.prune() == 0 and await store.count_usage() == 7
+    await store.close()
+
+
+def test_the_retention_is_at_least_the_longest_budget_period() -> None:
+    from turnout.config import load_config
+    from turnout.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="usage_retention_days"):
+        load_config({"storage": {"usage_retention_days": 7}}, environ={})
+    kept = load_config({"storage": {"usage_retention_days": None}}, environ={})
+    assert kept.storage.usage_retention_days is None
+
+
 def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.jsonl", max_bytes=4096)
     kept = spool.append([row(i) for i in range(100)])

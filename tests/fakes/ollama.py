@@ -23,6 +23,28 @@ ollama/ollama docs/api.md @fb30760, as summarised in shared/reference/runtimes.m
   (`FakeOllama.registry`) lacks gets ``pulling manifest`` then ``{"error": "pull model manifest:
   file does not exist"}`` (status 500 when not streamed). ``DELETE /api/delete`` (``{model}``)
   answers 200 with no body, or 404 ``{"error": "model '<name>' not found"}``.
+- ``POST /api/copy`` (``{source, destination}``) answers 200 with no body (a model already called
+  ``destination`` is replaced, as Ollama does), 404 ``{"error": "model \"<source>\" not found"}``,
+  or 400 for a name ``model.ParseName`` refuses (``source "<x>" is invalid``).
+- ``POST /api/create`` (``{model, from?, files?, adapters?, quantize?, template?, license?,
+  system?, parameters?, messages?, stream?}``, streaming unless ``stream: false``) sends NDJSON
+  progress: ``using existing layer sha256:<digest>`` per layer of ``from``, ``creating new layer
+  sha256:<digest>`` per field set on the new model, ``writing manifest``, ``success``; the model
+  then appears in ``/api/tags``. A ``from`` that is not here is pulled first (``pulling
+  manifest``...), as Ollama does, and one the registry lacks ends the stream with
+  ``{"error": "pull model manifest: file does not exist"}``. Neither ``from`` nor ``files`` is 400
+  ``{"error": "neither 'from' or 'files' was specified"}`` before any line; ``files`` name blobs,
+  which the fake never holds (400 ``blob <digest> not found``).
+- ``POST /api/push`` (``{model, insecure?, stream?}``) sends ``retrieving manifest``, per layer
+  ``pushing <digest[7:19]>`` with ``digest``, ``total`` and ``completed``, ``pushing manifest``,
+  ``success`` (`FakeOllama.pushed` records it). A model that is not here ends with ``couldn't
+  retrieve manifest`` and an error line; one without a namespace (the library's) with
+  ``{"error": "unauthorized: access denied"}``.
+- Pull, create and push with ``stream: false`` answer the last object alone
+  (``{"status": "success"}``), or the error with status 500 when it failed after it began.
+  docs/api.md documents the shapes, the framing and the statuses; the words of failures it does
+  not show (an invalid name, a refused push) are modelled on Ollama's server, not copied from a
+  capture.
 - It checks what it receives as Ollama's Go decoder would: ``content`` must be a string, images
   bare base64 (a ``data:`` prefix is ``illegal base64 data at input byte 4``), tool call
   ``arguments`` objects, options of the right JSON type; a model must have the capability asked
@@ -46,8 +68,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import math
+import re
 import string
 import struct
 import time
@@ -87,6 +111,7 @@ OPTION_TYPES: dict[str, str] = {
 _ROLES = ("system", "user", "assistant", "tool")
 _BODY = web.RequestKey("body", object)
 _BASE64 = frozenset(string.ascii_letters + string.digits + "+/=")
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 
 
 @dataclass(frozen=True)
@@ -223,6 +248,39 @@ def _words(text: str, options: dict[str, Any]) -> tuple[list[str], str]:
     return pieces, "stop"
 
 
+def _full_name(name: str) -> str:
+    """A model name as Ollama stores it: ``:latest`` when it gives no tag (docs/api.md, "Model
+    names"; the tag follows the last "/", since a registry host may carry a ":port")."""
+    return name if ":" in name.rpartition("/")[2] else name + ":latest"
+
+
+def _valid_name(name: str) -> bool:
+    """Whether ``model.ParseName`` takes the name: ``[host[:port]/][namespace/]model[:tag]``,
+    each part letters, digits, ``_``, ``-`` and ``.``, not starting with ``-`` or ``.``."""
+    rest, _, last = name.rpartition("/")
+    model, colon, tag = last.partition(":")
+    parts = [*(rest.split("/") if rest else []), model, *([tag] if colon else [])]
+    if len(parts) - bool(colon) >= 3:  # a registry host may carry a port
+        parts[0] = parts[0].partition(":")[0] + parts[0].partition(":")[2]
+    return len(parts) - bool(colon) <= 3 and all(_NAME_PART.match(p) for p in parts)
+
+
+def _go_quote(value: str) -> str:
+    """A string as Go's ``%q`` writes it (for the names in Ollama's messages)."""
+    return orjson.dumps(value).decode()
+
+
+def _registry_path(name: str) -> list[str]:
+    """``host/namespace/model/tag`` of a full name, with Ollama's defaults."""
+    rest, _, tag = name.rpartition(":")
+    parts = rest.split("/")
+    if len(parts) == 1:
+        parts = ["library", *parts]
+    if len(parts) == 2:
+        parts = ["registry.ollama.ai", *parts]
+    return [*parts, tag]
+
+
 def _metrics(prompt_tokens: int, eval_tokens: int) -> dict[str, int]:
     load, prompt, evaluation = 1_250_000, 120_000 * prompt_tokens, 15_000_000 * eval_tokens
     return {
@@ -256,6 +314,8 @@ class FakeOllama:
         self.requests: list[Received] = []
         self.sent: list[list[dict[str, Any]]] = []  # per answered request, the objects sent
         self.loaded: dict[str, float] = {}
+        #: what /api/push uploaded: the registry's copy of each model pushed, by full name
+        self.pushed: dict[str, FakeModel] = {}
         self._failure: _Reject | None = None
         self._midstream: tuple[int, str] | None = None
         self._cut: int | None = None
@@ -297,6 +357,9 @@ class FakeOllama:
         app.router.add_post("/api/embed", self._embed)
         app.router.add_post("/api/pull", self._pull)
         app.router.add_delete("/api/delete", self._delete)
+        app.router.add_post("/api/copy", self._copy)
+        app.router.add_post("/api/create", self._create)
+        app.router.add_post("/api/push", self._push)
         app.router.add_route("*", "/{tail:.*}", self._not_found)  # Gin's 404, any method
         return app
 
@@ -497,6 +560,137 @@ class FakeOllama:
         del self.models[model.name]
         self.loaded.pop(model.name, None)
         return web.Response(status=200)
+
+    async def _copy(self, request: web.Request) -> web.Response:
+        body = self._body(request)
+        source, destination = body.get("source"), body.get("destination")
+        for key, value in (("source", source), ("destination", destination)):
+            if not isinstance(value, str):
+                raise _Reject(400, self._unmarshal(value, f"CopyRequest.{key}", "string"))
+            if not _valid_name(value):
+                raise _Reject(400, f"{key} {_go_quote(value)} is invalid")
+        model = self._lookup(source)
+        if model is None:
+            raise _Reject(404, f"model {_go_quote(source)} not found")
+        target = _full_name(str(destination))
+        self._check_case(target)
+        self.models[target] = dataclasses.replace(model, name=target, modified_at=_now())
+        return web.Response(status=200)
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        body = self._body(request)
+        stream = self._stream_flag(body, "CreateRequest")
+        name = body.get("model")
+        if not isinstance(name, str) or not _valid_name(name):
+            raise _Reject(400, "invalid model name")
+        for key in ("from", "quantize", "template", "system"):
+            if not isinstance(body.get(key, ""), str):
+                raise _Reject(400, self._unmarshal(body[key], f"CreateRequest.{key}", "string"))
+        for key in ("files", "adapters", "parameters"):
+            if not isinstance(body.get(key) or {}, dict):
+                raise _Reject(400, self._unmarshal(body[key], f"CreateRequest.{key}", "map"))
+        target = _full_name(name)
+        self._check_case(target)
+        source = body.get("from") or ""
+        if not source:
+            if body.get("files"):
+                missing = next(iter(body["files"].values()))
+                raise _Reject(400, f"blob {missing} not found")  # the fake holds no blobs
+            raise _Reject(400, "neither 'from' or 'files' was specified")
+        if not _valid_name(source):
+            raise _Reject(400, "invalid model name")
+        lines, base = self._create_base(source)
+        if base is not None:
+            for key in ("system", "template", "parameters", "license", "messages"):
+                if body.get(key):
+                    layer = hashlib.sha256(orjson.dumps(body[key])).hexdigest()
+                    lines.append({"status": f"creating new layer sha256:{layer}"})
+            lines += [{"status": "writing manifest"}, {"status": "success"}]
+            self.models[target] = dataclasses.replace(base, name=target, modified_at=_now())
+        return await self._progress(request, stream, lines)
+
+    def _create_base(self, source: str) -> tuple[list[dict[str, Any]], FakeModel | None]:
+        """The lines of a create before its own layers, and the model it builds on: one that is
+        here, else pulled from the registry first (as Ollama does), else an error line."""
+        model = self._lookup(source)
+        lines: list[dict[str, Any]] = []
+        if model is None:
+            model = self.registry.get(_full_name(source))
+            lines.append({"status": "pulling manifest"})
+            if model is None:
+                lines.append({"error": "pull model manifest: file does not exist"})
+                return lines, None
+            self.models[model.name] = model
+        for layer in self._layers(model):
+            lines.append({"status": f"using existing layer {layer}"})
+        return lines, model
+
+    async def _push(self, request: web.Request) -> web.StreamResponse:
+        body = self._body(request)
+        stream = self._stream_flag(body, "PushRequest")
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise _Reject(400, "model is required")
+        if not isinstance(body.get("insecure", False), bool):
+            raise _Reject(400, self._unmarshal(body["insecure"], "PushRequest.insecure", "bool"))
+        full = _full_name(name)
+        lines: list[dict[str, Any]] = [{"status": "retrieving manifest"}]
+        model = self._lookup(full)
+        if model is None:
+            path = "/".join(_registry_path(full))
+            lines.append({"status": "couldn't retrieve manifest"})
+            lines.append({"error": f"open /root/.ollama/models/manifests/{path}: no such file "
+                                   "or directory"})  # fmt: skip
+            return await self._progress(request, stream, lines)
+        if "/" not in full:  # the library namespace is ollama's own
+            lines.append({"error": "unauthorized: access denied"})
+            return await self._progress(request, stream, lines)
+        for layer, size in zip(self._layers(model), (model.size, 487), strict=True):
+            status = f"pushing {layer[7:19]}"
+            lines.append({"status": status, "digest": layer, "total": size})
+            for part in (1, 2):
+                lines.append(
+                    {"status": status, "digest": layer, "total": size,
+                     "completed": size * part // 2}
+                )  # fmt: skip
+        lines += [{"status": "pushing manifest"}, {"status": "success"}]
+        self.pushed[full] = model
+        return await self._progress(request, stream, lines)
+
+    @staticmethod
+    def _layers(model: FakeModel) -> list[str]:
+        """The digests of a model's two layers, the weights and the params (as /api/pull
+        reports them)."""
+        return [
+            "sha256:" + hashlib.sha256(f"{model.name}/{size}".encode()).hexdigest()
+            for size in (model.size, 487)
+        ]
+
+    def _stream_flag(self, body: dict[str, Any], kind: str) -> bool:
+        stream = body.get("stream", True)  # streamed unless told otherwise
+        if not isinstance(stream, bool):
+            raise _Reject(400, self._unmarshal(stream, f"{kind}.stream", "bool"))
+        return stream
+
+    def _check_case(self, name: str) -> None:
+        """Ollama refuses a name that differs from an existing one only in case."""
+        for existing in self.models:
+            if existing != name and existing.lower() == name.lower():
+                raise _Reject(400, "a model with that name already exists")
+
+    async def _progress(
+        self, request: web.Request, stream: bool, lines: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        """Progress as Ollama answers it: NDJSON (an error after the first line is a last line
+        ``{"error"}`` under the 200), or with ``stream: false`` the last object alone (an error
+        as ``{"error"}`` with status 500)."""
+        if stream:
+            return await self._ndjson(request, lines)
+        last = lines[-1]
+        self.sent.append([last])
+        if "error" in last:
+            return web.json_response({"error": last["error"]}, status=500)
+        return web.json_response(last)
 
     async def _ndjson(
         self, request: web.Request, lines: list[dict[str, Any]]

@@ -8,129 +8,68 @@ traceback.
 
 ``TURNOUT_FUZZ_EXAMPLES`` requests per front (default 500, what CI runs; the benchmark harness
 runs 5,000). Derandomized, so CI sees the same bodies each run; set ``TURNOUT_FUZZ_SEED`` to
-explore others. Each failure found is kept below as an explicit ``@example``."""
+explore others. Each failure found is kept below as an explicit ``@example``. What the test
+shares with bench/fuzz.py (the fronts, the bodies, what counts as wrong) is in
+tests/support/front_fuzz.py."""
 
 from __future__ import annotations
 
-import http.client
 import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import orjson
 import pytest
-from hypothesis import HealthCheck, given, seed, settings, strategies as st
+from hypothesis import given
 
-from tests.fakes.fast import MODEL, run_fast
+from tests.fakes.fast import run_fast
+from tests.support.front_fuzz import (
+    FRONTS,
+    PLAIN,
+    Gateway,
+    bodies,
+    fuzz_config,
+    fuzz_settings,
+    log_problems,
+    problem,
+)
 from tests.support.gateway_process import Served, serve_process
-from tests.support.schema_fuzz import broken, from_schema
-from turnout.server.app import routes
-from turnout.server.openapi import document
 
 EXAMPLES = int(os.environ.get("TURNOUT_FUZZ_EXAMPLES", "500"))
 SEED = int(os.environ.get("TURNOUT_FUZZ_SEED", "0"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SEED,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-SCHEMAS: dict[str, Any] = document(routes(), version="fuzz")["components"]["schemas"]
-#: path -> (the request schema, the error dialect)
-FRONTS = {
-    "/v1/chat/completions": ("CreateChatCompletionRequest", "openai"),
-    "/v1/completions": ("CreateCompletionRequest", "openai"),
-    "/v1/embeddings": ("CreateEmbeddingRequest", "openai"),
-    "/v1/responses": ("CreateResponse", "openai"),
-    "/v1/messages": ("AnthropicMessagesRequest", "anthropic"),
-    "/api/chat": ("OllamaChatRequest", "ollama"),
-    "/api/generate": ("OllamaGenerateRequest", "ollama"),
-}
-
+FUZZ = fuzz_settings(EXAMPLES, SEED)
 
 #: path -> status -> how many generated requests got it
 STATUSES: dict[str, Counter[int]] = {path: Counter() for path in FRONTS}
 
 
-class Gateway:
-    """The running gateway, one kept-alive connection to it."""
+class Fuzzed(Gateway):
+    """The running gateway and its process (for its log), one kept-alive connection to it."""
 
     def __init__(self, served: Served) -> None:
+        super().__init__(served.url)
         self.served = served
-        url = urlsplit(served.url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
-        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        self.sent = 0
-
-    def post(self, path: str, body: Any) -> tuple[int, bytes]:
-        raw = orjson.dumps(body)
-        headers = {"Content-Type": "application/json"}
-        for attempt in range(2):
-            try:
-                self.conn.request("POST", path, raw, headers)
-                response = self.conn.getresponse()
-                self.sent += 1
-                return response.status, response.read()
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()  # the server closed a kept-alive connection: a new one
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    config = {
-        "providers": {"fast": {"type": "openai", "endpoint": "", "models": [MODEL]}},
-        "health": {"enabled": False},
-        "discovery": {"enabled": False},
-    }
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     tmp: Path = tmp_path_factory.mktemp("fuzz")
-    with run_fast() as fast:
-        config["providers"]["fast"]["endpoint"] = fast.url
-        with serve_process(tmp, config) as served:
-            yield Gateway(served)
-            _no_traceback(served)
+    with run_fast() as fast, serve_process(tmp, fuzz_config(fast.url)) as served:
+        yield Fuzzed(served)
+        _no_traceback(served)
 
 
 def _no_traceback(served: Served) -> None:
     log = served.log_text()
-    for sign in ("Traceback", "Exception in ASGI", "unhandled error"):
-        assert sign not in log, log[-4000:]
-
-
-def _named(body: Any) -> Any:
-    """The bodies name the model the fake serves (else nearly all would be a 404); `broken`
-    then drops or changes it in some."""
-    if isinstance(body, dict):
-        return {**body, "model": MODEL}
-    return body
-
-
-def bodies(path: str) -> st.SearchStrategy[Any]:
-    schema = SCHEMAS[FRONTS[path][0]]
-    return broken(from_schema(schema, SCHEMAS).map(_named))
+    assert not log_problems(log), log[-4000:]
 
 
 def check(gateway: Gateway, path: str, body: Any) -> None:
     status, raw = gateway.post(path, body)
     STATUSES[path][status] += 1
-    assert status < 500, (status, raw[:2000], body)
-    if status >= 400:
-        error = orjson.loads(raw)
-        dialect = FRONTS[path][1]
-        if dialect == "anthropic":
-            assert error["type"] == "error" and error["error"]["message"], error
-        elif dialect == "ollama":
-            assert isinstance(error["error"], str) and error["error"], error
-        else:
-            assert error["error"]["message"], error
-    assert b"internal_error" not in raw, (raw[-2000:], body)
+    wrong = problem(path, status, raw)
+    assert wrong is None, (wrong, raw[:2000], body)
 
 
 def _fuzz(path: str) -> Any:
@@ -139,7 +78,7 @@ def _fuzz(path: str) -> Any:
     def run(gateway: Gateway, body: Any) -> None:
         check(gateway, path, body)
 
-    return seed(SEED)(run) if SEED else run
+    return run
 
 
 test_openai_chat = _fuzz("/v1/chat/completions")
@@ -151,7 +90,7 @@ test_ollama_chat = _fuzz("/api/chat")
 test_ollama_generate = _fuzz("/api/generate")
 
 
-def test_the_fuzzing_reached_the_backend(gateway: Gateway) -> None:
+def test_the_fuzzing_reached_the_backend(gateway: Fuzzed) -> None:
     """Not everything was refused: the generated bodies include valid ones for every front
     (and the plain request of each front is answered)."""
     print({path: dict(sorted(counts.items())) for path, counts in STATUSES.items()})
@@ -159,20 +98,6 @@ def test_the_fuzzing_reached_the_backend(gateway: Gateway) -> None:
         if sum(counts.values()) >= EXAMPLES:  # fuzzed in this run
             assert counts[200] >= EXAMPLES // 50, (path, counts)
             assert sum(n for status, n in counts.items() if 400 <= status < 500), (path, counts)
-    ok = 0
-    for path in FRONTS:
-        body = {
-            "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user",
-                                                                    "content": "x"}]},
-            "/v1/completions": {"model": MODEL, "prompt": "x"},
-            "/v1/embeddings": {"model": MODEL, "input": "x"},
-            "/v1/responses": {"model": MODEL, "input": "x"},
-            "/v1/messages": {"model": MODEL, "max_tokens": 4,
-                             "messages": [{"role": "user", "content": "x"}]},
-            "/api/chat": {"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
-            "/api/generate": {"model": MODEL, "prompt": "x"},
-        }[path]  # fmt: skip
-        status, _ = gateway.post(path, body)
-        ok += status == 200
+    ok = sum(gateway.post(path, body)[0] == 200 for path, body in PLAIN.items())
     assert ok == len(FRONTS)
     _no_traceback(gateway.served)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -332,6 +333,8 @@ async def test_http_overhead_header_stats_and_metrics_endpoints() -> None:
         assert local["successes"] == 2
         overhead_ms = json.loads(body)["overhead_ms"]
         assert overhead_ms["samples"] == 2
+        process = json.loads(body)["process"]  # this process, its live tasks counted when asked
+        assert process["pid"] == os.getpid() and process["tasks"] >= 1
         status, headers, body = await asgi(app, "GET", "/metrics")
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
         assert (

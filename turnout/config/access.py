@@ -29,6 +29,12 @@ class StorageConfig(_Strict):
     redis_url: str | None = Field(None, description="shared limits, budgets and revocations")
     spool_path: str | None = Field(None, description="ledger rows while the database is down")
     spool_max_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="the spool's bound")
+    usage_retention_days: float | None = Field(
+        90,
+        ge=31,
+        description="ledger rows older than this are deleted (hourly); at least 31, the longest "
+        "budget period and a day; null keeps them forever",
+    )
 
 
 class LimitsConfig(_Strict):

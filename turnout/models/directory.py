@@ -6,11 +6,16 @@ shards beside a ``config.json`` (or ONNX files beside a ``genai_config.json``). 
 path relative to the directory without the suffix (``gemma-3-270m-q4_k_m``, ``org/model``).
 Hidden files and folders, and unfinished downloads, are not models. Headers are read once per
 file version (path, size, modification time) and remembered.
+
+`copy_model` gives a model a second name in the same directory (Ollama's ``/api/copy``): its files
+hard-linked under the new name, or copied where the file system cannot link them.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any
 
 from .formats import FORMATS, Header, HeaderError, read_gguf, read_onnx, read_safetensors
 
-__all__ = ["ModelFile", "describe", "find", "scan"]
+__all__ = ["ModelFile", "copy_model", "describe", "find", "scan"]
 
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<total>\d{5})$")
 _PARTIAL = (".partial", ".incomplete", ".part", ".tmp", ".lock")
@@ -91,6 +96,90 @@ def find(directory: str | Path, name: str) -> ModelFile | None:
     """The model called ``name`` (with or without its file suffix) in ``directory``."""
     wanted = name.removesuffix(Path(name).suffix) if Path(name).suffix in FORMATS else name
     return next((m for m in scan(directory) if m.name == wanted), None)
+
+
+def copy_model(directory: str | Path, source: str, destination: str) -> ModelFile:
+    """Give the model ``source`` of ``directory`` a second name, ``destination`` (a name as
+    `scan` makes them, with or without the file suffix): its file, each shard of a split GGUF
+    (``dest-00001-of-00003.gguf``...) or its whole folder, hard-linked (the same bytes, no space
+    taken) or copied where the file system cannot link. Nothing appears under the new name until
+    it is complete. Raises `FileNotFoundError` for an unknown source, `FileExistsError` for a
+    name already taken, `ValueError` for a name that is not a plain relative one."""
+    root = Path(directory).expanduser()
+    model = find(root, source)
+    if model is None:
+        raise FileNotFoundError(f"no model named {source!r} in the models directory")
+    name = _new_name(destination, model.format)
+    if find(root, name) is not None:
+        raise FileExistsError(f"a model named {name!r} is already in the models directory")
+    if model.path.is_dir():
+        _place_folder(model.path, root / name)
+    else:
+        stem = Path(model.name).name  # the file's stem; the shards' without the part number
+        for part in model.files:
+            tail = part.name[len(stem) :]  # ".gguf", or "-00001-of-00003.gguf"
+            _place_file(part, root / (name + tail))
+    copied = find(root, name)
+    assert copied is not None  # just made
+    return copied
+
+
+def _new_name(destination: str, fmt: str) -> str:
+    """``destination`` as a model name of the directory, or `ValueError` saying why not."""
+    name = destination.strip()
+    suffix = Path(name).suffix.lower()
+    if suffix in FORMATS and FORMATS[suffix] == fmt:
+        name = name[: -len(suffix)]
+    parts = name.split("/")
+    bad = (not name or "\\" in name or "\0" in name or name.startswith("/")
+           or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+           or name.endswith(_PARTIAL) or _SHARD.match(parts[-1]))  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"{destination!r} is not a model name for the models directory: give a relative "
+            "name (folders joined by '/'), no part empty, '..' or starting with '.', and no "
+            "shard number (-00001-of-00002)"
+        )
+    return name
+
+
+def _place_file(source: Path, target: Path) -> None:
+    """``source`` at ``target``: a hard link, else a copy written beside it and renamed."""
+    if target.exists():
+        raise FileExistsError(f"{target.name} is already in the models directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return
+    except OSError:  # another file system, or one without hard links
+        pass
+    partial = target.with_name(target.name + ".partial")  # not a model while it is written
+    try:
+        shutil.copy2(source, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _place_folder(source: Path, target: Path) -> None:
+    """The folder ``source`` at ``target``: built under a hidden name, then renamed."""
+    if target.exists():
+        raise FileExistsError(f"{target.name} is already in the models directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hidden = target.with_name(f".{target.name}.copying")
+    shutil.rmtree(hidden, ignore_errors=True)
+    try:
+        shutil.copytree(source, hidden, copy_function=_link_or_copy)
+        hidden.rename(target)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def describe(path: str | Path) -> ModelFile:

@@ -100,7 +100,7 @@ class LocalModels(Protocol):
 @runtime_checkable
 class ModelStore(Protocol):
     """A backend whose models are managed through its API (Ollama's): listed, shown, pulled,
-    deleted. The shapes are the backend's own; the gateway relays them
+    deleted, copied, created, pushed. The shapes are the backend's own; the gateway relays them
     (turnout/server/fronts/ollama_admin.py, ``turnout ollama``)."""
 
     async def tags(self) -> JSON:
@@ -121,6 +121,20 @@ class ModelStore(Protocol):
 
     async def delete(self, model: str) -> None:
         """Remove ``model`` (an unknown one is `ModelNotFoundError`)."""
+        ...
+
+    async def copy(self, source: str, destination: str) -> None:
+        """``source`` under a second name (an unknown source is `ModelNotFoundError`)."""
+        ...
+
+    def create(self, model: str, fields: JSON) -> AsyncIterator[JSON]:
+        """Make ``model`` from ``fields`` (the backend's own: ``from``, ``system``,
+        ``parameters``...): the progress objects as they come, ``{"status": "success"}``
+        last."""
+        ...
+
+    def push(self, model: str, *, insecure: bool = False) -> AsyncIterator[JSON]:
+        """Upload ``model`` to the registry its name names: progress, ``success`` last."""
         ...
 
 

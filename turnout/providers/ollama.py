@@ -17,23 +17,20 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from ..config import ProviderConfig
 from ..errors import (
     BackendError,
-    BackendProtocolError,
     BackendUnavailableError,
     CapabilityError,
     InvalidRequestError,
     clean_upstream_message,
 )
-from ..wire.ndjson import NDJSONDecoder
 from ..wire.openai import (
     ChunkMaker,
     embedding_list,
@@ -45,7 +42,7 @@ from ..wire.openai import (
 from ..wire.screen import bound_keep_alive
 from ..wire.validate import encode_body
 from .base import JSON, Call, Capabilities, Chunk, Health, Kind, ModelInfo
-from .http import HttpProvider
+from .ollama_store import OllamaStore
 from .presets import DIALECT_NATIVE
 from .relay import relay, relay_stream
 from .tool_schema import ToolPlan, plan_tools
@@ -375,9 +372,9 @@ def forced_tools(call: Call) -> tuple[Call, ToolPlan | None]:
     return dataclasses.replace(call, body=plan.body), plan
 
 
-class OllamaProvider(HttpProvider):
-    """A server speaking Ollama's native API: chat, completions and embeddings, plus the model
-    endpoints (`show`, `ps`, `version`) that later gateway endpoints will expose."""
+class OllamaProvider(OllamaStore):
+    """A server speaking Ollama's native API: chat, completions and embeddings; its model
+    endpoints (tags, show, ps, pull, delete, copy, create, push) are `OllamaStore`'s."""
 
     dialect: ClassVar[str] = "ollama"
     default_port = 11434
@@ -488,33 +485,6 @@ class OllamaProvider(HttpProvider):
             f"backend '{self.name}' closed the stream before it was done", backend=self.name
         )
 
-    @staticmethod
-    async def _lines(resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-        decoder = NDJSONDecoder()
-        async for block in resp.content.iter_any():
-            for line in decoder.feed(block):
-                yield line
-        for line in decoder.close():
-            yield line
-
-    def _object(self, obj: Any, path: str) -> JSON:
-        if not isinstance(obj, dict):
-            raise BackendProtocolError(
-                f"backend '{self.name}' answered {path} with something other than a JSON "
-                f"object: {str(obj)[:120]!r}",
-                backend=self.name,
-            )
-        return obj
-
-    def _field(self, obj: Any, key: str, kind: type, path: str) -> Any:
-        value = obj.get(key) if isinstance(obj, dict) else None
-        if not isinstance(value, kind):
-            raise BackendProtocolError(
-                f"backend '{self.name}' answered {path} without a '{key}' {kind.__name__}",
-                backend=self.name,
-            )
-        return value
-
     async def list_models(self) -> list[ModelInfo]:
         """``GET /api/tags``; each model's capabilities are asked of ``/api/show`` here, in the
         background refresh, so requests never wait on it."""
@@ -539,59 +509,3 @@ class OllamaProvider(HttpProvider):
         if requested == served:
             return True
         return ":" not in requested.rpartition("/")[2] and served == requested + ":latest"
-
-    # ModelStore (turnout/providers/base.py): the model management the gateway relays.
-
-    async def tags(self) -> JSON:
-        """``GET /api/tags``: the models installed, with size, digest and details."""
-        return self._object(await self.call_json("GET", "/api/tags"), "/api/tags")
-
-    async def show(self, model: str, *, verbose: bool = False) -> JSON:
-        """``POST /api/show``: modelfile, parameters, template, details, model_info and
-        capabilities of one model."""
-        payload: JSON = {"model": model, **({"verbose": True} if verbose else {})}
-        return self._object(await self.call_json("POST", "/api/show", payload), "/api/show")
-
-    async def ps(self) -> list[JSON]:
-        """``GET /api/ps``: the models loaded now, with ``expires_at`` and ``size_vram``."""
-        result = await self.call_json("GET", "/api/ps", timeout=self.config.timeout)
-        return [m for m in self._field(result, "models", list, "/api/ps") if isinstance(m, dict)]
-
-    async def version(self) -> str:
-        """``GET /api/version``: the server's version, such as ``"0.12.6"``."""
-        result = await self.call_json("GET", "/api/version", timeout=self.config.connect_timeout)
-        return str(self._field(result, "version", str, "/api/version"))
-
-    async def pull(self, model: str, *, insecure: bool = False) -> AsyncGenerator[JSON, None]:
-        """``POST /api/pull``, streamed: Ollama's progress objects as they arrive (``status``,
-        and per layer ``digest``, ``total``, ``completed``), ending with ``success``. An error
-        line (``{"error": ...}``, sent under the 200 already given) raises `BackendError`."""
-        payload: JSON = {"model": model, "insecure": insecure, "stream": True}
-        async with (
-            self.request("POST", "/api/pull", payload) as resp,
-            contextlib.aclosing(self._lines(resp)) as lines,
-        ):
-            async for line in lines:
-                try:
-                    obj = self._object(orjson.loads(line), "/api/pull")
-                except orjson.JSONDecodeError:
-                    obj = self._object(line.decode("utf-8", "replace")[:120], "/api/pull")
-                if "error" in obj:
-                    message = clean_upstream_message(str(obj["error"]))
-                    raise BackendError(
-                        f"backend '{self.name}' could not pull {model!r}: {message}",
-                        backend=self.name,
-                    )
-                yield obj
-                if obj.get("status") == "success":
-                    return
-        raise BackendUnavailableError(
-            f"backend '{self.name}' ended the pull of {model!r} before 'success'",
-            backend=self.name,
-        )
-
-    async def delete(self, model: str) -> None:
-        """``DELETE /api/delete``: remove a model (a 404 becomes `ModelNotFoundError`)."""
-        async with self.request("DELETE", "/api/delete", {"model": model}) as resp:
-            with self.transport_errors():
-                await resp.read()

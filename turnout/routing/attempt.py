@@ -21,6 +21,7 @@ from ..providers.base import Provider
 from ..telemetry.record import Trace
 from ..wire.types import JSON, Call, Chunk
 from .breaker import Breaker
+from .deadlines import timeout_at
 from .limits import Limiter
 from .routes import Option, is_local
 
@@ -106,7 +107,7 @@ class Attempts:
         self, backend: Backend, trial: bool, deadline: float | None, trace: Trace
     ) -> None:
         waited = time.perf_counter()
-        timer = None if deadline is None else asyncio.timeout_at(deadline)
+        timer = None if deadline is None else timeout_at(deadline)
         try:
             if timer is None:  # no time limit: no timer to set up and cancel
                 await backend.limiter.enter(backend.provider, trace.key, trace.priority)
@@ -137,7 +138,7 @@ class Attempts:
         await self._enter(backend, trial, deadline, trace)
         started = trace.call_started()
         end_at = earliest(deadline, provider.config.total_timeout)
-        timer = None if end_at is None else asyncio.timeout_at(end_at)
+        timer = None if end_at is None else timeout_at(end_at)
         try:
             if timer is None:
                 result = await provider.complete(call)
@@ -181,7 +182,7 @@ class Attempts:
         started = trace.call_started()
         end_at = earliest(deadline, provider.config.total_timeout)
         first_at = earliest(end_at, first_token)
-        timer = None if first_at is None else asyncio.timeout_at(first_at)
+        timer = None if first_at is None else timeout_at(first_at)
         stream: AsyncIterator[Chunk] | None = None
         try:
             stream = provider.stream(call)  # may raise at once if not an async generator
@@ -331,7 +332,7 @@ class Committed:
         # One timer per chunk, at the earlier of the idle limit and the end of the call.
         idle_at = asyncio.get_running_loop().time() + self._idle
         end_at = self._end_at
-        timer = asyncio.timeout_at(idle_at if end_at is None or idle_at < end_at else end_at)
+        timer = timeout_at(idle_at if end_at is None or idle_at < end_at else end_at)
         try:
             async with timer:
                 return await anext(self._rest)

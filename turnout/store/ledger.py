@@ -4,6 +4,10 @@ Telemetry's drain hands every batch of finished requests to `Ledger.sink` (a lis
 task of its own writes them to the store. A batch the store refuses goes to the spool
 (turnout/store/spool.py) and is replayed when the store answers again; at shutdown whatever is
 queued is written, or spooled. Rows are keyed by request id, so nothing is written twice.
+
+Rows older than ``storage.usage_retention_days`` (90 by default; never less than the longest
+budget period, 30 days) are deleted by the same task, a minute after start and then hourly, so
+the ledger does not grow without bound (a busy gateway writes about 250 bytes a request).
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ _SEQ = itertools.count(1)
 
 class UsageWriter(Protocol):
     async def write_usage(self, rows: Sequence[dict[str, Any]]) -> None: ...
+
+    async def prune_usage(self, before: float) -> int: ...
+
+
+#: how often old rows are pruned, and how long after start the first time
+PRUNE_EVERY, FIRST_PRUNE = 3600.0, 60.0
 
 
 def row_of(trace: Trace) -> dict[str, Any]:
@@ -64,8 +74,12 @@ class Ledger:
         interval: float = 0.5,
         batch: int = 1000,
         retry: float = 2.0,
+        retention_s: float | None = None,
     ) -> None:
         self.store = store
+        self.retention_s = retention_s
+        self.pruned = 0
+        self._next_prune = time.monotonic() + FIRST_PRUNE
         self.spool = spool
         self.interval = interval
         self.batch = batch
@@ -106,8 +120,26 @@ class Ledger:
             self._wake.clear()
             try:
                 await self.flush()
+                if self.retention_s is not None and time.monotonic() >= self._next_prune:
+                    await self.prune()
             except Exception:  # the writer must outlive any one failure
                 log.exception("usage ledger flush failed")
+
+    async def prune(self) -> int:
+        """Delete the rows older than the retention; a store that is down is tried next hour."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY
+        if self.retention_s is None or self._down_since is not None:
+            return 0
+        try:
+            gone = await self.store.prune_usage(time.time() - self.retention_s)
+        except Exception as exc:
+            log.warning("usage ledger: old rows not pruned (%s); trying again in an hour", exc)
+            return 0
+        self.pruned += gone
+        if gone:
+            days = self.retention_s / 86400
+            log.info("usage ledger: %d rows older than %g days deleted", gone, days)
+        return gone
 
     async def flush(self) -> None:
         """Write what is queued (to the spool while the store is down); replay the spool when

@@ -39,7 +39,8 @@ class Access:
         spool = Spool(
             storage.spool_path or data_dir() / "usage-spool.jsonl", storage.spool_max_bytes
         )
-        self.ledger = Ledger(self.store, spool)
+        days = storage.usage_retention_days
+        self.ledger = Ledger(self.store, spool, retention_s=None if days is None else days * 86400)
         self.quotas: Any = LocalQuotas()
         self.shared: Any = None  # SharedQuotas when storage.redis_url is set
         admin = config.server.admin_key

@@ -227,6 +227,10 @@ class SQLStore(ABC):
                 [(ts, name, ts) for name, ts in last.items()],
             )
 
+    async def prune_usage(self, before: float) -> int:
+        """Delete the ledger rows written before ``before`` (epoch seconds); how many went."""
+        return await self._run([("DELETE FROM usage WHERE ts < ?", (before,))])
+
     async def spend_since(self, since: float) -> dict[str, float]:
         rows = await self._query(
             "SELECT key_name, SUM(cost) FROM usage WHERE ts >= ? AND key_name IS NOT NULL "

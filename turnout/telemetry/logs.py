@@ -167,12 +167,19 @@ class RequestLog:
     def __call__(self, batch: Any) -> None:
         if not self.log.isEnabledFor(logging.INFO):
             return
+        log, name = self.log, self.log.name
         for trace in batch:
             if trace.kind is None:
                 continue
-            # the line is redacted as it is built (only its model name comes from the client):
-            # the handlers' filter need not scan it again
-            self.log.info("%s", request_line(trace), extra={"trace": trace, REDACTED: True})
+            # The record is made here rather than by Logger.info (which looks up its caller's
+            # frame for every line); the line is redacted as it is built (only its model name
+            # comes from the client), so the handlers' filter need not scan it again.
+            record = logging.LogRecord(
+                name, logging.INFO, __file__, 0, request_line(trace), None, None
+            )
+            record.trace = trace
+            record.__dict__[REDACTED] = True
+            log.handle(record)
 
 
 def request_line(trace: Any) -> str:

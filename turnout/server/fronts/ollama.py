@@ -8,9 +8,11 @@
     POST /api/chat          NDJSON stream by default, ``stream: false`` for one object
     POST /api/generate      likewise; ``raw`` and ``suffix`` as text completions
     POST /api/embed         and the older /api/embeddings
-    POST /api/pull          into an Ollama backend (``provider/model`` picks it, else the first
-    DELETE /api/delete      one): with LOCAL_LLM_ENABLE_PULL=true and the admin key, if set
-    copy, create, push: refused (501) in Ollama's error shape: no backend here does them
+    POST /api/pull          model management (fronts/ollama_models.py), with the admin key and
+    DELETE /api/delete      LOCAL_LLM_ENABLE_PULL=true: pull and delete on an Ollama backend;
+    POST /api/copy          copy and create where the model lives, an Ollama backend or the
+    POST /api/create        models directory; push from an Ollama backend; any other backend
+    POST /api/push          refused (501) in Ollama's error shape
 
 Errors are Ollama's ``{"error": "..."}`` with the gateway's status; an error after a stream
 began is a last line ``{"error": "..."}``. Translation: turnout/wire/ollama.py.
@@ -26,21 +28,21 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp
 
-from ...errors import GatewayError, InvalidRequestError, NotFoundError
+from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
-from ...providers.base import ModelStore
 from ...wire import ollama as wire
 from ...wire.types import Kind, Native, Relayed
 from ...wire.validate import validate_chat, validate_completion, validate_embedding
-from ..models import managed_providers, require_pull
+from ..models import managed_providers
 from ..pipeline import Route
 from ..responses import BytesResponse, json_response
 from ..stream import PASSTHROUGH, ClientGone, Stream, read_json, while_connected
 from .common import Framed, json_headers, stream_headers
 from .ollama_errors import OLLAMA_ERRORS
+from .ollama_models import copy, create, delete, ollama_backend, pull, push
 
 __all__ = ["ollama_backend", "render_error", "routes"]
 
@@ -204,74 +206,6 @@ async def ps(request: Request) -> Response:
     return json_response({"models": out})
 
 
-def ollama_backend(gateway: Gateway, model: str | None) -> tuple[ModelStore, str | None]:
-    """The Ollama backend a model-management request means: the one ``provider/...`` names,
-    else the first configured; and the model name as that backend knows it."""
-    found = {n: p for n, p in gateway.providers.items() if isinstance(p, ModelStore)}
-    if not found:
-        raise NotFoundError("No Ollama backend is configured on this gateway.")
-    if model is not None:
-        name, _, rest = model.partition("/")
-        if rest and name in found:
-            return found[name], rest
-    return next(iter(found.values())), model
-
-
-async def _managed(request: Request) -> tuple[ModelStore, str, dict[str, Any]]:
-    require_pull()  # the admin key: the pipeline's stage, for routes marked admin
-    gateway: Gateway = request.app.state.gateway
-    raw = await read_json(request, gateway.config.server.max_body_bytes)
-    name = (raw.get("model") or raw.get("name")) if isinstance(raw, dict) else None
-    if not isinstance(name, str) or not name:
-        raise InvalidRequestError("model is required", param="model")
-    await gateway.start()
-    provider, model = ollama_backend(gateway, name)
-    assert model is not None
-    return provider, model, raw
-
-
-async def pull(request: Request) -> Response:
-    try:
-        provider, model, raw = await _managed(request)
-        progress = provider.pull(model, insecure=bool(raw.get("insecure")))
-        first = await anext(progress)  # a refused pull still gets its status
-        if raw.get("stream", True) is False:
-            last = [first, *[p async for p in progress]][-1]
-            return json_response({"status": last.get("status", "success")})
-    except StopAsyncIteration:
-        return render_error(GatewayError("The backend sent no pull progress.", status=502))
-    except GatewayError as exc:
-        return render_error(exc)
-    return StreamingResponse(_progress(first, progress), media_type="application/x-ndjson")
-
-
-async def _progress(first: dict[str, Any], rest: Any) -> Any:
-    yield orjson.dumps(first) + b"\n"
-    try:
-        async for obj in rest:
-            yield orjson.dumps(obj) + b"\n"
-    except GatewayError as exc:
-        yield wire.error_line(exc)
-
-
-async def delete(request: Request) -> Response:
-    try:
-        provider, model, _ = await _managed(request)
-        await provider.delete(model)
-    except GatewayError as exc:
-        return render_error(exc)
-    return Response(status_code=200)  # Ollama answers a delete with an empty 200
-
-
-async def refuse(request: Request) -> Response:
-    op = request.url.path.rsplit("/", 1)[-1]
-    return json_response(
-        {"error": f"/api/{op} is not served by turnout: no backend behind it can {op} models "
-         "through the gateway (pull and delete are, for Ollama backends)"},
-        501,
-    )  # fmt: skip
-
-
 def _route(
     path: str, endpoint: Any, *methods: str, admin: bool = False, inference: bool = False
 ) -> Route:
@@ -291,7 +225,7 @@ routes = [
     _route("/api/embeddings", embeddings, "POST", inference=True),
     _route("/api/pull", pull, "POST", admin=True),
     _route("/api/delete", delete, "DELETE", admin=True),
-    _route("/api/push", refuse, "POST"),
-    _route("/api/copy", refuse, "POST"),
-    _route("/api/create", refuse, "POST"),
+    _route("/api/push", push, "POST", admin=True),
+    _route("/api/copy", copy, "POST", admin=True),
+    _route("/api/create", create, "POST", admin=True),
 ]

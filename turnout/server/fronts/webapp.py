@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 from ...errors import GatewayError, InvalidRequestError
 from ...gateway import Gateway
 from ...providers.base import ModelStore
+from ...wire.screen import check_pull
 from ...wire.validate import validate_chat
 from ..models import require_pull
 from ..pipeline import Route
@@ -121,6 +122,8 @@ async def _managed(request: Request) -> tuple[ModelStore, str]:
 async def ollama_pull(request: Request) -> Response:
     try:
         provider, model = await _managed(request)
+        # the same registry rule as every other pull (turnout/wire/screen.py)
+        check_pull(model, False, request.app.state.gateway.config.security.pull_registries)
         last: dict[str, Any] = {}
         async for progress in provider.pull(model):
             last = progress
