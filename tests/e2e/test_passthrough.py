@@ -144,3 +144,29 @@ def test_backend_errors_reach_the_client_in_its_dialect_without_the_address(
     error = caught.value.response.json()
     assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     assert "cpp" in error["error"]["message"] and "127.0.0.1" not in caught.value.response.text
+
+
+def test_tools_to_a_server_without_jinja_are_translated_after_all(gateway: str) -> None:
+    """This llama-server runs ``--no-jinja``: its /v1/messages refuses tools ("tools param
+    requires --jinja flag"). turnout learns it, asks again translated (the tools held to a JSON
+    schema by turnout) and answers the call; later requests with tools are translated at once,
+    those without still relayed."""
+    tool = {"name": "get_weather", "description": "The weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}}  # fmt: skip
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    client = _client(gateway)
+    for _ in range(2):
+        raw = client.messages.with_raw_response.create(
+            model="cpp/gemma-3-270m", max_tokens=48, messages=ask, tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"},
+        )  # fmt: skip
+        assert "x-turnout-passthrough" not in raw.headers
+        message = raw.parse()
+        assert message.stop_reason == "tool_use"
+        use = next(b for b in message.content if b.type == "tool_use")
+        assert use.name == "get_weather" and isinstance(use.input, dict)
+    plain = client.messages.with_raw_response.create(
+        model="cpp/gemma-3-270m", max_tokens=4, messages=ASK
+    )
+    assert plain.headers["x-turnout-passthrough"] == "1"

@@ -239,9 +239,16 @@ class OpenAICompatProvider(HttpProvider):
     async def _relay(self, call: Call) -> JSON:
         try:
             return await relay(self, call)
-        except BackendError as exc:  # a retry is translated, holding the tools to a schema
-            self._no_native_tools(exc, call)
+        except BackendError as exc:
+            self._relay_refused(exc, call)
             raise
+
+    def _relay_refused(self, exc: BackendError, call: Call) -> None:
+        """llama-server refused the tools for want of ``--jinja``: the router asks again (a 400
+        from older servers too), and `relays` then says no: translated, the tools held to a
+        schema by turnout."""
+        if self._no_native_tools(exc, call):
+            exc.retryable = True
 
     def stream(self, call: Call) -> AsyncIterator[Chunk]:
         if call.native is not None:
@@ -277,8 +284,8 @@ class OpenAICompatProvider(HttpProvider):
         chunks = relay_stream(self, call)
         try:
             first = await anext(chunks)
-        except BackendError as exc:  # as `_relay`
-            self._no_native_tools(exc, call)
+        except BackendError as exc:
+            self._relay_refused(exc, call)
             raise
         yield first
         async with contextlib.aclosing(chunks):
