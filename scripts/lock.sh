@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 digest=$(.venv/bin/python scripts/lock_digest.py)
 lock() {  # lock OUTPUT EXTRA-ARGS...
   local out=$1; shift
+  # pip-compile keeps the pins it finds in its output file: start from the current lock, so a
+  # changed dependency moves only what it must (not every package to the newest release of the day)
+  [ -f "$out" ] && cp "$out" "$out.tmp"
   .venv/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-header \
     --no-emit-index-url --no-emit-find-links \
     --resolver=backtracking "$@" -o "$out.tmp" pyproject.toml

