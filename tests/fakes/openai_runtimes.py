@@ -18,7 +18,9 @@ user message>`` (or ``reply``), cut to the token limit (``finish_reason: "length
 the first ``stop`` string. Offered tools after a user message, it calls the first one with
 ``{"query": <message>}``; after a tool result it answers ``The tool said: <result>``. Tests can
 make it fail (`FakeRuntime.fail`, in the runtime's own error shape) or fail mid-stream
-(`fail_midstream`); `requests` records every request with its headers.
+(`fail_midstream`); `requests` records every request with its headers. The vLLM profile also
+serves OpenAI's Responses API at ``/v1/responses`` (tests/fakes/openai_responses.py, which says
+what wire format it follows).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import orjson
 from aiohttp import web
 
 from tests.fakes.ollama import embedding_of
+from tests.fakes.openai_responses import responses_handler
 
 __all__ = [
     "BODY",
@@ -118,6 +121,7 @@ class Profile:
     tool_finish: str = "tool_calls"
     fixed_usage: tuple[int, int] | None = None  # KoboldCpp: always 100/100
     tokencount: bool = False  # KoboldCpp: POST /api/extra/tokencount {"prompt"} -> {"value"}
+    responses: bool = False  # vLLM: OpenAI's Responses API too (tests/fakes/openai_responses.py)
 
 
 PROFILES: dict[str, Profile] = {
@@ -132,6 +136,7 @@ PROFILES: dict[str, Profile] = {
             error="int_code",
             stream_options_needs_stream=True,
             unknown_model="404",
+            responses=True,
         ),
         Profile(
             "localai",
@@ -284,6 +289,8 @@ class FakeRuntime:
             app.router.add_get("/", self._root)
         if self.profile.tokencount:
             app.router.add_post("/api/extra/tokencount", self._tokencount)
+        if self.profile.responses:
+            app.router.add_post("/v1/responses", responses_handler(self))
         return app
 
     async def _tokencount(self, request: web.Request) -> web.Response:

@@ -87,3 +87,16 @@ def test_ollama_lines_usage_from_the_done_line_and_a_cut_stream() -> None:
     cut.feed(part)
     with pytest.raises(BackendUnavailableError):
         cut.close()
+
+
+@pytest.mark.parametrize("end", ["response.completed", "response.incomplete"])
+def test_a_responses_stream_ends_completed_or_incomplete(end: str) -> None:
+    """Cut at ``max_output_tokens``, OpenAI's stream ends in ``response.incomplete``, with the
+    usage: the stream is over there too (not reported as cut short)."""
+    created = b'event: response.created\ndata: {"type":"response.created","response":{}}\n\n'
+    last = {"type": end, "response": {"usage": {"input_tokens": 4, "output_tokens": 2}}}
+    final = f"event: {end}\ndata: ".encode() + orjson.dumps(last) + b"\n\n"
+    reader = stream_reader("responses", "b")
+    assert reader.feed(created) == (created, None) and not reader.done
+    assert reader.feed(final) == (final, _usage(4, 2)) and reader.done
+    assert reader.close() == (b"", None)

@@ -10,13 +10,14 @@ from each dialect's own fields, without re-encoding anything:
   ``message.usage`` (the input) and ``message_delta``'s ``usage`` (the output, cumulative);
   ``message_stop`` ends it.
 - ``responses`` (OpenAI Responses): the reply's ``usage``; in a stream, ``response.completed``'s
-  ``response.usage``, which ends it.
+  (or, cut at ``max_output_tokens``, ``response.incomplete``'s) ``response.usage``, which ends it.
 - ``ollama/chat`` and ``ollama/generate``: the final object's ``prompt_eval_count`` and
   ``eval_count``; in a stream, the ``done: true`` line, which ends it.
 
 An error the backend sends inside a reply (an ``error`` event, an ``{"error": ...}`` line) is
 not relayed: it is raised as a `BackendError`, whose message is cleaned like every backend error
-(no secrets, no address), and the front frames it in its client's dialect.
+(no secrets, and the backend's address replaced by its name, as `HttpProvider.error_from_reply`
+does), and the front frames it in its client's dialect.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class _Events(_Frames):
                 _messages_usage(_data(event.data, "message").get("usage"), self._counts)
             elif name == "message_delta":
                 _messages_usage(_data(event.data).get("usage"), self._counts)
-            elif name == "response.completed":
+            elif name == "response.completed" or name == "response.incomplete":
                 _responses_usage(_data(event.data, "response").get("usage"), self._counts)
                 self.done = True
             elif name == "message_stop":
@@ -237,6 +238,16 @@ def stream_reader(dialect: str, backend: str) -> StreamReader:
     return _Events(backend) if dialect in _SSE_DIALECTS else _Lines(backend)
 
 
+def _hidden(provider: HttpProvider, exc: BackendError) -> BackendError:
+    """``exc`` (an error the backend sent inside its reply) without the backend's address in
+    its message, which the client sees (kept in ``detail``, for the operator)."""
+    address = provider.base_url.split("://", 1)[-1]
+    if address in exc.message:
+        exc.detail = f"{exc.message} (at {provider.base_url})"
+        exc.message = exc.message.replace(address, f"<{provider.name}>")
+    return exc
+
+
 async def relay(provider: HttpProvider, call: Call) -> Relayed:
     """``call.native`` sent to the backend's own route for its dialect; its reply, as it came."""
     native = call.native
@@ -247,7 +258,10 @@ async def relay(provider: HttpProvider, call: Call) -> Relayed:
             raw = await resp.read()
             if resp.status >= 400:
                 raise provider.error_from_reply(resp.status, raw, resp.headers)
-    return Relayed(raw, reply_usage(native.dialect, raw, provider.name))
+    try:
+        return Relayed(raw, reply_usage(native.dialect, raw, provider.name))
+    except BackendError as exc:
+        raise _hidden(provider, exc) from None
 
 
 async def relay_stream(provider: HttpProvider, call: Call) -> AsyncGenerator[Chunk, None]:
@@ -257,16 +271,19 @@ async def relay_stream(provider: HttpProvider, call: Call) -> AsyncGenerator[Chu
     assert native is not None
     reader = stream_reader(native.dialect, provider.name)
     url = provider.base_url + provider.native_paths[native.dialect]
-    with provider.transport_errors():
-        async with provider.session.post(url, data=provider.relay_body(call)) as resp:
-            if resp.status >= 400:
-                raise provider.error_from_reply(resp.status, await resp.read(), resp.headers)
-            async for block in resp.content.iter_any():
-                whole, usage = reader.feed(block)
-                if whole:
-                    yield Chunk({"usage": usage} if usage else {}, whole)
-                if reader.done:
-                    return
-    tail, usage = reader.close()
+    try:
+        with provider.transport_errors():
+            async with provider.session.post(url, data=provider.relay_body(call)) as resp:
+                if resp.status >= 400:
+                    raise provider.error_from_reply(resp.status, await resp.read(), resp.headers)
+                async for block in resp.content.iter_any():
+                    whole, usage = reader.feed(block)
+                    if whole:
+                        yield Chunk({"usage": usage} if usage else {}, whole)
+                    if reader.done:
+                        return
+        tail, usage = reader.close()
+    except BackendError as exc:
+        raise _hidden(provider, exc) from None
     if tail:
         yield Chunk({"usage": usage} if usage else {}, tail)

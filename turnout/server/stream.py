@@ -332,7 +332,7 @@ class Stream:
                 raise  # after the commit: the ASGI server logs it and closes the connection
             return
         if reply.relayed:  # the backend speaks the client's dialect: its bytes go as they are
-            encoder = Relaying(encoder)
+            encoder = (getattr(encoder, "relay", None) or Relaying)(encoder)
         start = None
         if not await keepalive.stop():
             start = encoder.start(reply.target.provider.name)

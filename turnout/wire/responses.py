@@ -39,6 +39,7 @@ __all__ = [
     "error_code",
     "from_chat",
     "output_messages",
+    "stream_event",
     "to_chat",
 ]
 
@@ -387,6 +388,11 @@ def error_code(exc: GatewayError) -> str:
 
 def _event(name: bytes, obj: JSON) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+
+def stream_event(name: str, obj: JSON, sequence: int) -> bytes:
+    """One Responses event, numbered ``sequence``."""
+    return _event(name.encode(), {"type": name, **obj, "sequence_number": sequence})
 
 
 _TEXT_DELTA = (

@@ -9,11 +9,12 @@ echoed fields, when an Ollama request began) to shape its answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ...errors import GatewayError
 from ...wire.types import Chunk
-from ..stream import HeaderCache
+from ..stream import Encoder, HeaderCache
 
 __all__ = ["Framed", "Translator", "json_headers", "stream_headers"]
 
@@ -30,12 +31,20 @@ class Translator(Protocol):
 
 class Framed:
     """A `Translator` as the kit's `Encoder`: its frames, the front's response headers (per
-    backend, built once) and keep-alive."""
+    backend, built once) and keep-alive. ``relay``: the `Encoder` of a relayed stream, from
+    this one, where the front needs more than `Relaying` (None: `Relaying`)."""
 
-    __slots__ = ("_wire", "keepalive", "start")
+    __slots__ = ("_wire", "keepalive", "relay", "start")
 
-    def __init__(self, wire: Translator, start: HeaderCache, keepalive: bytes) -> None:
+    def __init__(
+        self,
+        wire: Translator,
+        start: HeaderCache,
+        keepalive: bytes,
+        relay: Callable[[Encoder], Encoder] | None = None,
+    ) -> None:
         self._wire, self.start, self.keepalive = wire, start, keepalive
+        self.relay = relay
 
     def chunk(self, chunk: Chunk) -> bytes:
         return self._wire.feed(chunk.data)
