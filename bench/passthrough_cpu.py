@@ -1,16 +1,21 @@
-"""What passthrough saves: turnout's CPU per Anthropic Messages request, translated against
-relayed, to the same upstream.
+"""What passthrough saves: turnout's CPU per Anthropic Messages and per OpenAI Responses
+request, translated against relayed, to the same upstream.
 
-    python bench/passthrough_cpu.py [--n 2000]
+    python bench/passthrough_cpu.py [--n 2000] [--front messages|responses|both]
+
+(From a git worktree, with ``PYTHONPATH=.``: a script under bench/ imports the installed turnout
+otherwise.)
 
 The upstream is a small aiohttp server in a process of its own (its CPU is not counted) that
-answers both ``/v1/chat/completions`` (OpenAI's shapes) and ``/v1/messages`` (Anthropic's, as
-llama-server writes them) with the same answer: 8 tokens, streamed or not. turnout (the whole ASGI
-app, in this process, no client sockets) serves it as two providers of the ``llamacpp`` preset,
-one with ``passthrough: false`` (the Messages request is translated to a chat completion and
-the reply back) and one as preset (relayed as it came, usage read on the way). Figures are this
-process's CPU time per request in microseconds (time waiting for the upstream or for a shared CPU
-is not counted), the fastest of seven repeats, the two providers alternating.
+answers ``/v1/chat/completions`` (OpenAI's shapes), ``/v1/messages`` (Anthropic's, as
+llama-server writes them) and ``/v1/responses`` (OpenAI's Responses events, as vLLM serves them)
+with the same answer: 8 tokens, streamed or not. turnout (the whole ASGI app, in this process, no
+client sockets) serves it as two providers per front, of the preset that declares its dialect
+(``llamacpp`` for Messages, ``vllm`` for Responses): one with ``passthrough: false`` (the request
+is translated to a chat completion and the reply back) and one as preset (relayed as it came,
+usage read on the way). Figures are this process's CPU time per request in microseconds (time
+waiting for the upstream or for a shared CPU is not counted), the fastest of seven repeats, the
+two providers alternating.
 """
 
 from __future__ import annotations
@@ -86,9 +91,56 @@ def _messages(stream: bool) -> bytes:
     return b"".join(out)
 
 
+def _responses(stream: bool) -> bytes:
+    usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
+             "output_tokens": 8, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": 20}  # fmt: skip
+    text = "".join(TOKENS)
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    item = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+            "content": [part]}  # fmt: skip
+    head = {"id": "resp_1", "object": "response", "created_at": 1, "model": "m", "error": None,
+            "incomplete_details": None, "instructions": None, "metadata": {},
+            "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0}  # fmt: skip
+    done = {**head, "status": "completed", "output": [item], "usage": usage}
+    if not stream:
+        return orjson.dumps(done)
+    shell = {**head, "status": "in_progress", "output": []}
+    at = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    events: list[tuple[str, Any]] = [
+        ("response.created", {"response": shell}),
+        ("response.in_progress", {"response": shell}),
+        ("response.output_item.added", {"output_index": 0,
+                                        "item": {**item, "status": "in_progress", "content": []}}),
+        ("response.content_part.added", {**at, "part": {**part, "text": ""}}),
+        *[("response.output_text.delta", {**at, "delta": t, "logprobs": []}) for t in TOKENS],
+        ("response.output_text.done", {**at, "text": text, "logprobs": []}),
+        ("response.content_part.done", {**at, "part": part}),
+        ("response.output_item.done", {"output_index": 0, "item": item}),
+        ("response.completed", {"response": done}),
+    ]  # fmt: skip
+    return b"".join(
+        _sse(name, {"type": name, "sequence_number": i, **obj})
+        for i, (name, obj) in enumerate(events)
+    )
+
+
+_FRONTS = {  # front -> its path, the preset declaring its dialect, its request
+    "messages": ("/v1/messages", "llamacpp", "Anthropic Messages"),
+    "responses": ("/v1/responses", "vllm", "OpenAI Responses"),
+}
+
+
+def _body(front: str, model: str, stream: bool) -> dict[str, Any]:
+    if front == "messages":
+        return {"model": model, "max_tokens": 16, "messages": ASK, "stream": stream}
+    return {"model": model, "max_output_tokens": 16, "input": ASK, "stream": stream}
+
+
 def _upstream(port: int) -> None:
-    replies = {(p, s): f(s) for p, f in (("chat", _chat), ("messages", _messages))
-               for s in (False, True)}  # fmt: skip
+    makers = (("chat", _chat), ("messages", _messages), ("responses", _responses))
+    replies = {(p, s): f(s) for p, f in makers for s in (False, True)}
 
     async def answer(request: web.Request, path: str) -> web.Response:
         stream = bool((await request.json()).get("stream"))
@@ -99,24 +151,25 @@ def _upstream(port: int) -> None:
     app.router.add_get("/v1/models", lambda r: web.json_response({"data": [{"id": "m"}]}))
     app.router.add_post("/v1/chat/completions", lambda r: answer(r, "chat"))
     app.router.add_post("/v1/messages", lambda r: answer(r, "messages"))
+    app.router.add_post("/v1/responses", lambda r: answer(r, "responses"))
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def _scope(body: bytes) -> dict[str, Any]:
+def _scope(body: bytes, path: str) -> dict[str, Any]:
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]  # fmt: skip
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/messages", "raw_path": b"/v1/messages",
+        "scheme": "http", "path": path, "raw_path": path.encode(),
         "query_string": b"", "root_path": "", "headers": headers,
         "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8400),
     }  # fmt: skip
 
 
-async def _time(app: Any, raw: bytes, n: int) -> tuple[float, set[bytes]]:
+async def _time(app: Any, raw: bytes, n: int, path: str) -> tuple[float, set[bytes]]:
     """CPU seconds for ``n`` requests, and the X-Turnout-Passthrough values seen."""
     message = {"type": "http.request", "body": raw, "more_body": False}
-    scope = _scope(raw)
+    scope = _scope(raw, path)
     seen: set[bytes] = set()
 
     async def send(out: Any) -> None:
@@ -138,34 +191,39 @@ async def _time(app: Any, raw: bytes, n: int) -> tuple[float, set[bytes]]:
     return time.process_time() - start, seen
 
 
-async def main(n: int, port: int) -> None:
+async def main(n: int, port: int, fronts: list[str]) -> None:
     url = f"http://127.0.0.1:{port}"
+    providers: dict[str, Any] = {}
+    for front in fronts:
+        preset = _FRONTS[front][1]
+        providers[f"{front}-relay"] = {"type": preset, "endpoint": url, "models": ["m"]}
+        providers[f"{front}-xlate"] = {"type": preset, "endpoint": url, "models": ["m"],
+                                       "passthrough": False}  # fmt: skip
     config = Config.model_validate({
-        "providers": {
-            "relay": {"type": "llamacpp", "endpoint": url, "models": ["m"]},
-            "xlate": {"type": "llamacpp", "endpoint": url, "models": ["m"], "passthrough": False},
-        },
+        "providers": providers,
         "health": {"enabled": False}, "discovery": {"enabled": False}, "embedded": False,
     })  # fmt: skip
     gateway = Gateway(config)
     app = create_app(gateway)
     await gateway.start()
     gateway.telemetry.capacity = 10**9  # every record kept; folded between repeats, untimed
-    print("| Anthropic Messages request | translated µs | passthrough µs | saved |")
+    print("| request | translated µs | passthrough µs | saved |")
     print("|---|---:|---:|---:|")
-    for stream in (False, True):
-        best = {"xlate": float("inf"), "relay": float("inf")}
-        for _ in range(7):
-            for name in best:
-                body = {"model": f"{name}/m", "max_tokens": 16, "messages": ASK, "stream": stream}
-                seconds, seen = await _time(app, orjson.dumps(body), n)
-                assert seen == {b"1" if name == "relay" else b"0"}, (name, seen)
-                best[name] = min(best[name], seconds / n * 1e6)
-                gateway.telemetry.flush()
-        xlate, relay = best["xlate"], best["relay"]
-        what = "streamed, 8 tokens" if stream else "non-streamed"
-        print(f"| {what} | {xlate:.0f} | {relay:.0f} | {xlate - relay:.0f} µs "
-              f"({(xlate - relay) / xlate:.0%}) |")  # fmt: skip
+    for front in fronts:
+        path, _, title = _FRONTS[front]
+        for stream in (False, True):
+            best = {"xlate": float("inf"), "relay": float("inf")}
+            for _ in range(7):
+                for name in best:
+                    body = _body(front, f"{front}-{name}/m", stream)
+                    seconds, seen = await _time(app, orjson.dumps(body), n, path)
+                    assert seen == {b"1" if name == "relay" else b"0"}, (front, name, seen)
+                    best[name] = min(best[name], seconds / n * 1e6)
+                    gateway.telemetry.flush()
+            xlate, relay = best["xlate"], best["relay"]
+            what = "streamed, 8 tokens" if stream else "non-streamed"
+            print(f"| {title}, {what} | {xlate:.0f} | {relay:.0f} | {xlate - relay:.0f} µs "
+                  f"({(xlate - relay) / xlate:.0%}) |", flush=True)  # fmt: skip
     await gateway.close()
 
 
@@ -188,11 +246,14 @@ def _wait(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--front", choices=["messages", "responses", "both"], default="both")
     port = _free_port()
     upstream = multiprocessing.Process(target=_upstream, args=(port,), daemon=True)
     upstream.start()
     try:
         _wait(port)
-        asyncio.run(main(parser.parse_args().n, port))
+        args = parser.parse_args()
+        fronts = list(_FRONTS) if args.front == "both" else [args.front]
+        asyncio.run(main(args.n, port, fronts))
     finally:
         upstream.terminate()
