@@ -218,3 +218,19 @@ def test_an_error_mid_stream_ends_it_with_response_failed(url: str, fakes: Any) 
     assert failed["response"]["status"] == "failed"
     assert "the engine died" in failed["response"]["error"]["message"]
     assert "127.0.0.1" not in reply.text
+
+
+def test_screening_still_applies_to_the_clients_body(url: str, fakes: Any) -> None:
+    """What would be relayed as it came is screened first: a field that would redirect the
+    backend, and an image it would fetch from a private address, are refused; nothing is sent."""
+    client = _client(url)
+    with pytest.raises(openai.BadRequestError) as redirect:
+        client.responses.create(
+            model="vllm/fake-model", input=ASK, extra_body={"api_base": "http://10.0.0.1"}
+        )
+    assert redirect.value.param == "api_base"
+    image = {"type": "input_image", "image_url": "http://169.254.169.254/latest/meta-data"}
+    ask = [{"role": "user", "content": [{"type": "input_text", "text": "what?"}, image]}]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="vllm/fake-model", input=ask)  # type: ignore[arg-type]
+    assert not fakes[0].bodies("/v1/responses")
