@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.support import client
-from tests.support.faults import FaultProxy, run_fault_proxy
+from tests.support.faults import FaultProxy, faulty_provider, run_fault_proxy
 from tests.support.servers import run_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -28,14 +28,7 @@ CANARY = {"canary_interval": 0.3, "canary_timeout": 1, "interval": 0.3}
 
 
 def _provider(endpoint: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "openai",
-        "endpoint": endpoint,
-        "models": ["gemma-3-270m"],
-        "max_retries": 0,
-        "max_concurrency": 1,
-        **extra,
-    }
+    return faulty_provider(endpoint, **{"max_concurrency": 1, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import client
 from tests.support.checks import check_chat, check_chat_stream, check_error
-from tests.support.faults import FaultProxy, run_fault_proxy
+from tests.support.faults import FaultProxy, faulty_provider, run_fault_proxy
 from tests.support.servers import free_port, run_gateway
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
@@ -28,15 +28,7 @@ ASK = [{"role": "user", "content": "Say hi"}]
 
 
 def _provider(endpoint: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "openai",
-        "endpoint": endpoint,
-        "models": ["gemma-3-270m"],
-        "max_retries": 0,
-        "timeout": 30,
-        "breaker": NEVER_OPENS,
-        **extra,
-    }
+    return faulty_provider(endpoint, **{"timeout": 30, "breaker": NEVER_OPENS, **extra})
 
 
 @pytest.fixture(scope="module")

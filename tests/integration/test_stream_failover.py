@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.support import client
-from tests.support.faults import FaultProxy, run_fault_proxy
+from tests.support.faults import FaultProxy, faulty_provider, run_fault_proxy
 from tests.support.servers import run_gateway
 from turnout.routing.failover import CONTINUE
 
@@ -31,16 +31,9 @@ NEVER_OPENS = {"failures": 1000, "window": 1000}
 
 
 def _provider(endpoint: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "openai",
-        "endpoint": endpoint,
-        "models": ["gemma-3-270m"],
-        "max_retries": 0,
-        "timeout": 30,
-        "max_concurrency": 1,
-        "breaker": NEVER_OPENS,
-        **extra,
-    }
+    return faulty_provider(
+        endpoint, **{"timeout": 30, "max_concurrency": 1, "breaker": NEVER_OPENS, **extra}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-__all__ = ["FaultProxy", "run_fault_proxy"]
+__all__ = ["FaultProxy", "faulty_provider", "run_fault_proxy"]
 
 _MODELS = {
     "object": "list",
@@ -231,3 +231,15 @@ def run_fault_proxy(upstream: str) -> Iterator[FaultProxy]:
         loop.call_soon_threadsafe(proxy._stop.set)
         thread.join(timeout=10)
         loop.close()
+
+
+def faulty_provider(endpoint: str, **extra: Any) -> dict[str, Any]:
+    """A provider entry for an OpenAI-dialect endpoint (a fault proxy's, or a closed port) serving
+    the test GGUF's model, not retried on the same backend; ``extra`` adds or overrides keys."""
+    return {
+        "type": "openai",
+        "endpoint": endpoint,
+        "models": ["gemma-3-270m"],
+        "max_retries": 0,
+        **extra,
+    }

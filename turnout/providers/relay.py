@@ -22,6 +22,7 @@ does), and the front frames it in its client's dialect.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
@@ -119,7 +120,7 @@ class StreamReader(Protocol):
         ...
 
 
-class _Frames:
+class _Frames(ABC):
     """What both readers share: the bytes of a frame begun, held until it is whole."""
 
     __slots__ = ("_backend", "_counts", "_held", "done")
@@ -152,9 +153,9 @@ class _Frames:
         """Where the last whole frame in ``data`` ends (0: none does)."""
         return data.rfind(b"\n") + 1
 
+    @abstractmethod
     def _read(self, whole: bytes) -> bool:
         """Read whole frames; whether they told more of the usage."""
-        raise NotImplementedError
 
 
 class _Events(_Frames):

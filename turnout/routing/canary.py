@@ -47,7 +47,7 @@ from .attempt import Backend
 from .limits import Limiter
 from .routes import is_local
 
-__all__ = ["Canary", "CanaryResult", "FlapPolicy", "Flaps"]
+__all__ = ["Canary", "CanaryResult", "FlapPolicy", "Flaps", "probe_json"]
 
 #: what a canary asks: one token of anything
 PROMPT = [{"role": "user", "content": "Say OK."}]
@@ -62,12 +62,19 @@ class CanaryResult:
     checked_at: float  # wall-clock time
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "ok": self.ok,
-            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
-            "detail": self.detail or None,
-            "checked_at": round(self.checked_at, 3),
-        }
+        return probe_json(self.ok, self.latency_ms, self.detail, self.checked_at)
+
+
+def probe_json(
+    ok: bool, latency_ms: float | None, detail: str, checked_at: float
+) -> dict[str, object]:
+    """A probe's or a canary's result as ``/stats`` and ``/v1/providers`` show it."""
+    return {
+        "ok": ok,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 2),
+        "detail": detail or None,
+        "checked_at": round(checked_at, 3),
+    }
 
 
 class Canary:

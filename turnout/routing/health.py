@@ -27,7 +27,7 @@ from ..config import HealthConfig
 from ..errors import GatewayError
 from ..providers.base import Provider
 from .attempt import Backend
-from .canary import Canary, CanaryResult, FlapPolicy, Flaps
+from .canary import Canary, CanaryResult, FlapPolicy, Flaps, probe_json
 
 __all__ = ["BackendHealth", "HealthMonitor", "HealthSnapshot"]
 
@@ -46,10 +46,7 @@ class BackendHealth:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "ok": self.ok,
-            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
-            "detail": self.detail or None,
-            "checked_at": round(self.checked_at, 3),
+            **probe_json(self.ok, self.latency_ms, self.detail, self.checked_at),
             "canary": None if self.canary is None else self.canary.to_json(),
             "flaps": self.flaps,
             "held_until": None if self.held_until is None else round(self.held_until, 3),
