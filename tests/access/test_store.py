@@ -15,7 +15,7 @@ from tests.support.databases import Postgres
 from turnout.access.cache import KeyCache
 from turnout.access.keys import KeyRecord
 from turnout.access.quota import Admission
-from turnout.store import open_store
+from turnout.store import open_store, sqlite as sqlite_store
 from turnout.store.keyring import KeyError_, create_key, key_json, revoke_key, rotate_key
 from turnout.store.ledger import Ledger
 from turnout.store.spool import Spool
@@ -99,6 +99,31 @@ async def test_ledger_rows_are_written_once_and_reported(database_url: str) -> N
     assert (await store.list_keys())[0][1] is not None  # last used, from the ledger
     with pytest.raises(ValueError, match="allowed"):
         await store.usage_report(by="1; DROP TABLE usage")
+    await store.close()
+
+
+@pytest.mark.parametrize("json_batch", [True, False], ids=["json-batch", "row-by-row"])
+async def test_sqlite_ledger_rows_keep_every_value_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_batch: bool
+) -> None:
+    """The SQLite store inserts a batch through one JSON array (or row by row on a library
+    older than 3.38): every value comes back as it went in, types included."""
+    monkeypatch.setattr(sqlite_store, "_JSON_BATCH", json_batch)
+    store = await opened(f"sqlite:///{tmp_path / 'exact.db'}")
+    await store.add_key(KeyRecord(name="k", prefix="gw_x"), "h")
+    odd = ['quote " back\\slash', "line\nbreak \u2028 \U0001f600 ключ", "", "null"]
+    rows = [
+        row(i, ts=1.7e9 + i / 7, end_user=odd[i % 4], backend=None if i % 2 else "b",
+            tokens_in=2**40 + i, estimated=bool(i % 3), cost=i / 3, latency_ms=0.1 + i,
+            ttft_ms=None if i % 2 else 1 / 3, streamed=i % 2 == 0)
+        for i in range(50)
+    ]  # fmt: skip
+    await store.write_usage(rows)
+    await store.write_usage(rows[::2])  # a replayed half: nothing twice
+    got = await store._query(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM usage ORDER BY ts")
+    expected = [tuple(int(v) if isinstance(v, bool) else v for v in r.values()) for r in rows]
+    assert [tuple(g) for g in got] == expected
+    assert [type(v) for v in got[1]] == [type(v) for v in expected[1]]
     await store.close()
 
 

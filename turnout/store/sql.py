@@ -78,6 +78,11 @@ _KEY_COLUMNS = (
     "created_at, revoked_at, last_used"
 )
 
+_INSERT_USAGE = (
+    f"INSERT INTO usage ({', '.join(LEDGER_COLUMNS)}) "
+    f"VALUES ({','.join('?' * len(LEDGER_COLUMNS))}) ON CONFLICT DO NOTHING"
+)
+
 #: ``turnout usage --by``: the expression each grouping selects (fixed text, never the user's)
 GROUPS = {
     "key": "COALESCE(key_name, '-')",
@@ -211,10 +216,7 @@ class SQLStore(ABC):
         batch writes nothing twice). Last-used times of the keys follow in the same batch."""
         if not rows:
             return
-        columns = ", ".join(LEDGER_COLUMNS)
-        marks = ",".join("?" * len(LEDGER_COLUMNS))
-        sql = f"INSERT INTO usage ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
-        await self._many(sql, [tuple(row[c] for c in LEDGER_COLUMNS) for row in rows])
+        await self._insert_usage(rows)
         last: dict[str, float] = {}
         for row in rows:
             name = row["key_name"]
@@ -226,6 +228,10 @@ class SQLStore(ABC):
                 "(last_used IS NULL OR last_used < ?)",
                 [(ts, name, ts) for name, ts in last.items()],
             )
+
+    async def _insert_usage(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """One parameterised INSERT per row, in one transaction (`ON CONFLICT DO NOTHING`)."""
+        await self._many(_INSERT_USAGE, [tuple(row[c] for c in LEDGER_COLUMNS) for row in rows])
 
     async def prune_usage(self, before: float) -> int:
         """Delete the ledger rows written before ``before`` (epoch seconds); how many went."""
