@@ -25,6 +25,8 @@ from tests.support.gateway_process import Served, paced_config, read_sse, serve_
 
 FIRST_TOKEN, IDLE, TOTAL = 1.0, 1.0, 3.0
 HEADER, BODY, WRITE = 2.0, 1.0, 2.0
+#: a kept-alive connection idle this long is closed (2 s or more: kept by the sweep, not a timer)
+KEEPALIVE = 2.0
 #: slowloris connections, and for how long they are kept up (the issue's figure is 500 for 30 s;
 #: TURNOUT_SLOWLORIS_SECONDS=30 runs that)
 SLOWLORIS, SLOWLORIS_SECONDS = 500, float(os.environ.get("TURNOUT_SLOWLORIS_SECONDS", "4"))
@@ -38,6 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, P
             header_timeout_seconds=HEADER,
             body_timeout_seconds=BODY,
             write_timeout_seconds=WRITE,
+            keepalive_timeout_seconds=KEEPALIVE,
             log_level="info",
         )
         config["providers"]["paced"].update(
@@ -156,6 +159,40 @@ def test_slowloris_is_closed_by_the_header_timeout_and_others_stay_fast(
     assert max(closed_after) < HEADER + 1.0, sorted(closed_after)[-5:]
     assert statistics.median(closed_after) > HEADER * 0.7, statistics.median(closed_after)
     assert statistics.median(loaded) <= 2 * statistics.median(idle), (idle, loaded)
+
+
+def _exchange(sock: socket.socket) -> bytes:
+    """One whole non-streamed request on an open connection; its reply's bytes."""
+    body = orjson.dumps(_body("chunks=1", False))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
+def test_a_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    served: tuple[Served, Paced],
+) -> None:
+    """The keep-alive deadline (swept twice a second): a connection idle for less than it
+    serves its next request; one idle for longer is closed within half a second after it."""
+    gateway, _ = served
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(KEEPALIVE + 3)
+        for _ in range(3):  # each request, read whole, starts the wait again
+            assert _exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(KEEPALIVE * 0.6)
+        assert _exchange(sock).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        assert sock.recv(4096) == b""  # closed by the server
+        elapsed = time.monotonic() - started
+    assert KEEPALIVE - 0.1 <= elapsed < KEEPALIVE + 1.0, elapsed
 
 
 def test_a_body_that_never_comes_is_cut_by_the_body_timeout(
