@@ -275,3 +275,43 @@ def test_a_client_that_stops_reading_frees_a_one_slot_backend(
     assert status == 200
     assert waited < WRITE + 3.0, waited  # buffers fill in well under a second, then the deadline
     assert "took nothing written to it for 2s" in gateway.log_text()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_client_that_leaves_is_seen_at_once_and_frees_a_one_slot_backend(
+    served: tuple[Served, Paced], stream: bool
+) -> None:
+    """Under `turnout serve` the connection itself tells the request its client left (no
+    watcher task): a client that hangs up while its backend is still thinking ends the request
+    as cancelled (client_gone) within moments, and the one-slot backend serves the next."""
+    gateway, _ = served
+    # a whole reply that takes 20 s; a stream whose backend never starts
+    prompt = "chunks=1 every=20" if not stream else "stall"
+
+    async def stats(http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"{gateway.url}/stats") as reply:
+            requests: dict[str, Any] = (await reply.json())["requests"]
+            return requests
+
+    async def scenario() -> tuple[int, float, int]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            gone = (await stats(http))["reasons"].get("cancelled", {}).get("client_gone", 0)
+            leaving = asyncio.create_task(
+                http.post(f"{gateway.url}/v1/chat/completions",
+                          json=_body(prompt, stream, "slot/paced"))
+            )  # fmt: skip
+            await asyncio.sleep(0.5)  # it reached the backend, which holds its one slot
+            leaving.cancel()  # the client hangs up
+            started = time.monotonic()
+            async with http.post(
+                f"{gateway.url}/v1/chat/completions", json=_body("chunks=1", False, "slot/paced")
+            ) as reply:
+                await reply.read()
+            waited = time.monotonic() - started
+            counted = await stats(http)
+            now = counted["reasons"].get("cancelled", {}).get("client_gone", 0)
+            return reply.status, waited, now - gone
+
+    status, waited, cancelled = asyncio.run(scenario())
+    assert status == 200 and waited < 2.0, (status, waited)
+    assert cancelled == 1

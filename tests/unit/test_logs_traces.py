@@ -34,7 +34,7 @@ from turnout.gateway import Gateway
 from turnout.routing import Catalog, Router
 from turnout.server import create_app
 from turnout.telemetry import Trace
-from turnout.telemetry.logs import JsonFormatter, TextFormatter, configure
+from turnout.telemetry.logs import JsonFormatter, RequestLog, TextFormatter, configure
 from turnout.wire.types import JSON, Call
 
 pytest.importorskip("opentelemetry.sdk")
@@ -159,6 +159,41 @@ def test_configure_routes_uvicorn_through_one_handler() -> None:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
         uvicorn_error.setLevel(saved[2])
+
+
+class _CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_request_log_writes_a_drains_lines_at_once() -> None:
+    """A drained batch of 50 requests reaches stderr in one write, each line whole and in order;
+    a record logged outside a batch is written as it comes."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        handler = configure("text", "info")
+        stream = _CountingStream()
+        handler.setStream(stream)  # type: ignore[attr-defined]
+        traces = []
+        for i in range(50):
+            trace = Trace()
+            trace.kind, trace.model, trace.method, trace.path = "chat", f"m{i}", "POST", "/x"
+            trace.request_id = f"r-{i}"
+            traces.append(trace)
+        RequestLog()(traces)
+        assert stream.writes == 1
+        lines = stream.getvalue().splitlines()
+        assert [line.rsplit("[", 1)[1] for line in lines] == [f"r-{i}]" for i in range(50)]
+        assert all(f"model=m{i} " in line for i, line in enumerate(lines))
+        logging.getLogger("turnout.test").warning("on its own")
+        assert stream.writes == 2 and stream.getvalue().endswith("on its own\n")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
 
 def _free_port() -> int:

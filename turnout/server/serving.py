@@ -52,6 +52,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ..errors import RedactingFilter
 from ..gateway import Gateway
 from .app import create_app
+from .stream import DISCONNECT_HOOKS, Disconnects
 
 __all__ = ["GuardedProtocol", "Server", "guarded_protocol", "redact_logs"]
 
@@ -85,9 +86,11 @@ class GuardedProtocol(HttpToolsProtocol):
     #: the coarse deadline (loop time; inf when none) and what it is for
     _due = math.inf
     _due_what = ""
+    _corked: _Corked
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._corked = _Corked(transport)
         _Sweep.of(self.loop).add(self)
         self._headers_due()
 
@@ -97,16 +100,27 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._writer is not None:
             self._writer.cancel()
             self._writer = None
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            disconnects = cycle.scope.get(DISCONNECT_HOOKS)
+            if isinstance(disconnects, Disconnects):
+                disconnects.fire()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[DISCONNECT_HOOKS] = Disconnects()  # type: ignore[literal-required]
         if not self._in_headers:  # a later request on a kept-alive connection
             self._headers_due()
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        super().on_headers_complete()
+        # the request's cycle (made here) writes its response through `_Corked`
+        transport, self.transport = self.transport, self._corked  # type: ignore[assignment]
+        try:
+            super().on_headers_complete()
+        finally:
+            self.transport = transport
         self._arm("body", self.body_timeout)
 
     def on_message_complete(self) -> None:
@@ -115,6 +129,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         # uvicorn's, with its keep-alive timer one of this protocol's deadlines
+        self._corked.flush()  # a response without a body write (HEAD, 204, 304)
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
@@ -191,6 +206,42 @@ class GuardedProtocol(HttpToolsProtocol):
             self.write_timeout,
         )
         self.transport.abort()  # close() would wait for the buffer the client does not read
+
+
+class _Corked:
+    """The connection's transport as a response sees it: the head of a response that declares
+    its length is held until the body's first write, so that a whole reply leaves in one send
+    (uvicorn writes the head and the body separately: two system calls, and two wake-ups of the
+    client, a request). A streamed response's head (chunked) goes out at once; a held head is
+    written before anything else, and at the latest when the response is complete."""
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._transport.write(head + data)
+        elif data.startswith(b"HTTP/1.1 ") and b"\r\ncontent-length: " in data:
+            self._head = data
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self._transport.write(head)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
 
 
 class _Sweep:

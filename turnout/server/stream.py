@@ -17,7 +17,7 @@ stream driver.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -108,7 +108,7 @@ async def while_connected(request: Request, work: Awaitable[T]) -> T:
     backend call) and raises `ClientGone`. One watcher task per request (`Guard`), where
     running the work in a task of its own and racing it against a watcher with `asyncio.wait`
     cost two tasks, the wait's callbacks and a hand-over between tasks per request."""
-    guard = Guard(request.receive)
+    guard = Guard(request.receive, request.scope.get(DISCONNECT_HOOKS))
     try:
         return await work
     except asyncio.CancelledError:
@@ -134,22 +134,55 @@ async def disconnected(receive: Receive) -> None:
             return
 
 
+#: the scope key under which `turnout serve`'s protocol (turnout/server/serving.py) puts a
+#: request's `Disconnects`
+DISCONNECT_HOOKS = "turnout.disconnects"
+
+
+class Disconnects:
+    """A request's word from its connection: `fire` is called by the protocol when the
+    connection is lost before the response is complete."""
+
+    __slots__ = ("callbacks", "lost")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.callbacks: list[Callable[[], None]] = []
+
+    def fire(self) -> None:
+        self.lost = True
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 class Guard:
-    """One per inference request: a watcher task that cancels the request's own task when the
-    client goes away, wherever that task then waits (the backend call, opening the backend
-    stream, reading the next chunk, writing one). Call `close` before the response's last
-    message: a finished response also reads as a disconnect."""
+    """One per inference request: cancels the request's own task when the client goes away,
+    wherever that task then waits (the backend call, opening the backend stream, reading the
+    next chunk, writing one). Call `close` before the response's last message: a finished
+    response also reads as a disconnect.
 
-    __slots__ = ("_receive", "_task", "_watch", "finished", "gone")
+    Under `turnout serve` the connection tells it (``hooks``, the scope's `Disconnects`), so no
+    task waits for the disconnect; under any other ASGI server a watcher task does, reading
+    ``receive`` until it says ``http.disconnect`` (a task more per request)."""
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("_hooks", "_receive", "_task", "_watch", "finished", "gone")
+
+    def __init__(self, receive: Receive, hooks: Disconnects | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None, "Guard needs the request's task"
         self._task = task
         self._receive = receive
         self._watch: asyncio.Task[None] | None = None
+        self._hooks = hooks
         self.gone = False
         self.finished = False
+        if hooks is not None:
+            if hooks.lost:  # gone while its body was read
+                self._gone()
+            else:
+                hooks.callbacks.append(self._gone)
+            return
         # Started two loop turns from now, not at once: the backend request is written on the
         # next turn (aiohttp's body writer is a task of its own), and the watcher's first step
         # then runs after it, off the path to the first token.
@@ -162,12 +195,17 @@ class Guard:
 
     async def _wait(self) -> None:
         await disconnected(self._receive)
+        self._gone()
+
+    def _gone(self) -> None:
         if not self.finished:
             self.gone = True
             self._task.cancel()
 
     def close(self) -> None:
         self.finished = True
+        if self._hooks is not None:
+            self._hooks.callbacks.clear()
         # Let go of the watcher as it is cancelled: a cancelled task keeps its CancelledError,
         # whose traceback holds `_wait`'s frame and with it this guard, so keeping it would make
         # a reference cycle per request (the request's task, its uvicorn cycle and frames left
@@ -296,7 +334,7 @@ class Stream:
         self.native = native  # the client's own request, for a backend that speaks its dialect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        guard = Guard(receive)
+        guard = Guard(receive, scope.get(DISCONNECT_HOOKS))
         try:
             await self._serve(scope, receive, send, guard)
         except asyncio.CancelledError:

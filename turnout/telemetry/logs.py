@@ -14,8 +14,10 @@ it); the formatters only format.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -130,12 +132,66 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{rid}]" if rid else line
 
 
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A `logging.StreamHandler` that can hold its lines while a batch is logged (`held`) and
+    write them with one write and one flush: the request log writes a drain's lines at once,
+    not a system call each (stderr is line-buffered, or unbuffered under PYTHONUNBUFFERED)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = self._held
+        if held is None:
+            super().emit(record)
+            return
+        try:
+            held.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+    def hold_lines(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._held is None:
+                self._held = []
+
+    def write_held(self) -> None:
+        # (not `release`: that is logging.Handler's lock)
+        with self.lock:  # type: ignore[union-attr]
+            held, self._held = self._held, None
+            if held:
+                try:
+                    self.stream.write("".join(held))
+                    self.flush()
+                except Exception:  # as StreamHandler.emit: report, never raise into the caller
+                    self.handleError(logging.makeLogRecord({"msg": "(held log lines)"}))
+
+
+@contextlib.contextmanager
+def held(logger: logging.Logger) -> Iterator[None]:
+    """Hold the lines of every `BatchingHandler` that ``logger``'s records reach, and write
+    each handler's lines at once on the way out."""
+    handlers: list[BatchingHandler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers += [h for h in current.handlers if isinstance(h, BatchingHandler)]
+        current = current.parent if current.propagate else None
+    for handler in handlers:
+        handler.hold_lines()
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.write_held()
+
+
 def configure(fmt: str = "text", level: str | int = "INFO") -> logging.Handler:
     """Send the root logger's records to stderr in ``fmt`` (replacing its handlers); uvicorn's
     loggers are made to go through the same handler."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    handler = logging.StreamHandler()
+    handler = BatchingHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -168,18 +224,19 @@ class RequestLog:
         if not self.log.isEnabledFor(logging.INFO):
             return
         log, name = self.log, self.log.name
-        for trace in batch:
-            if trace.kind is None:
-                continue
-            # The record is made here rather than by Logger.info (which looks up its caller's
-            # frame for every line); the line is redacted as it is built (only its model name
-            # comes from the client), so the handlers' filter need not scan it again.
-            record = logging.LogRecord(
-                name, logging.INFO, __file__, 0, request_line(trace), None, None
-            )
-            record.trace = trace
-            record.__dict__[REDACTED] = True
-            log.handle(record)
+        with held(log):  # the batch's lines in one write
+            for trace in batch:
+                if trace.kind is None:
+                    continue
+                # The record is made here rather than by Logger.info (which looks up its
+                # caller's frame for every line); the line is redacted as it is built (only its
+                # model name comes from the client), so the handlers' filter need not scan it.
+                record = logging.LogRecord(
+                    name, logging.INFO, __file__, 0, request_line(trace), None, None
+                )
+                record.trace = trace
+                record.__dict__[REDACTED] = True
+                log.handle(record)
 
 
 def request_line(trace: Any) -> str:
