@@ -105,7 +105,8 @@ class ClientGone(Exception):
 
 async def while_connected(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` in the request's own task; a client gone first cancels it (and with it the
-    backend call) and raises `ClientGone`. One watcher task per request (`Guard`), where
+    backend call) and raises `ClientGone`. The `Guard` learns of the client's leaving from the
+    connection under `turnout serve` (no task), from one watcher task under other servers;
     running the work in a task of its own and racing it against a watcher with `asyncio.wait`
     cost two tasks, the wait's callbacks and a hand-over between tasks per request."""
     guard = Guard(request.receive, request.scope.get(DISCONNECT_HOOKS))
