@@ -15,7 +15,7 @@ from typing import Any
 
 from ..access.keys import Credential, KeyRecord
 
-__all__ = ["GROUPS", "LEDGER_COLUMNS", "MIGRATIONS", "SQLStore", "StoreError"]
+__all__ = ["GROUPS", "INSERT_USAGE_INTO", "LEDGER_COLUMNS", "MIGRATIONS", "SQLStore", "StoreError"]
 
 #: version -> statements; append a version, never edit one that has shipped
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -78,9 +78,10 @@ _KEY_COLUMNS = (
     "created_at, revoked_at, last_used"
 )
 
+#: the start of every ledger insert (the SQLite store's batch insert too)
+INSERT_USAGE_INTO = f"INSERT INTO usage ({', '.join(LEDGER_COLUMNS)})"
 _INSERT_USAGE = (
-    f"INSERT INTO usage ({', '.join(LEDGER_COLUMNS)}) "
-    f"VALUES ({','.join('?' * len(LEDGER_COLUMNS))}) ON CONFLICT DO NOTHING"
+    f"{INSERT_USAGE_INTO} VALUES ({','.join('?' * len(LEDGER_COLUMNS))}) ON CONFLICT DO NOTHING"
 )
 
 #: ``turnout usage --by``: the expression each grouping selects (fixed text, never the user's)

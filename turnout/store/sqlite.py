@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from .sql import LEDGER_COLUMNS, MIGRATIONS, Row, SQLStore, StoreError
+from .sql import INSERT_USAGE_INTO, LEDGER_COLUMNS, MIGRATIONS, Row, SQLStore, StoreError
 
 __all__ = ["SQLiteStore"]
 
@@ -29,7 +29,7 @@ T = TypeVar("T")
 #: the ledger's batch insert: one parameter, a JSON array of rows (each an array in
 #: LEDGER_COLUMNS' order); `WHERE true` is SQLite's way to let ON CONFLICT follow a SELECT
 _INSERT_JSON = (
-    f"INSERT INTO usage ({', '.join(LEDGER_COLUMNS)}) SELECT "
+    f"{INSERT_USAGE_INTO} SELECT "
     + ", ".join(f"value ->> {i}" for i in range(len(LEDGER_COLUMNS)))
     + " FROM json_each(?) WHERE true ON CONFLICT DO NOTHING"
 )
