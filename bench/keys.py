@@ -1,6 +1,8 @@
 """What gateway keys cost (issue 12): wrk against nginx's fixed chat completion, through the bare
 relay, turnout without keys, turnout with a key (limits and budget on, the SQLite ledger), and
-turnout with the same key and Redis-shared limits; each target measured back to back in each run.
+turnout with the same key and Redis-shared limits; each target measured back to back in each run,
+nginx itself (direct) too: the c=1 figure the issue sets a goal for is the latency each target
+adds over direct, as a ratio of what turnout without keys adds.
 
 Usage: .venv/bin/python bench/keys.py [--runs N] [--duration S]   (needs nginx, wrk, redis-server)
 Prints a markdown table and writes bench/results/keys.json.
@@ -53,7 +55,15 @@ def make_key(database_url: str) -> str:
 
 
 @contextmanager
-def keyed(tmp: Path, upstream: T.Server, name: str, redis_url: str | None) -> Any:
+def keyed(
+    tmp: Path,
+    upstream: T.Server,
+    name: str,
+    redis_url: str | None,
+    env: dict[str, str] | None = None,
+) -> Any:
+    """turnout with a key (limits and budget on, the SQLite ledger; Redis-shared limits with
+    ``redis_url``); wrk sends the key. ``env``: the process's environment (bench/ab.py's)."""
     database_url = f"sqlite:///{tmp / (name.replace(' ', '') + '.db')}"
     key = make_key(database_url)
     config = T.turnout_config(upstream) + f"storage:\n  database_url: {database_url}\n"
@@ -64,7 +74,7 @@ def keyed(tmp: Path, upstream: T.Server, name: str, redis_url: str | None) -> An
     path.write_text(config)
     cmd = [sys.executable, "-m", "turnout", "serve", "--config", str(path), "--port", str(port)]
     headers = {"Authorization": f"Bearer {key}"}
-    with T.serve(name, cmd, port, tmp, env=T.repo_env(), headers=headers) as server:
+    with T.serve(name, cmd, port, tmp, env=env or T.repo_env(), headers=headers) as server:
         yield server
 
 
@@ -79,6 +89,7 @@ def main() -> None:
         upstream = stack.enter_context(T.nginx_upstream(tmp))
         redis_url = stack.enter_context(redis_server())
         servers = [
+            upstream,  # direct: what the c=1 latency each target adds is measured from
             stack.enter_context(T.bare_relay(tmp, upstream)),
             stack.enter_context(T.turnout(tmp, upstream)),
             stack.enter_context(keyed(tmp, upstream, KEYED, None)),
@@ -103,12 +114,14 @@ def main() -> None:
                 statistics.median(r["p50_ms"] for r in rows)) for n, rows in by.items()}
         for c, by in out.items()
     }  # fmt: skip
-    base = med["c64"][T.TURNOUT][0], med["c1"][T.TURNOUT][1]
-    print("\n| target | c=64 req/s | vs turnout | c=1 p50 ms | vs turnout |")
-    print("|---|---:|---:|---:|---:|")
+    direct = med["c1"][T.DIRECT][1]
+    base = med["c64"][T.TURNOUT][0], med["c1"][T.TURNOUT][1] - direct
+    print("\n| target | c=64 req/s | vs turnout | c=1 p50 ms | added over direct | vs turnout |")
+    print("|---|---:|---:|---:|---:|---:|")
     for n in med["c64"]:
         rps, p50 = med["c64"][n][0], med["c1"][n][1]
-        print(f"| {n} | {rps:,.0f} | {rps / base[0]:.2f}x | {p50:.3f} | {p50 / base[1]:.2f}x |")
+        added = f"{p50 - direct:.3f} | {(p50 - direct) / base[1]:.2f}x" if n != T.DIRECT else "|"
+        print(f"| {n} | {rps:,.0f} | {rps / base[0]:.2f}x | {p50:.3f} | {added} |")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,63 @@ async def test_shared_tokens_and_budget_settle(redis_url: str) -> None:
     await two.close()
 
 
+async def test_shared_admissions_batched_decide_as_one_at_a_time(redis_url: str) -> None:
+    """Admissions that arrive together go in one script call and get exactly the decisions
+    they would get one by one (the in-process counters, given the same order, are the
+    reference): keys over requests, over tokens, over budget, and end users' own limits."""
+    from turnout.access.quota import LocalQuotas
+    from turnout.store.shared import SharedQuotas
+
+    keys = [
+        KeyRecord(name="r", prefix="", rpm=7),
+        KeyRecord(name="t", prefix="", tpm=1000),
+        KeyRecord(name="rt", prefix="", rpm=9, tpm=2000),
+        KeyRecord(name="spent", prefix="", budget=1.0, budget_period="1d"),
+        KeyRecord(name="open", prefix="", rpm=1000),
+    ]
+    asks = []
+    for i in range(120):
+        key = keys[i % len(keys)]
+        user = f"u{i % 3}" if key.name == "open" else None
+        asks.append(Admission(key, user, "chat", 100 * (1 + i % 4), user_rpm=3, user_tpm=None))
+    shared, local = SharedQuotas(redis_url), LocalQuotas()
+    await shared.seed_spend("spent", "1d", 2.0)
+    local.seed_spend("spent", "1d", 2.0)
+    expected = [local.admit_now(a, time.monotonic(), time.time()) for a in asks]
+    got = await asyncio.gather(*(shared.admit(a) for a in asks))
+    assert shared.calls == 1 and shared.carried == len(asks)
+
+    def outcome(d: Any) -> tuple[Any, ...]:
+        if d.error is None:
+            return ("ok", d.headers[:1], d.ticket.user, d.ticket.reserved)
+        return (d.error.code, str(d.error).split(";")[0])
+
+    assert [outcome(d) for d in got] == [outcome(d) for d in expected]
+    # r: its 7 requests; t: 200+300+400+100 tokens of 1000; rt: 8 asks fill its 2,000 tokens
+    # before its 9 requests; spent: over budget; open: 3 for each of its 3 users
+    assert sum(d.error is None for d in got) == 7 + 4 + 8 + 0 + 9
+    # A batch of one goes at once, and the counters carried over: r has no request left.
+    refused = (await shared.admit(Admission(keys[0], None, "chat", 1))).error
+    assert refused is not None and refused.status == 429 and shared.calls == 2
+    await shared.close()
+
+
+async def test_a_request_that_leaves_its_batch_leaves_the_others_be(redis_url: str) -> None:
+    from turnout.store.shared import SharedQuotas
+
+    shared = SharedQuotas(redis_url)
+    key = KeyRecord(name="k", prefix="", rpm=100)
+    first = asyncio.ensure_future(shared.admit(Admission(key, None, "chat", 0)))
+    await asyncio.sleep(0)  # its call is in flight: the next ones wait for the next batch
+    rest = [asyncio.ensure_future(shared.admit(Admission(key, None, "chat", 0))) for _ in range(5)]
+    await asyncio.sleep(0)
+    rest[0].cancel()
+    decisions = await asyncio.gather(first, *rest[1:])
+    assert all(d.error is None for d in decisions) and shared.calls == 2
+    assert rest[0].cancelled()
+    await shared.close()
+
+
 async def test_redis_unreachable_allows_locally_or_denies() -> None:
     from tests.support.servers import free_port
     from turnout.store.shared import SharedQuotas

@@ -10,12 +10,13 @@ cache keeps what it had and says so in the log.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from .keys import Credential, KeyRecord, hash_key, same_hash
+from .keys import Credential, KeyRecord, hash_key
 
 __all__ = ["KeyCache", "KeySource"]
 
@@ -48,7 +49,7 @@ class KeyCache:
         """The live key ``raw`` opens, or None."""
         digest = hash_key(raw)
         credential = self._by_hash.get(digest)
-        if credential is None or not same_hash(credential.hash, digest):
+        if credential is None or not hmac.compare_digest(credential.hash, digest):  # hex: ASCII
             return None
         now = time.time() if now is None else now
         record = self.keys.get(credential.name)

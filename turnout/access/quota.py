@@ -100,6 +100,17 @@ def reset_text(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+#: `reset_text` of each whole second up to ten minutes, as header values (every response of a
+#: limited key carries two)
+_WHOLE = [reset_text(s).encode() for s in range(601)]
+
+
+def _reset(seconds: float) -> bytes:
+    if 1 <= seconds <= 600:
+        return _WHOLE[math.ceil(seconds)]
+    return reset_text(seconds).encode()
+
+
 def headers_for(
     rpm: int | None,
     left_requests: int,
@@ -110,17 +121,17 @@ def headers_for(
 ) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if rpm is not None:
-        out += [
+        out += (
             (b"x-ratelimit-limit-requests", b"%d" % rpm),
             (b"x-ratelimit-remaining-requests", b"%d" % max(0, left_requests)),
-            (b"x-ratelimit-reset-requests", reset_text(reset_requests).encode()),
-        ]
+            (b"x-ratelimit-reset-requests", _reset(reset_requests)),
+        )
     if tpm is not None:
-        out += [
+        out += (
             (b"x-ratelimit-limit-tokens", b"%d" % tpm),
             (b"x-ratelimit-remaining-tokens", b"%d" % max(0, int(left_tokens))),
-            (b"x-ratelimit-reset-tokens", reset_text(reset_tokens).encode()),
-        ]
+            (b"x-ratelimit-reset-tokens", _reset(reset_tokens)),
+        )
     return out
 
 
@@ -145,6 +156,13 @@ def over_budget(key: KeyRecord, spent: float, reset: float) -> Decision:
         retry_after=reset,
     )
     return Decision(None, err, [])
+
+
+def _who(request: Admission, counter: int) -> str:
+    """What a refusal names: the key (counter 0) or the end user on the endpoint."""
+    if counter == 0:
+        return f"key '{request.key.name}'"
+    return f"user '{request.user}' on {request.endpoint}"
 
 
 class Window:
@@ -233,34 +251,37 @@ class LocalQuotas:
     def admit_now(self, request: Admission, now: float, wall: float) -> Decision:
         key = request.key
         if key.budget is not None:
-            spent = self.spend.get((key.name, period_start(key.budget_period, wall)), 0.0)
+            start = period_start(key.budget_period, wall)
+            spent = self.spend.get((key.name, start), 0.0)
             if spent >= key.budget:
-                start = period_start(key.budget_period, wall)
                 return over_budget(key, spent, start + PERIODS[key.budget_period] - wall)
         user = None
         if request.user is not None and (request.user_rpm or request.user_tpm):
             user = f"{key.name}\0{request.user}\0{request.endpoint}"
-        limits = [(f"k\0{key.name}", key.rpm, key.tpm, f"key '{key.name}'")]
-        if user is not None:
-            what = f"user '{request.user}' on {request.endpoint}"
-            limits.append((f"u\0{user}", request.user_rpm, request.user_tpm, what))
         headers: list[tuple[bytes, bytes]] = []
         taken: list[tuple[str, int]] = []  # (counter, tokens taken; -1: a window's entry)
-        for name, rpm, tpm, what in limits:
+        for i, (name, rpm, tpm) in enumerate(
+            ((f"k\0{key.name}", key.rpm, key.tpm),)
+            if user is None
+            else (
+                (f"k\0{key.name}", key.rpm, key.tpm),
+                (f"u\0{user}", request.user_rpm, request.user_tpm),
+            )
+        ):
             left_r, reset_r, left_t, reset_t = 0, 0.0, 0.0, 0.0
             if rpm is not None:
                 ok, left_r, reset_r = self._window(name, rpm).take(now)
                 if not ok:
                     self._undo(taken, now)
                     hdrs = headers or headers_for(rpm, 0, reset_r, tpm, 0, 0)
-                    return refusal(f"{what}: requests", rpm, reset_r, hdrs)
+                    return refusal(f"{_who(request, i)}: requests", rpm, reset_r, hdrs)
                 taken.append((name, -1))
             if tpm is not None:
                 ok, left_t, reset_t = self._bucket(name, tpm, now).take(request.tokens, now)
                 if not ok:
                     self._undo(taken, now)
                     hdrs = headers or headers_for(rpm, left_r, reset_r, tpm, left_t, reset_t)
-                    return refusal(f"{what}: tokens", tpm, reset_t, hdrs)
+                    return refusal(f"{_who(request, i)}: tokens", tpm, reset_t, hdrs)
                 taken.append((name, request.tokens))
             if not headers:  # the key's own counters are what the headers report
                 headers = headers_for(rpm, left_r, reset_r, tpm, left_t, reset_t)

@@ -175,8 +175,9 @@ class Access:
         if not done:
             return
         if self.shared is None:
+            now, wall = time.monotonic(), time.time()
             for ticket, tokens, cost in done:
-                self.quotas.settle_now(ticket, tokens, cost, time.monotonic(), time.time())
+                self.quotas.settle_now(ticket, tokens, cost, now, wall)
             return
         task = asyncio.ensure_future(self._settle_shared(done))
         self._settling.add(task)
