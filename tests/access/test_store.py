@@ -282,6 +282,29 @@ async def test_a_request_that_leaves_its_batch_leaves_the_others_be(redis_url: s
     await shared.close()
 
 
+async def test_a_batch_that_fails_for_another_reason_leaves_nobody_waiting() -> None:
+    from tests.support.servers import free_port
+    from turnout.store.shared import SharedQuotas
+
+    shared = SharedQuotas(f"redis://127.0.0.1:{free_port()}/0")
+
+    async def broken(batch: Any) -> Any:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("a bug")
+
+    shared._call = broken  # type: ignore[method-assign]
+    key = KeyRecord(name="k", prefix="", rpm=5)
+    first = asyncio.ensure_future(shared.admit(Admission(key, None, "chat", 0)))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.ensure_future(shared.admit(Admission(key, None, "chat", 0))) for _ in range(3)
+    ]
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(first, *queued, return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    await shared.close()
+
+
 async def test_redis_unreachable_allows_locally_or_denies() -> None:
     from tests.support.servers import free_port
     from turnout.store.shared import SharedQuotas

@@ -219,8 +219,13 @@ class SharedQuotas:
                 except (RedisError, OSError) as exc:
                     decisions = [await self._unreachable(r, exc) for r, _ in batch]
                 except BaseException as exc:  # a bug, or the loop closing: nobody hangs
-                    for _, future in batch:
-                        if not future.done():
+                    waiting, self._queue = batch + self._queue, []
+                    for _, future in waiting:
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
                             future.set_exception(exc)
                     raise
                 for (_, future), decision in zip(batch, decisions, strict=True):
