@@ -63,6 +63,12 @@ class Admission:
     user_rpm: int | None = None
     user_tpm: int | None = None
 
+    def user_counter(self) -> str | None:
+        """The end user's counter (key, user, endpoint) when users are limited, else None."""
+        if self.user is None or not (self.user_rpm or self.user_tpm):
+            return None
+        return f"{self.key.name}\0{self.user}\0{self.endpoint}"
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -255,9 +261,7 @@ class LocalQuotas:
             spent = self.spend.get((key.name, start), 0.0)
             if spent >= key.budget:
                 return over_budget(key, spent, start + PERIODS[key.budget_period] - wall)
-        user = None
-        if request.user is not None and (request.user_rpm or request.user_tpm):
-            user = f"{key.name}\0{request.user}\0{request.endpoint}"
+        user = request.user_counter()
         headers: list[tuple[bytes, bytes]] = []
         taken: list[tuple[str, int]] = []  # (counter, tokens taken; -1: a window's entry)
         for i, (name, rpm, tpm) in enumerate(

@@ -320,8 +320,8 @@ def _counters(request: Admission) -> list[tuple[str, int | None, int | None]]:
     """The request's counters: its key's, then its end user's (when users are limited)."""
     key = request.key
     out = [(f"k:{key.name}", key.rpm, key.tpm)]
-    if request.user is not None and (request.user_rpm or request.user_tpm):
-        user = f"{key.name}\0{request.user}\0{request.endpoint}"
+    user = request.user_counter()
+    if user is not None:
         out.append((f"u:{user}", request.user_rpm, request.user_tpm))
     return out
 
@@ -332,10 +332,13 @@ def _decision(request: Admission, row: list[Any]) -> Decision:
     status = int(status)
     headers = headers_for(key.rpm, left_r, reset_r / 1000, key.tpm, left_t, reset_t / 1000)
     if status == 0:
-        user = None
-        if request.user is not None and (request.user_rpm or request.user_tpm):
-            user = f"{key.name}\0{request.user}\0{request.endpoint}"
-        ticket = Ticket(key.name, user, request.tokens, key.budget_period, key.budget is not None)
+        ticket = Ticket(
+            key.name,
+            request.user_counter(),
+            request.tokens,
+            key.budget_period,
+            key.budget is not None,
+        )
         return Decision(ticket, None, headers)
     if status == 1:
         wall = time.time()
