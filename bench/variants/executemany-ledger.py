@@ -1,5 +1,5 @@
-"""The ledger's SQLite batch inserted row by row (`executemany`), as before the JSON batch."""
+"""The ledger's SQLite batch inserted row by row (`executemany`), as before the batch inserts."""
 
-from turnout.store import sqlite
+from turnout.store import sql, sqlite
 
-sqlite._JSON_BATCH = False
+sqlite.SQLiteStore._insert_usage = sql.SQLStore._insert_usage  # type: ignore[method-assign]

@@ -102,13 +102,16 @@ async def test_ledger_rows_are_written_once_and_reported(database_url: str) -> N
     await store.close()
 
 
-@pytest.mark.parametrize("json_batch", [True, False], ids=["json-batch", "row-by-row"])
+@pytest.mark.parametrize("count", [1, 50, 105], ids=["one", "48+1+1", "2x48+8+1"])
+@pytest.mark.parametrize("multi_row", [True, False], ids=["multi-row", "row-by-row"])
 async def test_sqlite_ledger_rows_keep_every_value_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_batch: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int, multi_row: bool
 ) -> None:
-    """The SQLite store inserts a batch through one JSON array (or row by row on a library
-    older than 3.38): every value comes back as it went in, types included."""
-    monkeypatch.setattr(sqlite_store, "_JSON_BATCH", json_batch)
+    """The SQLite store inserts a batch by multi-row statements of 48, 8 and 1 rows (or, the
+    generic way, row by row): every value comes back as it went in, types included, whatever
+    the batch's size."""
+    if not multi_row:
+        monkeypatch.setattr(sqlite_store.SQLiteStore, "_insert_usage", SQLStore._insert_usage)
     store = await opened(f"sqlite:///{tmp_path / 'exact.db'}")
     await store.add_key(KeyRecord(name="k", prefix="gw_x"), "h")
     odd = ['quote " back\\slash', "line\nbreak \u2028 \U0001f600 ключ", "", "null"]
@@ -116,14 +119,14 @@ async def test_sqlite_ledger_rows_keep_every_value_exactly(
         row(i, ts=1.7e9 + i / 7, end_user=odd[i % 4], backend=None if i % 2 else "b",
             tokens_in=2**40 + i, estimated=bool(i % 3), cost=i / 3, latency_ms=0.1 + i,
             ttft_ms=None if i % 2 else 1 / 3, streamed=i % 2 == 0)
-        for i in range(50)
+        for i in range(count)
     ]  # fmt: skip
     await store.write_usage(rows)
     await store.write_usage(rows[::2])  # a replayed half: nothing twice
     got = await store._query(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM usage ORDER BY ts")
     expected = [tuple(int(v) if isinstance(v, bool) else v for v in r.values()) for r in rows]
     assert [tuple(g) for g in got] == expected
-    assert [type(v) for v in got[1]] == [type(v) for v in expected[1]]
+    assert [[type(v) for v in g] for g in got] == [[type(v) for v in e] for e in expected]
     await store.close()
 
 
