@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -336,8 +336,8 @@ class Gateway:
             self.screen.check(kind, body)
             if native is not None:  # a backend may be sent the client's own request as it came
                 self.screen.check(kind, native.body)
-            if trace.principal is not None:
-                await self._limit(trace, kind, body)
+            if trace.principal is not None and (waiting := self._limit(trace, kind, body)):
+                await waiting
             result, target = await self.router.complete(kind, body, trace=trace, native=native)
             reply = Reply(_conform(kind, body, result), target)
         except BaseException as exc:
@@ -372,8 +372,8 @@ class Gateway:
             self.screen.check(kind, body)
             if native is not None:  # a backend may be sent the client's own request as it came
                 self.screen.check(kind, native.body)
-            if trace.principal is not None:
-                await self._limit(trace, kind, body)
+            if trace.principal is not None and (waiting := self._limit(trace, kind, body)):
+                await waiting
             chunks, target = await self.router.stream(kind, body, trace=trace, native=native)
         except BaseException as exc:
             self._settled()
@@ -389,9 +389,10 @@ class Gateway:
         metered = self._metered(kind, body, chunks, target, trace, relayed)
         return StreamReply(metered, target, relayed)
 
-    async def _limit(self, trace: Trace, kind: Kind, body: JSON) -> None:
+    def _limit(self, trace: Trace, kind: Kind, body: JSON) -> Awaitable[None] | None:
         """The request's gateway key may use this model and is within its limits (raises 403 or
-        429 otherwise); tokens are reserved from max_tokens and an estimate of the prompt."""
+        429 otherwise, at once or from the awaitable returned when the limits are shared);
+        tokens are reserved from max_tokens and an estimate of the prompt."""
         access = self.access
         assert access is not None
         user = body.get("user")
@@ -404,7 +405,7 @@ class Gateway:
             if not out and kind != "embedding":
                 out = _DEFAULT_RESERVE
             tokens = out + (len(prompt_text(kind, body)) + 3) // 4
-        await access.admit(trace, kind, body, tokens)
+        return access.admit(trace, kind, body, tokens)
 
     def _abandon(self, trace: Trace, exc: BaseException, cut: bool = False) -> None:
         """A request that failed (or was cancelled, or cut) before its reply: note how, and

@@ -10,7 +10,7 @@ import pytest
 
 from turnout.access.auth import credential, invalid
 from turnout.access.keys import KeyRecord, generate_key, hash_key, key_prefix, parse_duration
-from turnout.access.quota import Admission, LocalQuotas, reset_text
+from turnout.access.quota import Admission, Decision, LocalQuotas, _reset, reset_text
 from turnout.routing.fairq import FairQueue
 
 
@@ -107,6 +107,30 @@ def test_a_budget_is_a_soft_cap_per_period() -> None:
 
 def test_reset_text_is_openais_spelling() -> None:
     assert [reset_text(s) for s in (0.25, 6, 90.2)] == ["250ms", "6s", "1m31s"]
+    # The header values come from a table and a fast path: the same text for every time.
+    times = [-1.0, 0.0, 0.0004, 0.0005, 0.0015, 0.25, 0.9994, 0.9996, 1.0, 1.0001, 59.5, 600.0]
+    times += [600.2, 3600.0, *(i / 7 for i in range(5000))]
+    assert [_reset(t) for t in times] == [reset_text(t).encode() for t in times]
+
+
+def test_a_user_refused_gives_back_what_the_key_took() -> None:
+    quotas = LocalQuotas()
+    key = KeyRecord(name="k", prefix="", rpm=2, tpm=1000)
+
+    def ask(user: str) -> Decision:
+        return quotas.admit_now(Admission(key, user, "chat", 100, 1, None), 0.0, 0)
+
+    assert ask("ann").error is None
+    refused = ask("ann")  # ann's own limit: one a minute
+    assert refused.error is not None and "user 'ann' on chat" in str(refused.error)
+    ok = ask("bob")  # the key's second request (ann's refused one holds nothing of the key's)
+    assert ok.error is None
+    headers = {k.decode(): v.decode() for k, v in ok.headers}
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-remaining-tokens"] == "800"
+    assert headers["x-ratelimit-reset-tokens"] == "12s"  # 200 tokens at 1000 a minute
+    over = ask("cy")
+    assert over.error is not None and "key 'k': requests" in str(over.error)
 
 
 async def test_fair_queue_lets_a_quiet_key_past_a_flood() -> None:

@@ -23,6 +23,7 @@ from .keys import PERIODS, KeyRecord, period_start
 __all__ = [
     "WINDOW",
     "Admission",
+    "Counters",
     "Decision",
     "LocalQuotas",
     "Quotas",
@@ -112,9 +113,23 @@ _WHOLE = [reset_text(s).encode() for s in range(601)]
 
 
 def _reset(seconds: float) -> bytes:
-    if 1 <= seconds <= 600:
+    if seconds < 1:  # a big bucket refills what one request took in milliseconds
+        return b"%dms" % round(seconds * 1000) if seconds > 0 else b"0ms"
+    if seconds <= 600:
         return _WHOLE[math.ceil(seconds)]
     return reset_text(seconds).encode()
+
+
+_LIMIT_R, _LEFT_R, _RESET_R = (
+    b"x-ratelimit-limit-requests",
+    b"x-ratelimit-remaining-requests",
+    b"x-ratelimit-reset-requests",
+)
+_LIMIT_T, _LEFT_T, _RESET_T = (
+    b"x-ratelimit-limit-tokens",
+    b"x-ratelimit-remaining-tokens",
+    b"x-ratelimit-reset-tokens",
+)
 
 
 def headers_for(
@@ -128,15 +143,15 @@ def headers_for(
     out: list[tuple[bytes, bytes]] = []
     if rpm is not None:
         out += (
-            (b"x-ratelimit-limit-requests", b"%d" % rpm),
-            (b"x-ratelimit-remaining-requests", b"%d" % max(0, left_requests)),
-            (b"x-ratelimit-reset-requests", _reset(reset_requests)),
+            (_LIMIT_R, b"%d" % rpm),
+            (_LEFT_R, b"%d" % max(0, left_requests)),
+            (_RESET_R, _reset(reset_requests)),
         )
     if tpm is not None:
         out += (
-            (b"x-ratelimit-limit-tokens", b"%d" % tpm),
-            (b"x-ratelimit-remaining-tokens", b"%d" % max(0, int(left_tokens))),
-            (b"x-ratelimit-reset-tokens", _reset(reset_tokens)),
+            (_LIMIT_T, b"%d" % tpm),
+            (_LEFT_T, b"%d" % max(0, int(left_tokens))),
+            (_RESET_T, _reset(reset_tokens)),
         )
     return out
 
@@ -210,25 +225,77 @@ class Bucket:
     def take(self, n: int, now: float) -> tuple[bool, float, float]:
         """(admitted, tokens left, seconds until ``n`` would fit); a request larger than the
         bucket is admitted when the bucket is full (it could never fit otherwise)."""
-        self._refill(now)
-        need = min(n, self.capacity)
-        rate = self.capacity / WINDOW
-        if self.level < need:
-            return False, self.level, (need - self.level) / rate
-        self.level -= n
-        return True, self.level, (self.capacity - self.level) / rate
+        capacity = self.capacity
+        rate = capacity / WINDOW
+        level = self.level + (now - self.stamp) * rate
+        if level > capacity:
+            level = float(capacity)
+        self.stamp = now
+        need = n if n < capacity else capacity
+        if level < need:
+            self.level = level
+            return False, level, (need - level) / rate
+        self.level = level = level - n
+        return True, level, (capacity - level) / rate
 
     def give(self, n: float, now: float) -> None:
         self._refill(now)
         self.level = min(float(self.capacity), self.level + n)
 
 
+class Counters:
+    """One limited party's counters, found with one look-up: a key's, or an end user's on an
+    endpoint. Its requests' window, its tokens' bucket, and the constant half of the rate-limit
+    headers they report."""
+
+    __slots__ = ("bucket", "limit_r", "limit_t", "rpm", "tpm", "window")
+
+    def __init__(self, rpm: int | None, tpm: int | None, now: float) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self.window = None if rpm is None else Window(rpm)
+        self.bucket = None if tpm is None else Bucket(tpm, now)
+        self.limit_r = (_LIMIT_R, b"%d" % (rpm or 0))
+        self.limit_t = (_LIMIT_T, b"%d" % (tpm or 0))
+
+    def take(
+        self, tokens: int, now: float
+    ) -> tuple[list[tuple[bytes, bytes]], str | None, int, float]:
+        """Take one request and ``tokens``: (headers, None, 0, 0.0) when admitted; else
+        (headers, "requests" or "tokens", the limit, seconds to wait), nothing taken."""
+        headers: list[tuple[bytes, bytes]] = []
+        window, bucket = self.window, self.bucket
+        left_r, reset_r = 0, 0.0
+        if window is not None:
+            ok, left_r, reset_r = window.take(now)
+            if not ok:
+                hdrs = headers_for(self.rpm, 0, reset_r, self.tpm, 0, 0)
+                return hdrs, "requests", window.limit, reset_r
+            headers += (self.limit_r, (_LEFT_R, b"%d" % left_r), (_RESET_R, _reset(reset_r)))
+        if bucket is not None:
+            ok, left_t, reset_t = bucket.take(tokens, now)
+            if not ok:
+                if window is not None:
+                    window.times.pop()
+                hdrs = headers_for(self.rpm, left_r, reset_r, self.tpm, left_t, reset_t)
+                return hdrs, "tokens", bucket.capacity, reset_t
+            left = b"%d" % left_t if left_t > 0 else b"0"
+            headers += (self.limit_t, (_LEFT_T, left), (_RESET_T, _reset(reset_t)))
+        return headers, None, 0, 0.0
+
+    def give_back(self, tokens: int, now: float) -> None:
+        """Undo a `take` (a later counter refused the request)."""
+        if self.window is not None:
+            self.window.times.pop()
+        if self.bucket is not None:
+            self.bucket.give(tokens, now)
+
+
 class LocalQuotas:
     """The counters of one process (a single gateway, or a fallback when Redis is away)."""
 
     def __init__(self) -> None:
-        self.windows: dict[str, Window] = {}
-        self.buckets: dict[str, Bucket] = {}
+        self.keys: dict[str, Counters] = {}  # by key name
+        self.users: dict[str, Counters] = {}  # by `Admission.user_counter`
         self.spend: dict[tuple[str, float], float] = {}
 
     def seed_spend(self, key: str, period: str, amount: float) -> None:
@@ -239,17 +306,14 @@ class LocalQuotas:
     def spent(self, key: str, period: str) -> float:
         return self.spend.get((key, period_start(period, time.time())), 0.0)
 
-    def _window(self, name: str, limit: int) -> Window:
-        window = self.windows.get(name)
-        if window is None or window.limit != limit:
-            window = self.windows[name] = Window(limit)
-        return window
-
-    def _bucket(self, name: str, limit: int, now: float) -> Bucket:
-        bucket = self.buckets.get(name)
-        if bucket is None or bucket.capacity != limit:
-            bucket = self.buckets[name] = Bucket(limit, now)
-        return bucket
+    @staticmethod
+    def _counters(
+        table: dict[str, Counters], name: str, rpm: int | None, tpm: int | None, now: float
+    ) -> Counters:
+        counters = table.get(name)
+        if counters is None or counters.rpm != rpm or counters.tpm != tpm:
+            counters = table[name] = Counters(rpm, tpm, now)  # new limits count afresh
+        return counters
 
     async def admit(self, request: Admission) -> Decision:
         return self.admit_now(request, time.monotonic(), time.time())
@@ -261,43 +325,21 @@ class LocalQuotas:
             spent = self.spend.get((key.name, start), 0.0)
             if spent >= key.budget:
                 return over_budget(key, spent, start + PERIODS[key.budget_period] - wall)
+        tokens = request.tokens
+        mine = self._counters(self.keys, key.name, key.rpm, key.tpm, now)
+        headers, over, limit, retry = mine.take(tokens, now)
+        if over is not None:
+            return refusal(f"{_who(request, 0)}: {over}", limit, retry, headers)
         user = request.user_counter()
-        headers: list[tuple[bytes, bytes]] = []
-        taken: list[tuple[str, int]] = []  # (counter, tokens taken; -1: a window's entry)
-        for i, (name, rpm, tpm) in enumerate(
-            ((f"k\0{key.name}", key.rpm, key.tpm),)
-            if user is None
-            else (
-                (f"k\0{key.name}", key.rpm, key.tpm),
-                (f"u\0{user}", request.user_rpm, request.user_tpm),
-            )
-        ):
-            left_r, reset_r, left_t, reset_t = 0, 0.0, 0.0, 0.0
-            if rpm is not None:
-                ok, left_r, reset_r = self._window(name, rpm).take(now)
-                if not ok:
-                    self._undo(taken, now)
-                    hdrs = headers or headers_for(rpm, 0, reset_r, tpm, 0, 0)
-                    return refusal(f"{_who(request, i)}: requests", rpm, reset_r, hdrs)
-                taken.append((name, -1))
-            if tpm is not None:
-                ok, left_t, reset_t = self._bucket(name, tpm, now).take(request.tokens, now)
-                if not ok:
-                    self._undo(taken, now)
-                    hdrs = headers or headers_for(rpm, left_r, reset_r, tpm, left_t, reset_t)
-                    return refusal(f"{_who(request, i)}: tokens", tpm, reset_t, hdrs)
-                taken.append((name, request.tokens))
-            if not headers:  # the key's own counters are what the headers report
-                headers = headers_for(rpm, left_r, reset_r, tpm, left_t, reset_t)
-        ticket = Ticket(key.name, user, request.tokens, key.budget_period, key.budget is not None)
+        if user is not None:
+            theirs = self._counters(self.users, user, request.user_rpm, request.user_tpm, now)
+            own, over, limit, retry = theirs.take(tokens, now)
+            headers = headers or own  # the key's own counters are what the headers report
+            if over is not None:
+                mine.give_back(tokens, now)
+                return refusal(f"{_who(request, 1)}: {over}", limit, retry, headers)
+        ticket = Ticket(key.name, user, tokens, key.budget_period, key.budget is not None)
         return Decision(ticket, None, headers)
-
-    def _undo(self, taken: list[tuple[str, int]], now: float) -> None:
-        for name, tokens in taken:
-            if tokens < 0:
-                self.windows[name].times.pop()
-            else:
-                self.buckets[name].give(tokens, now)
 
     async def settle(self, ticket: Ticket, tokens: int, cost: float) -> None:
         self.settle_now(ticket, tokens, cost, time.monotonic(), time.time())
@@ -306,10 +348,14 @@ class LocalQuotas:
         if ticket.settled:
             return
         ticket.settled = True
-        for name in (f"k\0{ticket.key}", f"u\0{ticket.user}" if ticket.user else None):
-            bucket = self.buckets.get(name) if name else None
-            if bucket is not None:
-                bucket.give(ticket.reserved - tokens, now)  # negative: the bucket owes tokens
+        back = ticket.reserved - tokens  # negative: the bucket owes tokens
+        counters = self.keys.get(ticket.key)
+        if counters is not None and counters.bucket is not None:
+            counters.bucket.give(back, now)
+        if ticket.user is not None:
+            counters = self.users.get(ticket.user)
+            if counters is not None and counters.bucket is not None:
+                counters.bucket.give(back, now)
         if ticket.budgeted and cost:
             slot = (ticket.key, period_start(ticket.period, wall))
             self.spend[slot] = self.spend.get(slot, 0.0) + cost

@@ -11,13 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from ..access.auth import ADMIN, credential, invalid, missing, out_of_scope
 from ..access.cache import KeyCache
 from ..access.keys import KeyRecord, period_start, same_hash
-from ..access.quota import Admission, LocalQuotas
+from ..access.quota import Admission, Decision, LocalQuotas
 from ..config import Config
 from ..telemetry import Telemetry, Trace
 from . import data_dir, open_store
@@ -132,9 +132,12 @@ class Access:
             raise invalid(raw)
         return None  # an open gateway: a client's placeholder key is not an error
 
-    async def admit(self, trace: Trace, kind: str, body: dict[str, Any], tokens: int) -> None:
+    def admit(
+        self, trace: Trace, kind: str, body: dict[str, Any], tokens: int
+    ) -> Awaitable[None] | None:
         """Raise 403 for a model outside the key's scope, 429 over a limit or budget; else
-        reserve, and leave the rate-limit headers on the trace."""
+        reserve, and leave the rate-limit headers on the trace. The limits of this process
+        decide at once (None); Redis's are an awaitable that raises or reserves."""
         key: KeyRecord = trace.principal
         model = body.get("model") or ""
         if not key.allows(model):
@@ -144,7 +147,7 @@ class Access:
             limits.user_rpm is not None or limits.user_tpm is not None
         )
         if key.rpm is None and key.tpm is None and key.budget is None and not user_limited:
-            return  # nothing to count: no round trip, no reservation
+            return None  # nothing to count: no round trip, no reservation
         request = Admission(
             key,
             trace.user if user_limited else None,
@@ -153,11 +156,13 @@ class Access:
             limits.user_rpm,
             limits.user_tpm,
         )
-        decision = await self.quotas.admit(request)
-        if decision.error is not None:
-            raise decision.error
-        trace.ticket = decision.ticket
-        trace.rate_headers = decision.headers or None
+        if self.shared is not None:
+            return self._admit_shared(trace, request)
+        _decided(trace, self.quotas.admit_now(request, time.monotonic(), time.time()))
+        return None
+
+    async def _admit_shared(self, trace: Trace, request: Admission) -> None:
+        _decided(trace, await self.shared.admit(request))
 
     def needs_tokens(self, trace: Trace) -> bool:
         key: KeyRecord = trace.principal
@@ -188,3 +193,10 @@ class Access:
             await self.shared.settle_many(done)
         except Exception as exc:
             log.warning("could not settle %d reservations on Redis: %s", len(done), exc)
+
+
+def _decided(trace: Trace, decision: Decision) -> None:
+    if decision.error is not None:
+        raise decision.error
+    trace.ticket = decision.ticket
+    trace.rate_headers = decision.headers or None
