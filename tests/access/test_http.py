@@ -208,6 +208,8 @@ async def test_limits_answer_429_with_openais_headers(tmp_path: Path, paced: Pac
                 async with http.post(f"{base}/v1/chat/completions", json=chat) as resp:
                     statuses.append(resp.status)
                     headers = resp.headers
+                    for own in ("x-request-id", "x-ratelimit-limit-requests"):
+                        assert len(headers.getall(own)) == 1, own  # written once, either way
                     if resp.status == 200:
                         assert headers["x-ratelimit-limit-requests"] == "3"
                         assert headers["x-ratelimit-limit-tokens"] == "100000"

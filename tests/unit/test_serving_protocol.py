@@ -1,6 +1,7 @@
 """`turnout serve`'s connection protocol (turnout/server/serving.py): the held response head
-(one send a whole reply), on a recording transport; and the protocol for real, under uvicorn,
-for the replies that have no body to join (HEAD, 304) and for a streamed one."""
+(one send a whole reply) and the pipeline's own header lines put into it, on a recording
+transport; and the protocol for real, under uvicorn, for the replies that have no body to join
+(HEAD, 304) and for a streamed one."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from turnout.server.pipeline import HEAD_LINES
 from turnout.server.serving import _Corked, guarded_protocol
 
 
@@ -67,9 +69,30 @@ def test_a_held_head_is_written_when_nothing_follows() -> None:
     assert transport.writes == [HEAD, HEAD] and transport.closed
 
 
+def test_own_header_lines_go_into_the_next_head_and_no_other() -> None:
+    cork, transport = corked()
+    cork.lines = b"x-request-id: a1\r\nx-ratelimit-limit-requests: 3\r\n"
+    cork.write(HEAD)
+    cork.write(b"{}")
+    cork.flush()
+    own = HEAD[:-2] + b"x-request-id: a1\r\nx-ratelimit-limit-requests: 3\r\n\r\n"
+    assert transport.writes == [own + b"{}"]
+    cork.lines = b"x-request-id: a2\r\n"
+    cork.write(CHUNKED)  # a streamed head: at once, with the lines
+    cork.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a chunk that looks like a head: left as it is
+    assert transport.writes[1:] == [CHUNKED[:-2] + b"x-request-id: a2\r\n\r\n",
+                                    b"HTTP/1.1 200 OK\r\n\r\n"]  # fmt: skip
+    cork.lines = b"x-request-id: a3\r\n"  # a response that never wrote its head...
+    cork.flush()  # ...is complete: its lines go with it
+    cork.write(HEAD)
+    cork.flush()
+    assert transport.writes[-1] == HEAD
+
+
 async def _app(scope: Any, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    scope[HEAD_LINES].lines = b"x-own: %s\r\n" % scope["path"].encode()
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
@@ -119,6 +142,7 @@ async def test_the_protocol_answers_every_kind_of_response(
         if server.started:
             break
         await asyncio.sleep(0.02)
+    path = request_line.split()[1]
     try:
         request = request_line + b"\r\nHost: 127.0.0.1\r\n\r\n"
         reply = await asyncio.to_thread(_exchange, port, request, until)
@@ -126,3 +150,5 @@ async def test_the_protocol_answers_every_kind_of_response(
         server.should_exit = True
         await task
     assert expected in reply, reply
+    head = reply.split(b"\r\n\r\n")[0] + b"\r\n"
+    assert reply.count(b"x-own: ") == 1 and head.endswith(b"\r\nx-own: %s\r\n" % path), reply

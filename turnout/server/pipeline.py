@@ -44,7 +44,7 @@ import re
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 from starlette.convertors import Convertor
@@ -59,10 +59,12 @@ from ..telemetry import CURRENT, Trace
 from .responses import OPENAI_ERRORS, Errors, server_error
 
 __all__ = [
+    "HEAD_LINES",
     "OVERRIDES",
     "Endpoint",
     "Exchange",
     "Handler",
+    "HeadLines",
     "Lifespan",
     "Pipeline",
     "Route",
@@ -106,6 +108,8 @@ OVERRIDES = {
 _PREFIX = b"x-turnout-"
 _OVERHEAD = b"x-turnout-overhead-ms"
 _REQUEST_ID = b"x-request-id"
+#: scope key under `turnout serve`: where the response's own header lines go (`HeadLines`)
+HEAD_LINES = "turnout.head_lines"
 #: a client's X-Request-Id is kept when it is this (else the request gets an id of its own)
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
 #: request ids: this process's random prefix and a counter (unique without a random draw each)
@@ -113,10 +117,25 @@ _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 
 
+class HeadLines(Protocol):
+    """The connection's word to `Exchange.send` (under `turnout serve`; see turnout/server/
+    serving.py): header lines put in ``lines`` go into the head of the response about to be
+    written as they are, past uvicorn's check of each header (two regular-expression searches
+    and a lower-casing each: a key's six rate-limit headers cost more than its limits did)."""
+
+    lines: bytes | None
+
+
 class Exchange(Request):
     """One request on its way through the pipeline: the `Request` its endpoint gets, with the
     route it matched and its trace. `send` is the way out for the response: it notes that the
-    response has started and adds ``X-Turnout-Overhead-Ms`` once the gateway took the request."""
+    response has started and adds ``X-Request-Id``, ``X-Turnout-Overhead-Ms`` once the gateway
+    took the request, and a gateway key's rate-limit headers.
+
+    Those headers are turnout's own: names constant, values its numbers and a request id of
+    safe characters only (`_CLIENT_ID`). Under `turnout serve` they go to the connection as
+    ready header lines (`HEAD_LINES`); under any other ASGI server, with the response's headers.
+    A stage's headers (CORS, which echo a configured origin) always go the checked way."""
 
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, route: Route, trace: Trace
@@ -137,17 +156,24 @@ class Exchange(Request):
         if message["type"] == "http.response.start":
             self.status = message["status"]
             trace = self.trace
-            headers = [*message.get("headers", ()), (_REQUEST_ID, trace.request_id.encode())]
+            own = [(_REQUEST_ID, trace.request_id.encode())]
             if trace.kind is not None:
                 # Streams that commit before their first chunk (slow first token) still report
                 # what turnout has spent so far, backend time excluded.
                 seconds = trace.overhead_s if trace.overhead_s is not None else trace.overhead_now()
-                headers.append((_OVERHEAD, f"{seconds * 1000:.3f}".encode()))
-            if self.extra is not None:  # a stage's (CORS)
-                headers += self.extra
+                own.append((_OVERHEAD, b"%.3f" % (seconds * 1000)))
             if trace.rate_headers:  # a gateway key's limits (x-ratelimit-*)
-                headers += trace.rate_headers
-            message = {**message, "headers": headers}
+                own += trace.rate_headers
+            head: HeadLines | None = self.scope.get(HEAD_LINES)
+            if head is not None:
+                head.lines = b"".join([b"%s: %s\r\n" % line for line in own])
+                if self.extra is not None:  # a stage's (CORS)
+                    message = {**message, "headers": [*message.get("headers", ()), *self.extra]}
+            else:
+                headers = [*message.get("headers", ()), *own]
+                if self.extra is not None:
+                    headers += self.extra
+                message = {**message, "headers": headers}
         await self._send(message)
 
 

@@ -52,6 +52,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ..errors import RedactingFilter
 from ..gateway import Gateway
 from .app import create_app
+from .pipeline import HEAD_LINES
 from .stream import DISCONNECT_HOOKS, Disconnects
 
 __all__ = ["GuardedProtocol", "Server", "guarded_protocol", "redact_logs"]
@@ -111,6 +112,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope[DISCONNECT_HOOKS] = Disconnects()  # type: ignore[literal-required]
+        self.scope[HEAD_LINES] = self._corked  # type: ignore[literal-required]
         if not self._in_headers:  # a later request on a kept-alive connection
             self._headers_due()
 
@@ -214,15 +216,24 @@ class _Corked:
     its length is held until the body's first write, so that a whole reply leaves in one send
     (uvicorn writes the head and the body separately: two system calls, and two wake-ups of the
     client, a request). A streamed response's head (chunked) goes out at once; a held head is
-    written before anything else, and at the latest when the response is complete."""
+    written before anything else, and at the latest when the response is complete.
 
-    __slots__ = ("_head", "_transport")
+    It is also the request's `HeadLines` (``scope[HEAD_LINES]``): the header lines the pipeline
+    leaves in ``lines`` go into the next head written, before the blank line that ends it, and
+    are forgotten when the response is complete (written or not)."""
+
+    __slots__ = ("_head", "_transport", "lines")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._head: bytes | None = None
+        self.lines: bytes | None = None
 
     def write(self, data: bytes) -> None:
+        lines = self.lines
+        if lines is not None and data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n"):
+            self.lines = None
+            data = data[:-2] + lines + b"\r\n"
         head = self._head
         if head is not None:
             self._head = None
@@ -233,6 +244,7 @@ class _Corked:
             self._transport.write(data)
 
     def flush(self) -> None:
+        self.lines = None
         head, self._head = self._head, None
         if head is not None:
             self._transport.write(head)
