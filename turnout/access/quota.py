@@ -186,74 +186,20 @@ def _who(request: Admission, counter: int) -> str:
     return f"user '{request.user}' on {request.endpoint}"
 
 
-class Window:
-    """Sliding window of request times: at most ``limit`` in any `WINDOW` seconds."""
-
-    __slots__ = ("limit", "times")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.times: deque[float] = deque()
-
-    def take(self, now: float) -> tuple[bool, int, float]:
-        """(admitted, remaining, seconds until a slot frees)"""
-        times = self.times
-        while times and times[0] <= now - WINDOW:
-            times.popleft()
-        if len(times) >= self.limit:
-            return False, 0, times[0] + WINDOW - now
-        times.append(now)
-        reset = times[0] + WINDOW - now
-        return True, self.limit - len(times), reset
-
-
-class Bucket:
-    """Token bucket of ``capacity`` tokens, refilled at capacity per `WINDOW`; may owe tokens."""
-
-    __slots__ = ("capacity", "level", "stamp")
-
-    def __init__(self, capacity: int, now: float) -> None:
-        self.capacity = capacity
-        self.level = float(capacity)
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        rate = self.capacity / WINDOW
-        self.level = min(float(self.capacity), self.level + (now - self.stamp) * rate)
-        self.stamp = now
-
-    def take(self, n: int, now: float) -> tuple[bool, float, float]:
-        """(admitted, tokens left, seconds until ``n`` would fit); a request larger than the
-        bucket is admitted when the bucket is full (it could never fit otherwise)."""
-        capacity = self.capacity
-        rate = capacity / WINDOW
-        level = self.level + (now - self.stamp) * rate
-        if level > capacity:
-            level = float(capacity)
-        self.stamp = now
-        need = n if n < capacity else capacity
-        if level < need:
-            self.level = level
-            return False, level, (need - level) / rate
-        self.level = level = level - n
-        return True, level, (capacity - level) / rate
-
-    def give(self, n: float, now: float) -> None:
-        self._refill(now)
-        self.level = min(float(self.capacity), self.level + n)
-
-
 class Counters:
     """One limited party's counters, found with one look-up: a key's, or an end user's on an
-    endpoint. Its requests' window, its tokens' bucket, and the constant half of the rate-limit
-    headers they report."""
+    endpoint. Requests: a sliding window of their times, at most ``rpm`` in any `WINDOW`
+    seconds. Tokens: a bucket of ``tpm``, refilled at ``tpm`` per `WINDOW`, that may owe tokens
+    (settling takes what a request used beyond its reservation). And the constant half of the
+    rate-limit headers they report. One method takes both, the request's hot path."""
 
-    __slots__ = ("bucket", "limit_r", "limit_t", "rpm", "tpm", "window")
+    __slots__ = ("level", "limit_r", "limit_t", "rpm", "stamp", "times", "tpm")
 
     def __init__(self, rpm: int | None, tpm: int | None, now: float) -> None:
         self.rpm, self.tpm = rpm, tpm
-        self.window = None if rpm is None else Window(rpm)
-        self.bucket = None if tpm is None else Bucket(tpm, now)
+        self.times: deque[float] = deque()  # admitted requests' times, oldest first
+        self.level = float(tpm or 0)  # tokens in the bucket
+        self.stamp = now  # when the level was last brought up to date
         self.limit_r = (_LIMIT_R, b"%d" % (rpm or 0))
         self.limit_t = (_LIMIT_T, b"%d" % (tpm or 0))
 
@@ -261,33 +207,52 @@ class Counters:
         self, tokens: int, now: float
     ) -> tuple[list[tuple[bytes, bytes]], str | None, int, float]:
         """Take one request and ``tokens``: (headers, None, 0, 0.0) when admitted; else
-        (headers, "requests" or "tokens", the limit, seconds to wait), nothing taken."""
+        (headers, "requests" or "tokens", the limit, seconds to wait), nothing taken. A request
+        larger than the bucket is admitted when the bucket is full (it could never fit)."""
         headers: list[tuple[bytes, bytes]] = []
-        window, bucket = self.window, self.bucket
+        rpm, tpm = self.rpm, self.tpm
         left_r, reset_r = 0, 0.0
-        if window is not None:
-            ok, left_r, reset_r = window.take(now)
-            if not ok:
-                hdrs = headers_for(self.rpm, 0, reset_r, self.tpm, 0, 0)
-                return hdrs, "requests", window.limit, reset_r
+        if rpm is not None:
+            times = self.times
+            while times and times[0] <= now - WINDOW:
+                times.popleft()
+            if len(times) >= rpm:
+                reset_r = times[0] + WINDOW - now
+                return headers_for(rpm, 0, reset_r, tpm, 0, 0), "requests", rpm, reset_r
+            times.append(now)
+            left_r, reset_r = rpm - len(times), times[0] + WINDOW - now
             headers += (self.limit_r, (_LEFT_R, b"%d" % left_r), (_RESET_R, _reset(reset_r)))
-        if bucket is not None:
-            ok, left_t, reset_t = bucket.take(tokens, now)
-            if not ok:
-                if window is not None:
-                    window.times.pop()
-                hdrs = headers_for(self.rpm, left_r, reset_r, self.tpm, left_t, reset_t)
-                return hdrs, "tokens", bucket.capacity, reset_t
-            left = b"%d" % left_t if left_t > 0 else b"0"
-            headers += (self.limit_t, (_LEFT_T, left), (_RESET_T, _reset(reset_t)))
+        if tpm is not None:
+            rate = tpm / WINDOW
+            level = self.level + (now - self.stamp) * rate
+            if level > tpm:
+                level = float(tpm)
+            self.stamp = now
+            need = tokens if tokens < tpm else tpm
+            if level < need:
+                self.level = level
+                if rpm is not None:
+                    self.times.pop()
+                wait = (need - level) / rate
+                return headers_for(rpm, left_r, reset_r, tpm, level, wait), "tokens", tpm, wait
+            self.level = level = level - tokens
+            left = b"%d" % level if level > 0 else b"0"
+            headers += (self.limit_t, (_LEFT_T, left), (_RESET_T, _reset((tpm - level) / rate)))
         return headers, None, 0, 0.0
+
+    def give(self, tokens: float, now: float) -> None:
+        """Put ``tokens`` back in the bucket (negative: take them, the bucket may owe)."""
+        tpm = self.tpm
+        if tpm is not None:
+            level = min(float(tpm), self.level + (now - self.stamp) * (tpm / WINDOW))
+            self.level = min(float(tpm), level + tokens)
+            self.stamp = now
 
     def give_back(self, tokens: int, now: float) -> None:
         """Undo a `take` (a later counter refused the request)."""
-        if self.window is not None:
-            self.window.times.pop()
-        if self.bucket is not None:
-            self.bucket.give(tokens, now)
+        if self.rpm is not None:
+            self.times.pop()
+        self.give(tokens, now)
 
 
 class LocalQuotas:
@@ -326,7 +291,9 @@ class LocalQuotas:
             if spent >= key.budget:
                 return over_budget(key, spent, start + PERIODS[key.budget_period] - wall)
         tokens = request.tokens
-        mine = self._counters(self.keys, key.name, key.rpm, key.tpm, now)
+        mine = self.keys.get(key.name)
+        if mine is None or mine.rpm != key.rpm or mine.tpm != key.tpm:
+            mine = self._counters(self.keys, key.name, key.rpm, key.tpm, now)
         headers, over, limit, retry = mine.take(tokens, now)
         if over is not None:
             return refusal(f"{_who(request, 0)}: {over}", limit, retry, headers)
@@ -350,12 +317,12 @@ class LocalQuotas:
         ticket.settled = True
         back = ticket.reserved - tokens  # negative: the bucket owes tokens
         counters = self.keys.get(ticket.key)
-        if counters is not None and counters.bucket is not None:
-            counters.bucket.give(back, now)
+        if counters is not None:
+            counters.give(back, now)
         if ticket.user is not None:
             counters = self.users.get(ticket.user)
-            if counters is not None and counters.bucket is not None:
-                counters.bucket.give(back, now)
+            if counters is not None:
+                counters.give(back, now)
         if ticket.budgeted and cost:
             slot = (ticket.key, period_start(ticket.period, wall))
             self.spend[slot] = self.spend.get(slot, 0.0) + cost
