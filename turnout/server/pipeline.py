@@ -121,7 +121,8 @@ class HeadLines(Protocol):
     """The connection's word to `Exchange.send` (under `turnout serve`; see turnout/server/
     serving.py): header lines put in ``lines`` go into the head of the response about to be
     written as they are, past uvicorn's check of each header (two regular-expression searches
-    and a lower-casing each: a key's six rate-limit headers cost more than its limits did)."""
+    and a lower-casing each: for a key's six rate-limit headers, about as many instructions as
+    the limits themselves; docs/decisions.md)."""
 
     lines: bytes | None
 
