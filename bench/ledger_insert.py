@@ -1,6 +1,6 @@
 """CPU a ledger row costs SQLite's batch insert, three ways, on one thread (no server around it).
 
-- ``executemany``: one statement a row (what `SQLStore` does on PostgreSQL's side of the code);
+- ``executemany``: one statement a row (`SQLStore`'s own, what PostgreSQL's store does);
 - ``json_each``: one statement over a JSON array of the batch (turnout before the multi-row inserts;
   the same text as ``bench/variants/json-ledger.py``);
 - ``multi-row``: the statements `SQLiteStore` uses now (``INSERT ... VALUES (...),(...)`` of 48, 8
@@ -29,11 +29,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from turnout.store.sql import INSERT_USAGE_INTO, LEDGER_COLUMNS, MIGRATIONS
-from turnout.store.sqlite import _CHUNKS, _INSERT_ROWS
+from turnout.store.sql import _INSERT_USAGE, INSERT_USAGE_INTO, LEDGER_COLUMNS, MIGRATIONS
+from turnout.store.sqlite import insert_rows
 
 Rows = Sequence[dict[str, Any]]
-_ONE = f"{INSERT_USAGE_INTO} VALUES ({','.join('?' * len(LEDGER_COLUMNS))}) ON CONFLICT DO NOTHING"
 _JSON = (
     f"{INSERT_USAGE_INTO} SELECT "
     + ", ".join(f"value ->> {i}" for i in range(len(LEDGER_COLUMNS)))
@@ -69,26 +68,17 @@ def rows(n: int) -> list[dict[str, Any]]:
 
 
 def executemany(db: sqlite3.Connection, batch: Rows) -> None:
-    db.executemany(_ONE, [[row[c] for c in LEDGER_COLUMNS] for row in batch])
+    db.executemany(_INSERT_USAGE, [[row[c] for c in LEDGER_COLUMNS] for row in batch])
 
 
 def json_each(db: sqlite3.Connection, batch: Rows) -> None:
     db.execute(_JSON, (orjson.dumps([[row[c] for c in LEDGER_COLUMNS] for row in batch]),))
 
 
-def multi_row(db: sqlite3.Connection, batch: Rows) -> None:
-    done = 0
-    for size in _CHUNKS:
-        while len(batch) - done >= size:
-            part = batch[done : done + size]
-            db.execute(_INSERT_ROWS[size], [row[c] for row in part for c in LEDGER_COLUMNS])
-            done += size
-
-
 METHODS: dict[str, Callable[[sqlite3.Connection, Rows], None]] = {
     "executemany": executemany,
     "json_each": json_each,
-    "multi-row": multi_row,
+    "multi-row": insert_rows,  # SQLiteStore's own
 }
 
 

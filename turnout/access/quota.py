@@ -291,9 +291,7 @@ class LocalQuotas:
             if spent >= key.budget:
                 return over_budget(key, spent, start + PERIODS[key.budget_period] - wall)
         tokens = request.tokens
-        mine = self.keys.get(key.name)
-        if mine is None or mine.rpm != key.rpm or mine.tpm != key.tpm:
-            mine = self._counters(self.keys, key.name, key.rpm, key.tpm, now)
+        mine = self._counters(self.keys, key.name, key.rpm, key.tpm, now)
         headers, over, limit, retry = mine.take(tokens, now)
         if over is not None:
             return refusal(f"{_who(request, 0)}: {over}", limit, retry, headers)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .sql import INSERT_USAGE_INTO, LEDGER_COLUMNS, MIGRATIONS, Row, SQLStore, StoreError
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteStore", "insert_rows"]
 
 T = TypeVar("T")
 
@@ -36,6 +36,18 @@ _ROW = "(" + ",".join("?" * len(LEDGER_COLUMNS)) + ")"
 _INSERT_ROWS = {
     n: f"{INSERT_USAGE_INTO} VALUES {','.join([_ROW] * n)} ON CONFLICT DO NOTHING" for n in _CHUNKS
 }
+
+
+def insert_rows(db: sqlite3.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert ledger rows by the multi-row statements, the batch cut greedily (the caller holds
+    the transaction)."""
+    done = 0
+    for size in _CHUNKS:
+        sql = _INSERT_ROWS[size]
+        while len(rows) - done >= size:
+            part = rows[done : done + size]
+            db.execute(sql, [row[c] for row in part for c in LEDGER_COLUMNS])
+            done += size
 
 
 class SQLiteStore(SQLStore):
@@ -90,13 +102,7 @@ class SQLiteStore(SQLStore):
     async def _insert_usage(self, rows: Sequence[Mapping[str, Any]]) -> None:
         def work(db: sqlite3.Connection) -> None:
             with _transaction(db):
-                done = 0
-                for size in _CHUNKS:
-                    sql = _INSERT_ROWS[size]
-                    while len(rows) - done >= size:
-                        part = rows[done : done + size]
-                        db.execute(sql, [row[c] for row in part for c in LEDGER_COLUMNS])
-                        done += size
+                insert_rows(db, rows)
 
         await self._call(work)
 
